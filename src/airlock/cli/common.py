@@ -1,0 +1,49 @@
+"""What every command shares: opening the appliance and turning errors into exit codes."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import typer
+from rich.console import Console
+
+from airlock.errors import AirlockError
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+@contextmanager
+def cli_errors() -> Iterator[None]:
+    """Print an AirlockError as 'error: ...' and exit with its code; no traceback for users."""
+    try:
+        yield
+    except AirlockError as exc:
+        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True, soft_wrap=True)
+        raise typer.Exit(exc.exit_code) from None
+
+
+def open_airlock():
+    from airlock.context import Airlock
+
+    return Airlock.open()
+
+
+def print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def command(fn: Callable) -> Callable:
+    """Wrap a command body so AirlockErrors become clean messages and exit codes."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with cli_errors():
+            return fn(*args, **kwargs)
+
+    return wrapper

@@ -1,0 +1,25 @@
+"""`airlock`: the command line entry point. Heavy imports (torch, vLLM) happen inside commands."""
+
+from __future__ import annotations
+
+import typer
+
+from airlock import __version__
+from airlock.cli import apikey, datasets, models, workflow
+
+app = typer.Typer(
+    name="airlock",
+    help="Fine-tune, evaluate, sign, promote and serve LoRA adapters on an air-gapped appliance.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(models.app, name="models", help="Base models and fine-tuned adapters.")
+app.add_typer(datasets.app, name="datasets", help="Validate and add training datasets.")
+app.add_typer(workflow.app, name="workflow", help="Run and inspect workflows.")
+app.add_typer(apikey.app, name="apikey", help="API keys for the gateway.")
+
+
+@app.command()
+def version() -> None:
+    """Print airlock's version."""
+    typer.echo(__version__)

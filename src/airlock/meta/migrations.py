@@ -1,0 +1,110 @@
+"""Versioned schema migrations. Append only: a released migration is never edited."""
+
+from __future__ import annotations
+
+MIGRATIONS: list[tuple[int, str]] = [
+    (
+        1,
+        """
+        CREATE TABLE datasets (
+            digest TEXT PRIMARY KEY,
+            name TEXT NOT NULL,
+            format TEXT NOT NULL,
+            records INTEGER NOT NULL,
+            source TEXT,
+            created_at TEXT NOT NULL
+        );
+        CREATE TABLE runs (
+            id TEXT PRIMARY KEY,
+            workflow TEXT NOT NULL,
+            spec_json TEXT NOT NULL,
+            status TEXT NOT NULL,
+            error TEXT,
+            created_at TEXT NOT NULL,
+            started_at TEXT,
+            finished_at TEXT
+        );
+        CREATE INDEX runs_status ON runs(status, created_at);
+        CREATE TABLE stages (
+            run_id TEXT NOT NULL REFERENCES runs(id),
+            name TEXT NOT NULL,
+            uses TEXT NOT NULL,
+            position INTEGER NOT NULL,
+            status TEXT NOT NULL,
+            cache_key TEXT,
+            skipped INTEGER NOT NULL DEFAULT 0,
+            inputs_json TEXT,
+            outputs_json TEXT,
+            progress_json TEXT,
+            error TEXT,
+            started_at TEXT,
+            finished_at TEXT,
+            PRIMARY KEY (run_id, name)
+        );
+        CREATE INDEX stages_cache ON stages(uses, cache_key, status);
+        CREATE TABLE stage_metrics (
+            run_id TEXT NOT NULL,
+            stage TEXT NOT NULL,
+            step INTEGER NOT NULL,
+            name TEXT NOT NULL,
+            value REAL NOT NULL,
+            PRIMARY KEY (run_id, stage, name, step)
+        );
+        CREATE TABLE models (
+            id TEXT PRIMARY KEY,
+            kind TEXT NOT NULL,
+            base_model TEXT NOT NULL,
+            base_digest TEXT NOT NULL,
+            dataset_digest TEXT,
+            tree_digest TEXT NOT NULL,
+            config_json TEXT,
+            eval_json TEXT,
+            manifest_digest TEXT,
+            run_id TEXT,
+            created_at TEXT NOT NULL
+        );
+        CREATE TABLE promotions (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            model_id TEXT NOT NULL REFERENCES models(id),
+            manifest_digest TEXT NOT NULL,
+            decision_json TEXT NOT NULL,
+            created_at TEXT NOT NULL
+        );
+        CREATE TABLE aliases (
+            name TEXT PRIMARY KEY,
+            model_id TEXT NOT NULL,
+            lora_name TEXT NOT NULL,
+            base_model TEXT NOT NULL,
+            updated_at TEXT NOT NULL
+        );
+        CREATE TABLE alias_history (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            alias TEXT NOT NULL,
+            model_id TEXT NOT NULL,
+            lora_name TEXT NOT NULL,
+            at TEXT NOT NULL
+        );
+        CREATE TABLE api_keys (
+            id TEXT PRIMARY KEY,
+            name TEXT NOT NULL,
+            key_hash TEXT NOT NULL UNIQUE,
+            prefix TEXT NOT NULL,
+            created_at TEXT NOT NULL,
+            revoked_at TEXT
+        );
+        CREATE TABLE audit (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            at TEXT NOT NULL,
+            actor TEXT NOT NULL,
+            action TEXT NOT NULL,
+            subject TEXT,
+            detail_json TEXT
+        );
+        CREATE TABLE workers (
+            id TEXT PRIMARY KEY,
+            pid INTEGER NOT NULL,
+            heartbeat_at TEXT NOT NULL
+        );
+        """,
+    ),
+]

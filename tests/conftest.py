@@ -1,0 +1,26 @@
+"""Shared fixtures: a fresh appliance home (real SQLite, real folder store) per test."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from airlock.config import REPO_ROOT, Settings
+from airlock.context import Airlock
+
+pytest_plugins = ["vllm_fixtures"]
+
+EXAMPLES = REPO_ROOT / "examples"
+
+
+@pytest.fixture
+def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
+    home = tmp_path / "home"
+    monkeypatch.setenv("AIRLOCK_HOME", str(home))
+    return Settings(home=home)
+
+
+@pytest.fixture
+def airlock(settings: Settings) -> Airlock:
+    return Airlock.open(settings)
