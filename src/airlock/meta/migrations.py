@@ -19,6 +19,7 @@ MIGRATIONS: list[tuple[int, str]] = [
             workflow TEXT NOT NULL,
             spec_json TEXT NOT NULL,
             status TEXT NOT NULL,
+            worker_id TEXT,
             error TEXT,
             created_at TEXT NOT NULL,
             started_at TEXT,

@@ -1,0 +1,117 @@
+"""The `finetune.lora` recipe: setup, train, save, in that order, nothing hidden.
+
+Deterministic on the CPU for a fixed seed: the seed fixes LoRA initialisation, dropout and the
+order of batches, and deterministic kernels are requested.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from airlock.errors import InvalidInput
+from airlock.train.config import LoraTrainConfig
+from airlock.train.tokens import Example, collate, encode_chat
+
+
+@dataclass
+class StepReport:
+    step: int
+    total_steps: int
+    epoch: int
+    loss: float
+    tokens: int
+    elapsed_s: float
+
+
+@dataclass
+class TrainResult:
+    adapter_dir: Path
+    steps: int
+    losses: list[float] = field(default_factory=list)
+    trained_tokens: int = 0
+    seconds: float = 0.0
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.trained_tokens / self.seconds if self.seconds else 0.0
+
+
+def load_base(base_dir: Path):
+    """Tokenizer and float32 model of a base folder (safetensors only)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(base_dir)
+    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32, use_safetensors=True)
+    return tokenizer, model
+
+
+def encode_dataset(tokenizer, records: list[list[dict]], max_length: int) -> list[Example]:
+    problems, examples = [], []
+    for n, messages in enumerate(records, start=1):
+        try:
+            examples.append(encode_chat(tokenizer, messages, max_length, where=f"record {n}"))
+        except InvalidInput as exc:
+            problems.append(exc.message)
+    if problems:
+        raise InvalidInput("the dataset does not fit this model", problems=problems)
+    return examples
+
+
+def batches_for_epoch(examples: list[Example], batch_size: int, seed: int, epoch: int) -> list[list[Example]]:
+    import torch
+
+    order = torch.randperm(len(examples), generator=torch.Generator().manual_seed(seed * 1000 + epoch))
+    shuffled = [examples[i] for i in order.tolist()]
+    return [shuffled[i : i + batch_size] for i in range(0, len(shuffled), batch_size)]
+
+
+def finetune(
+    base_dir: Path,
+    records: list[list[dict]],
+    config: LoraTrainConfig,
+    out_dir: Path,
+    on_step: Callable[[StepReport], None] | None = None,
+) -> TrainResult:
+    import torch
+    from peft import get_peft_model
+
+    # setup
+    torch.manual_seed(config.seed)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    tokenizer, base = load_base(base_dir)
+    model = get_peft_model(base, config.peft_config())
+    examples = encode_dataset(tokenizer, records, config.max_length)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    optimizer = torch.optim.AdamW(
+        [p for p in model.parameters() if p.requires_grad], lr=config.learning_rate, weight_decay=config.weight_decay
+    )
+    steps_per_epoch = -(-len(examples) // config.batch_size)
+    total = steps_per_epoch * config.epochs
+    result = TrainResult(adapter_dir=out_dir, steps=total)
+
+    # train
+    model.train()
+    started = time.perf_counter()
+    step = 0
+    for epoch in range(config.epochs):
+        for batch in batches_for_epoch(examples, config.batch_size, config.seed, epoch):
+            ids, labels, mask = collate(batch, pad_id)
+            loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            result.trained_tokens += int(mask.sum())
+            result.losses.append(loss.item())
+            if on_step:
+                on_step(StepReport(step, total, epoch, result.losses[-1], result.trained_tokens,
+                                   time.perf_counter() - started))
+    result.seconds = time.perf_counter() - started
+
+    # save: PEFT format, safetensors only
+    model.save_pretrained(out_dir, safe_serialization=True)
+    return result

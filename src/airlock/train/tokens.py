@@ -1,0 +1,71 @@
+"""Turning chat records into training tensors with the model's own chat template.
+
+Only assistant tokens carry a label; everything else is -100, so the loss measures answers, not
+prompts. Spans are found by rendering the conversation up to each assistant turn, which works for
+any template whose rendering of a prefix is a prefix of the whole rendering.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from airlock.errors import InvalidInput
+
+IGNORE = -100
+
+
+@dataclass
+class Example:
+    input_ids: list[int]
+    labels: list[int]
+
+    @property
+    def trained_tokens(self) -> int:
+        return sum(1 for label in self.labels if label != IGNORE)
+
+
+def _render(tokenizer, messages: list[dict], *, generation_prompt: bool) -> list[int]:
+    ids = tokenizer.apply_chat_template(
+        messages, tokenize=True, add_generation_prompt=generation_prompt, return_dict=False
+    )
+    # transformers 5 may hand back a BatchEncoding-like mapping even when asked for plain ids.
+    if hasattr(ids, "keys"):
+        ids = ids["input_ids"]
+    return list(ids)
+
+
+def encode_chat(tokenizer, messages: list[dict], max_length: int, where: str = "record") -> Example:
+    full = _render(tokenizer, messages, generation_prompt=False)
+    labels = [IGNORE] * len(full)
+    for i, message in enumerate(messages):
+        if message["role"] != "assistant":
+            continue
+        prefix = _render(tokenizer, messages[:i], generation_prompt=True)
+        end = len(_render(tokenizer, messages[: i + 1], generation_prompt=False))
+        if full[: len(prefix)] != prefix:
+            raise InvalidInput(f"{where}: the chat template does not render turns as prefixes")
+        labels[len(prefix) : end] = full[len(prefix) : end]
+    if len(full) > max_length:
+        raise InvalidInput(f"{where}: {len(full)} tokens, longer than max_length {max_length}")
+    return Example(input_ids=full, labels=labels)
+
+
+def prompt_ids(tokenizer, messages: list[dict]) -> list[int]:
+    """Ids of a conversation up to the point where the assistant should answer."""
+    return _render(tokenizer, messages, generation_prompt=True)
+
+
+def collate(examples: list[Example], pad_id: int):
+    """Right-pad a batch into tensors; padding is masked out of attention and loss."""
+    import torch
+
+    width = max(len(e.input_ids) for e in examples)
+    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(examples), width), IGNORE, dtype=torch.long)
+    mask = torch.zeros((len(examples), width), dtype=torch.long)
+    for row, e in enumerate(examples):
+        n = len(e.input_ids)
+        ids[row, :n] = torch.tensor(e.input_ids)
+        labels[row, :n] = torch.tensor(e.labels)
+        mask[row, :n] = 1
+    return ids, labels, mask

@@ -1,0 +1,15 @@
+"""The fixed registry of stage types. A workflow can only name what is listed here."""
+
+from __future__ import annotations
+
+from airlock.workflow.stage import StageType
+
+
+def stage_types() -> dict[str, StageType]:
+    # Imported here so that reading a spec does not pull torch into every CLI call.
+    from airlock.evaluate.stage import EVALUATE_COMPARE
+    from airlock.gate.stage import GATE_PROMOTE
+    from airlock.serve.stage import SERVE_VLLM
+    from airlock.train.stage import FINETUNE_LORA
+
+    return {t.name: t for t in (FINETUNE_LORA, EVALUATE_COMPARE, GATE_PROMOTE, SERVE_VLLM)}
