@@ -24,6 +24,7 @@ MaxLengthOpt = Annotated[
     int | None,
     typer.Option("--max-length", min=1, help="Refuse records longer than this many tokens (needs --model)."),
 ]
+NameOpt = Annotated[str | None, typer.Option("--name", help="A name to find it by (default: the file stem).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON.")]
 
 
@@ -83,9 +84,8 @@ def validate(path: PathArg, model: ModelOpt = None, max_length: MaxLengthOpt = N
 
 @app.command()
 @command
-def add(path: PathArg,
-        name: Annotated[str | None, typer.Option("--name", help="A name to find it by (default: the file name).")] = None,
-        model: ModelOpt = None, max_length: MaxLengthOpt = None, as_json: JsonOpt = False) -> None:
+def add(path: PathArg, name: NameOpt = None, model: ModelOpt = None, max_length: MaxLengthOpt = None,
+        as_json: JsonOpt = False) -> None:
     """Validate a dataset file and add it to the appliance; an invalid file adds nothing."""
     from airlock.datasets.service import add_dataset
 

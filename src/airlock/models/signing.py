@@ -11,7 +11,7 @@ import json
 from airlock.context import Airlock
 from airlock.errors import IntegrityFailure
 from airlock.models.adapters import check_tree, get_model
-from airlock.trust.keys import ensure_appliance_key
+from airlock.trust.keys import appliance_public_key, ensure_appliance_key
 from airlock.trust.manifest import build_manifest, sign_manifest, verify_envelope
 
 
@@ -41,8 +41,7 @@ def verify_model(airlock: Airlock, model_id: str) -> dict:
     if not model["manifest_digest"]:
         raise IntegrityFailure(f"model {model_id} has no signed manifest yet (it has not passed evaluation)")
     envelope = json.loads(airlock.store.get_bytes(model["manifest_digest"]))
-    public_key = ensure_appliance_key(airlock.settings).public_key()
-    manifest = verify_envelope(envelope, public_key)
+    manifest = verify_envelope(envelope, appliance_public_key(airlock.settings))
     problems = []
     if manifest.get("model_id") != model_id:
         problems.append(f"the manifest is for {manifest.get('model_id')!r}, not {model_id!r}")
