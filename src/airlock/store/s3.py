@@ -1,0 +1,210 @@
+"""The S3 backend: blobs and refs as objects in one bucket, through the MinIO SDK.
+
+Keys:
+    blobs/sha256/<64 hex>   blob bytes
+    refs/<name>             the digest the ref points at
+
+The SDK speaks plain S3, so the same code runs against MinIO on appliance hosts and against any
+other S3-compatible server. Reads are verified exactly as in the folder backend: the server is
+trusted to store bytes, never to return the right ones.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+
+import urllib3
+from minio import Minio
+from minio.error import S3Error
+
+from airlock.errors import AirlockError, IntegrityFailure, InvalidInput, NotFound, NotReady
+from airlock.store.base import CHUNK, ArtifactStore, check_digest, check_ref_name, sha256_file
+
+BLOBS = "blobs/sha256/"
+REFS = "refs/"
+MISSING = {"NoSuchKey", "NoSuchObject", "ResourceNotFound"}
+
+
+class S3Store(ArtifactStore):
+    def __init__(
+        self,
+        *,
+        endpoint: str,
+        access_key: str = "",
+        secret_key: str = "",
+        bucket: str = "airlock",
+        secure: bool = False,
+    ) -> None:
+        # Accept "http://host:port" as well as the bare "host:port" the SDK wants.
+        for scheme, is_secure in (("https://", True), ("http://", False)):
+            if endpoint.startswith(scheme):
+                endpoint, secure = endpoint.removeprefix(scheme).rstrip("/"), is_secure
+        self.endpoint = endpoint
+        self.bucket = bucket
+        self.client = Minio(
+            endpoint,
+            access_key=access_key or None,
+            secret_key=secret_key or None,
+            secure=secure,
+        )
+        with self._errors(f"bucket {bucket!r}"):
+            if not self.client.bucket_exists(bucket):
+                try:
+                    self.client.make_bucket(bucket)
+                except S3Error as e:
+                    # Another process created it between the check and the create.
+                    if e.code not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
+                        raise
+
+    def __repr__(self) -> str:
+        return f"S3Store({self.endpoint!r}, bucket={self.bucket!r})"
+
+    def _where(self, key: str) -> str:
+        return f"s3://{self.bucket}/{key} on {self.endpoint}"
+
+    @contextmanager
+    def _errors(self, what: str, key: str = ""):
+        """Turn SDK and transport errors into the store's own error tree, naming what failed."""
+        try:
+            yield
+        except S3Error as e:
+            if e.code in MISSING:
+                raise NotFound(f"{what} is not in the store ({self._where(key)})") from None
+            detail = f"{e.code}: {e.message}"
+            raise AirlockError(f"S3 refused {what} at {self.endpoint}: {detail}") from e
+        except urllib3.exceptions.HTTPError as e:
+            raise NotReady(f"S3 endpoint {self.endpoint} is not reachable ({what}): {e}") from e
+
+    @staticmethod
+    def _blob_key(digest: str) -> str:
+        return BLOBS + check_digest(digest).removeprefix("sha256:")
+
+    # Blobs
+
+    def exists(self, digest: str) -> bool:
+        key = self._blob_key(digest)
+        try:
+            with self._errors(f"artifact {digest}", key):
+                self.client.stat_object(self.bucket, key)
+        except NotFound:
+            return False
+        return True
+
+    def put_bytes(self, data: bytes) -> str:
+        digest = "sha256:" + hashlib.sha256(data).hexdigest()
+        if not self.exists(digest):
+            key = self._blob_key(digest)
+            with self._errors(f"artifact {digest}", key):
+                self.client.put_object(self.bucket, key, io.BytesIO(data), len(data))
+        return digest
+
+    def put_file(self, path: Path) -> str:
+        path = Path(path)
+        if not path.is_file():
+            raise NotFound(f"cannot store {path}: no such file")
+        digest = sha256_file(path)
+        if not self.exists(digest):
+            key = self._blob_key(digest)
+            # fput_object switches to a multipart upload for big files on its own.
+            with self._errors(f"artifact {digest}", key):
+                self.client.fput_object(self.bucket, key, str(path))
+        return digest
+
+    @contextmanager
+    def _download(self, digest: str):
+        """Yield (key, chunks) of a blob; the connection goes back to the pool afterwards."""
+        key = self._blob_key(digest)
+        with self._errors(f"artifact {digest}", key):
+            response = self.client.get_object(self.bucket, key)
+            try:
+                yield key, response.stream(CHUNK)
+            finally:
+                response.close()
+                response.release_conn()
+
+    def _verify(self, digest: str, key: str, h) -> None:
+        actual = "sha256:" + h.hexdigest()
+        if actual != digest:
+            raise IntegrityFailure(
+                f"artifact {digest} at {self._where(key)} has changed: it hashes to {actual}"
+            )
+
+    def get_bytes(self, digest: str) -> bytes:
+        h = hashlib.sha256()
+        buf = bytearray()
+        with self._download(digest) as (key, chunks):
+            for chunk in chunks:
+                h.update(chunk)
+                buf += chunk
+        self._verify(digest, key, h)
+        return bytes(buf)
+
+    def get_file(self, digest: str, dest: Path) -> Path:
+        dest = Path(dest)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        # The download lands in a temp file beside dest and only becomes dest once verified.
+        fd, name = tempfile.mkstemp(prefix=".~tmp-", dir=dest.parent)
+        tmp = Path(name)
+        try:
+            h = hashlib.sha256()
+            with os.fdopen(fd, "wb") as out:
+                with self._download(digest) as (key, chunks):
+                    for chunk in chunks:
+                        h.update(chunk)
+                        out.write(chunk)
+                self._verify(digest, key, h)
+                out.flush()
+                os.fsync(out.fileno())
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, dest)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        return dest
+
+    # Refs
+
+    def set_ref(self, name: str, digest: str) -> None:
+        key = REFS + check_ref_name(name)
+        check_digest(digest)
+        if not self.exists(digest):
+            raise NotFound(f"cannot point reference {name!r} at {digest}: not in the store")
+        body = (digest + "\n").encode()
+        with self._errors(f"reference {name!r}", key):
+            self.client.put_object(self.bucket, key, io.BytesIO(body), len(body))
+
+    def _read_ref(self, name: str, key: str) -> str:
+        with self._errors(f"reference {name!r}", key):
+            response = self.client.get_object(self.bucket, key)
+            try:
+                text = response.read().decode(errors="replace").strip()
+            finally:
+                response.close()
+                response.release_conn()
+        try:
+            return check_digest(text)
+        except InvalidInput:
+            raise IntegrityFailure(
+                f"reference {name!r} at {self._where(key)} does not hold a digest"
+            ) from None
+
+    def get_ref(self, name: str) -> str:
+        return self._read_ref(name, REFS + check_ref_name(name))
+
+    def list_refs(self, prefix: str = "") -> dict[str, str]:
+        with self._errors(f"references under {prefix!r}", REFS + prefix):
+            listing = self.client.list_objects(self.bucket, prefix=REFS + prefix, recursive=True)
+            keys = sorted(o.object_name for o in listing if not o.is_dir)
+        return {key.removeprefix(REFS): self._read_ref(key.removeprefix(REFS), key) for key in keys}
+
+    def delete_ref(self, name: str) -> None:
+        key = REFS + check_ref_name(name)
+        # S3 deletes are silent about missing keys; look first so both backends answer alike.
+        with self._errors(f"reference {name!r}", key):
+            self.client.stat_object(self.bucket, key)
+            self.client.remove_object(self.bucket, key)
