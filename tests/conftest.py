@@ -24,3 +24,11 @@ def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
 @pytest.fixture
 def airlock(settings: Settings) -> Airlock:
     return Airlock.open(settings)
+
+
+@pytest.fixture(scope="session")
+def tiny_models_dir() -> Path:
+    """The repo's offline_models/ with the reference model in it (install.sh builds it; so do we)."""
+    from vllm_fixtures import ensure_reference_model
+
+    return ensure_reference_model().parent

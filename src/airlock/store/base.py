@@ -83,8 +83,11 @@ class ArtifactStore(ABC):
         return self.put_bytes(json.dumps(index, sort_keys=True, separators=(",", ":")).encode())
 
     def tree_index(self, digest: str) -> dict[str, dict]:
-        index = json.loads(self.get_bytes(digest))
-        if index.get("kind") != "airlock.tree/v1":
+        try:
+            index = json.loads(self.get_bytes(digest))
+        except (ValueError, UnicodeDecodeError):
+            index = None
+        if not isinstance(index, dict) or index.get("kind") != "airlock.tree/v1":
             raise IntegrityFailure(f"artifact {digest} is not a tree index")
         return index["files"]
 

@@ -1,0 +1,1 @@
+"""Serving: the vLLM server process and runtime LoRA adapters (`airlock.serve.vllm_server`)."""

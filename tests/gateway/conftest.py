@@ -1,0 +1,114 @@
+"""Run the real gateway in-process (uvicorn on a free loopback port) for the OpenAI client."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import uvicorn
+from vllm_fixtures import free_port
+
+from airlock.config import Settings
+from airlock.gateway import create_app
+from airlock.gateway.apikeys import create_key
+from airlock.meta import open_meta
+
+
+@dataclass
+class Gateway:
+    url: str
+    settings: Settings
+    key: str
+    app: object
+
+    @property
+    def meta(self):
+        return self.app.state.meta
+
+
+class _Server(uvicorn.Server):
+    def install_signal_handlers(self) -> None:  # the test runner owns signals
+        pass
+
+
+def run_gateway(settings: Settings) -> Iterator[Gateway]:
+    app = create_app(settings)
+    _, key = create_key(open_meta(settings.db_path), "tests")
+    server = _Server(uvicorn.Config(app, host=settings.gateway_host, port=settings.gateway_port,
+                                    log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 15
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("the gateway did not start")
+        time.sleep(0.02)
+    try:
+        yield Gateway(url=settings.gateway_url, settings=settings, key=key, app=app)
+    finally:
+        server.should_exit = True
+        thread.join(timeout=15)
+
+
+def gateway_settings(home: Path, **overrides) -> Settings:
+    values = {"home": home, "gateway_port": free_port(), "vllm_port": free_port()}
+    return Settings(**(values | overrides))
+
+
+@pytest.fixture
+def offline_gateway(tmp_path: Path) -> Iterator[Gateway]:
+    """A gateway whose vLLM port is closed: everything that needs no model, and the 503 path."""
+    yield from run_gateway(gateway_settings(tmp_path / "home"))
+
+
+def train_tiny_adapter(base_dir: Path, out_dir: Path, *, seed: int, text: str, steps: int = 30) -> Path:
+    """A real PEFT LoRA adapter: a few steps on one sentence, enough to change greedy output."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        torch.manual_seed(seed)
+        tokenizer = AutoTokenizer.from_pretrained(base_dir)
+        model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+        model = get_peft_model(model, LoraConfig(
+            r=8, lora_alpha=16, lora_dropout=0.0, task_type="CAUSAL_LM",
+            target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]))
+        ids = tokenizer(text, return_tensors="pt").input_ids
+        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+        for _ in range(steps):
+            model(input_ids=ids, labels=ids).loss.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+        model.save_pretrained(out_dir)
+    finally:
+        torch.set_num_threads(threads)
+    return out_dir
+
+
+@pytest.fixture(scope="session")
+def loaded_adapters(vllm_server, tmp_path_factory) -> Iterator[list[str]]:
+    """Two adapters loaded into the session's vLLM under names no other test uses."""
+    root = tmp_path_factory.mktemp("gateway-adapters")
+    names = []
+    for seed, (name, text) in enumerate([("gw-adapter-a", "Zebra zebra zebra zebra zebra."),
+                                         ("gw-adapter-b", "Pepper pepper pepper pepper.")]):
+        path = train_tiny_adapter(vllm_server.model_dir, root / name, seed=seed, text=text)
+        vllm_server.load_adapter(name, path)
+        names.append(name)
+    yield names
+    for name in names:
+        vllm_server.unload_adapter(name)
+
+
+@pytest.fixture
+def live_gateway(tmp_path: Path, vllm_server) -> Iterator[Gateway]:
+    """A gateway in front of the session's real vLLM server."""
+    yield from run_gateway(gateway_settings(tmp_path / "home", vllm_port=vllm_server.port,
+                                            serve_base_model=vllm_server.served_name))

@@ -1,0 +1,54 @@
+"""`airlock apikey create|list|revoke`: the key is printed once and works against the service layer."""
+
+from __future__ import annotations
+
+import json
+
+from typer.testing import CliRunner
+
+from airlock.cli.main import app
+from airlock.gateway.apikeys import authenticate
+from airlock.meta import open_meta
+
+runner = CliRunner()
+
+
+def test_create_list_revoke(settings):
+    created = runner.invoke(app, ["apikey", "create", "--name", "reports"])
+    assert created.exit_code == 0, created.output
+    secret = created.stdout.strip().splitlines()[0]
+    assert secret.startswith("ak-")
+    assert "cannot be shown again" in created.stderr
+    meta = open_meta(settings.db_path)
+    key_id = authenticate(meta, f"Bearer {secret}")["id"]
+
+    listed = runner.invoke(app, ["apikey", "list", "--json"])
+    assert listed.exit_code == 0, listed.output
+    rows = json.loads(listed.stdout)
+    assert [(r["id"], r["name"], r["revoked_at"]) for r in rows] == [(key_id, "reports", None)]
+    assert secret not in listed.stdout
+
+    table = runner.invoke(app, ["apikey", "list"])
+    assert key_id in table.stdout and "active" in table.stdout
+
+    revoked = runner.invoke(app, ["apikey", "revoke", key_id])
+    assert revoked.exit_code == 0, revoked.output
+    assert "revoked" in revoked.stdout
+    rows = json.loads(runner.invoke(app, ["apikey", "list", "--json"]).stdout)
+    assert rows[0]["revoked_at"]
+    assert json.loads(runner.invoke(app, ["apikey", "list", "--json", "--active"]).stdout) == []
+
+
+def test_errors_exit_with_the_error_code(settings):
+    missing = runner.invoke(app, ["apikey", "revoke", "nope"])
+    assert missing.exit_code == 3
+    assert "no API key" in missing.stderr
+    blank = runner.invoke(app, ["apikey", "create", "--name", " "])
+    assert blank.exit_code == 2
+
+
+def test_every_command_has_help():
+    for args in (["apikey"], ["apikey", "create"], ["apikey", "list"], ["apikey", "revoke"]):
+        result = runner.invoke(app, [*args, "--help"])
+        assert result.exit_code == 0
+        assert "Usage" in result.stdout

@@ -1,0 +1,125 @@
+"""The gateway in front of the real vLLM server, called with the official OpenAI client."""
+
+from __future__ import annotations
+
+import httpx
+import openai
+import pytest
+
+from airlock.meta.db import now
+
+pytestmark = [pytest.mark.vllm, pytest.mark.slow]
+
+CHAT = [{"role": "user", "content": "What is an air gap?"}]
+
+
+def client(gw) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{gw.url}/v1", api_key=gw.key, max_retries=0, timeout=120)
+
+
+def set_alias(gw, alias: str, lora_name: str) -> None:
+    with gw.meta.write() as db:
+        db["aliases"].upsert({"name": alias, "model_id": lora_name, "lora_name": lora_name,
+                              "base_model": gw.settings.serve_base_model, "updated_at": now()},
+                             pk="name")
+
+
+def test_probes_report_ready(live_gateway):
+    assert httpx.get(f"{live_gateway.url}/healthz").status_code == 200
+    ready = httpx.get(f"{live_gateway.url}/readyz")
+    assert ready.status_code == 200 and ready.json()["status"] == "ready"
+
+
+def test_chat_completion(live_gateway):
+    base = live_gateway.settings.serve_base_model
+    resp = client(live_gateway).chat.completions.create(model=base, messages=CHAT, max_tokens=8,
+                                                        temperature=0)
+    assert resp.model == base
+    assert isinstance(resp.choices[0].message.content, str)
+    assert 0 < resp.usage.completion_tokens <= 8
+
+
+def test_chat_completion_stream_arrives_in_chunks(live_gateway):
+    base = live_gateway.settings.serve_base_model
+    stream = client(live_gateway).chat.completions.create(
+        model=base, messages=CHAT, max_tokens=16, temperature=0, stream=True,
+        stream_options={"include_usage": True})
+    chunks = list(stream)
+    texts = [c.choices[0].delta.content or "" for c in chunks if c.choices]
+    assert sum(1 for t in texts if t) > 1
+    assert chunks[-1].usage is not None
+    whole = client(live_gateway).chat.completions.create(model=base, messages=CHAT, max_tokens=16,
+                                                         temperature=0)
+    assert "".join(texts) == whole.choices[0].message.content
+
+
+def test_completions_plain_and_streamed(live_gateway):
+    base = live_gateway.settings.serve_base_model
+    oa = client(live_gateway)
+    plain = oa.completions.create(model=base, prompt="The gateway", max_tokens=8, temperature=0)
+    streamed = oa.completions.create(model=base, prompt="The gateway", max_tokens=8, temperature=0,
+                                     stream=True)
+    assert "".join(c.choices[0].text for c in streamed) == plain.choices[0].text
+
+
+def test_raw_stream_is_relayed_as_server_sent_events(live_gateway):
+    body = {"model": live_gateway.settings.serve_base_model, "prompt": "Hello", "max_tokens": 8,
+            "stream": True}
+    events = []
+    with httpx.stream("POST", f"{live_gateway.url}/v1/completions", json=body, timeout=120,
+                      headers={"Authorization": f"Bearer {live_gateway.key}"}) as resp:
+        assert resp.headers["content-type"].startswith("text/event-stream")
+        events = [line for line in resp.iter_lines() if line.startswith("data: ")]
+    assert len(events) > 2 and events[-1] == "data: [DONE]"
+
+
+def test_vllm_errors_pass_through(live_gateway):
+    with pytest.raises(openai.BadRequestError) as info:
+        client(live_gateway).chat.completions.create(
+            model=live_gateway.settings.serve_base_model, messages=CHAT, max_tokens=100_000)
+    assert info.value.status_code == 400
+    assert info.value.message
+
+
+def test_alias_resolves_to_its_adapter_and_switches_on_the_next_request(live_gateway, loaded_adapters,
+                                                                       vllm_server):
+    adapter_a, adapter_b = loaded_adapters
+    assert set(loaded_adapters) <= set(vllm_server.loaded_adapters())
+    oa = client(live_gateway)
+    base = live_gateway.settings.serve_base_model
+    set_alias(live_gateway, "support-bot", adapter_a)
+    assert "support-bot" in [m.id for m in oa.models.list().data]
+
+    via_alias = oa.chat.completions.create(model="support-bot", messages=CHAT, max_tokens=12,
+                                           temperature=0)
+    on_base = oa.chat.completions.create(model=base, messages=CHAT, max_tokens=12, temperature=0)
+    assert via_alias.model == adapter_a
+    assert via_alias.choices[0].message.content != on_base.choices[0].message.content
+
+    set_alias(live_gateway, "support-bot", adapter_b)
+    switched = oa.completions.create(model="support-bot", prompt="Hi", max_tokens=4)
+    assert switched.model == adapter_b
+    # The adapter's own name is not a public model: only aliases and the base model are.
+    with pytest.raises(openai.NotFoundError):
+        oa.completions.create(model=adapter_b, prompt="Hi", max_tokens=4)
+
+
+def test_request_in_flight_keeps_the_adapter_it_resolved(live_gateway, loaded_adapters):
+    adapter_a, adapter_b = loaded_adapters
+    set_alias(live_gateway, "canary", adapter_a)
+    stream = client(live_gateway).completions.create(model="canary", prompt="Once", max_tokens=24,
+                                                     temperature=0, stream=True)
+    first = next(iter(stream))
+    set_alias(live_gateway, "canary", adapter_b)
+    rest = list(stream)
+    assert {c.model for c in [first, *rest]} == {adapter_a}
+    after = client(live_gateway).completions.create(model="canary", prompt="Once", max_tokens=2)
+    assert after.model == adapter_b
+
+
+def test_metrics_record_upstream_latency(live_gateway):
+    client(live_gateway).completions.create(model=live_gateway.settings.serve_base_model,
+                                            prompt="Hi", max_tokens=2)
+    text = httpx.get(f"{live_gateway.url}/metrics").text
+    assert 'route="/v1/completions",status="200"} 1' in text
+    assert "airlock_gateway_upstream_seconds_count 1" in text
