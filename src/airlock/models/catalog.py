@@ -1,0 +1,204 @@
+"""The base-model catalog: one Hugging Face format folder per model under `settings.models_dir`.
+
+A folder counts as a base model when it holds a `config.json` and safetensors weights. Nothing
+here imports torch or transformers: listing and hashing must stay cheap enough for the CLI and
+the HTTP API, and the folders are read as plain files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import struct
+from pathlib import Path
+
+from airlock.config import Settings
+from airlock.errors import InvalidInput, NotFound
+
+# Pickle-based weights can run code when loaded; they are named so the refusal can say why.
+UNSAFE_WEIGHT_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+DIGEST_CACHE = ".airlock-digest.json"
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+_CHUNK = 1 << 20
+
+
+def list_base_models(settings: Settings) -> list[dict]:
+    """Every usable base model, sorted by name.
+
+    Folders that are not usable (no config.json, pickle weights only) are left out here and
+    reported by `refused_base_models`, so a listing never fails because of one bad folder.
+    """
+    models = []
+    for folder in _candidate_folders(settings.models_dir):
+        try:
+            models.append(describe_model(folder))
+        except InvalidInput:
+            continue
+    return models
+
+
+def refused_base_models(settings: Settings) -> list[dict]:
+    """Folders under the models directory that are not usable, each with the reason."""
+    refused = []
+    for folder in _candidate_folders(settings.models_dir):
+        try:
+            check_model_dir(folder)
+        except InvalidInput as exc:
+            refused.append({"name": folder.name, "path": str(folder), "reason": exc.message})
+    return refused
+
+
+def resolve_base_model(settings: Settings, name: str) -> Path:
+    """The folder of base model `name`, checked to be usable; NotFound lists the valid names."""
+    check_model_name(name)
+    folder = Path(settings.models_dir) / name
+    if not folder.is_dir():
+        # Names only: hashing every model to build an error message would be wasted work.
+        refused = {r["name"] for r in refused_base_models(settings)}
+        available = [f.name for f in _candidate_folders(settings.models_dir) if f.name not in refused]
+        raise NotFound(
+            f"base model {name!r} not found in {settings.models_dir}; "
+            + (f"available: {', '.join(available)}" if available else "no base models are installed"),
+        )
+    check_model_dir(folder)
+    return folder
+
+
+def check_model_name(name: str) -> None:
+    """A model name is one plain folder name, so it can never point outside the models dir."""
+    if not _NAME.match(name):
+        raise InvalidInput(f"invalid base model name {name!r}: use letters, digits, '.', '_' or '-'")
+
+
+def check_model_dir(folder: Path) -> None:
+    """Raise InvalidInput unless `folder` has a readable config.json and safetensors weights."""
+    folder = Path(folder)
+    config_path = folder / "config.json"
+    if not config_path.is_file():
+        raise InvalidInput(f"{folder} is not a model folder: it has no config.json")
+    try:
+        json.loads(config_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InvalidInput(f"{config_path} is not valid JSON: {exc}") from None
+    if any(folder.glob("*.safetensors")):
+        return
+    unsafe = sorted(p.name for p in folder.iterdir() if p.suffix in UNSAFE_WEIGHT_SUFFIXES)
+    if unsafe:
+        raise InvalidInput(
+            f"{folder} holds only pickle weights ({', '.join(unsafe)}); airlock loads safetensors "
+            "weights only, because pickle files can run code when loaded. Convert the model to "
+            "safetensors before bringing it across.",
+        )
+    raise InvalidInput(f"{folder} has no *.safetensors weights")
+
+
+def describe_model(folder: Path) -> dict:
+    """Name, path, architecture, parameter count and digest of one usable model folder."""
+    folder = Path(folder)
+    check_model_dir(folder)
+    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    architectures = config.get("architectures") or []
+    return {
+        "name": folder.name,
+        "path": str(folder),
+        "architecture": architectures[0] if architectures else None,
+        "model_type": config.get("model_type"),
+        "parameters": count_parameters(folder),
+        "digest": model_digest(folder),
+    }
+
+
+def count_parameters(folder: Path) -> int | None:
+    """Parameters stored in the safetensors files, read from their headers only.
+
+    Tied embeddings are stored once and so counted once. None when a header is unreadable:
+    the count is informative, and the loader reports real damage on its own.
+    """
+    total = 0
+    try:
+        for path in sorted(Path(folder).glob("*.safetensors")):
+            with path.open("rb") as f:
+                (header_len,) = struct.unpack("<Q", f.read(8))
+                header = json.loads(f.read(header_len))
+            for key, entry in header.items():
+                if key != "__metadata__":
+                    n = 1
+                    for dim in entry["shape"]:
+                        n *= dim
+                    total += n
+    except (OSError, ValueError, KeyError, TypeError, struct.error):
+        return None
+    return total
+
+
+def model_digest(folder: Path, *, use_cache: bool = True) -> str:
+    """`sha256:<hex>` over a canonical listing of every file: relative path, size and sha256.
+
+    Per-file hashes are cached beside the files, keyed by size and mtime, so listing many
+    models stays fast. Verification right before a load should pass use_cache=False: a cache
+    that lives with the files cannot vouch for them.
+    """
+    folder = Path(folder)
+    cache_path = folder / DIGEST_CACHE
+    cached = _read_cache(cache_path) if use_cache else {}
+    entries: dict[str, dict] = {}
+    for path in sorted(_files(folder), key=lambda p: p.relative_to(folder).as_posix()):
+        rel = path.relative_to(folder).as_posix()
+        st = path.stat()
+        hit = cached.get(rel)
+        if hit and hit.get("size") == st.st_size and hit.get("mtime_ns") == st.st_mtime_ns:
+            sha = hit["sha256"]
+        else:
+            sha = _sha256_file(path)
+        entries[rel] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": sha}
+    listing = "".join(f"{rel}\t{e['size']}\t{e['sha256']}\n" for rel, e in entries.items())
+    if use_cache and entries != cached:
+        _write_cache(cache_path, entries)
+    return "sha256:" + hashlib.sha256(listing.encode("utf-8")).hexdigest()
+
+
+def _candidate_folders(models_dir: Path) -> list[Path]:
+    models_dir = Path(models_dir)
+    if not models_dir.is_dir():
+        return []
+    # Hidden names are half-built or replaced models (see reference.py); never offer them.
+    return sorted(p for p in models_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _files(folder: Path):
+    for root, dirs, names in os.walk(folder):
+        dirs.sort()
+        for name in names:
+            path = Path(root) / name
+            # The cache and its temporary siblings describe the files; they are not the model.
+            if path.parent == folder and name.startswith(DIGEST_CACHE):
+                continue
+            yield path
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _read_cache(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        return data["files"] if data.get("version") == 1 else {}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return {}
+
+
+def _write_cache(path: Path, entries: dict) -> None:
+    # Best effort: an installed models directory may be read-only, and then we just rehash.
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(json.dumps({"version": 1, "files": entries}, sort_keys=True), encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError:
+        tmp.unlink(missing_ok=True)
