@@ -58,3 +58,65 @@ def build_reference(
         f"digest {model_digest(dest)}",
         highlight=False,
     )
+
+
+@app.command("list")
+@command
+def list_cmd(json_out: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+    """List base models (under the models folder) and fine-tuned adapters, with their aliases."""
+    from rich.table import Table
+
+    from airlock.cli.common import open_airlock, print_json
+    from airlock.models.adapters import list_models
+    from airlock.models.catalog import list_base_models
+
+    airlock = open_airlock()
+    adapters = list_models(airlock)
+    if json_out:
+        return print_json(adapters)
+    table = Table("model", "kind", "base", "signed", "promoted", "aliases", "created")
+    for base in list_base_models(airlock.settings):
+        table.add_row(base["name"], "base", "", "", "", "", "")
+    for m in adapters:
+        table.add_row(m["id"], m["kind"], m["base_model"], "yes" if m["manifest_digest"] else "no",
+                      str(m["promotions"]), m["aliases"] or "", m["created_at"])
+    console.print(table)
+
+
+@app.command("verify")
+@command
+def verify_cmd(model_id: str = typer.Argument(..., help="The adapter's id (see `airlock models list`).")) -> None:
+    """Re-check a stored model: its manifest signature and every file's sha256 and size."""
+    from airlock.cli.common import open_airlock
+    from airlock.models.signing import verify_model
+
+    manifest = verify_model(open_airlock(), model_id)
+    console.print(f"[green]{model_id} verified[/]: signature and {len(manifest['files'])} file(s) match")
+
+
+@app.command("promote")
+@command
+def promote_cmd(
+    model_id: str = typer.Argument(..., help="The adapter's id."),
+    min_exact_match: float = typer.Option(0.0, help="The gate's exact-match threshold (0-1)."),
+) -> None:
+    """Pass a signed, evaluated adapter through the promotion gate (signature, digests, thresholds)."""
+    from airlock.cli.common import open_airlock
+    from airlock.gate.promote import GatePolicy, promote
+
+    result = promote(open_airlock(), model_id, GatePolicy(min_exact_match=min_exact_match), actor="cli")
+    console.print(f"[green]promoted {model_id}[/] (promotion {result['promotion_id']})")
+
+
+@app.command("deploy")
+@command
+def deploy_cmd(
+    model_id: str = typer.Argument(..., help="A promoted adapter's id."),
+    alias: str = typer.Option(..., "--alias", help="The model name applications call."),
+) -> None:
+    """Serve a promoted adapter under an alias: verify, hot-load into vLLM, smoke-test, switch."""
+    from airlock.cli.common import open_airlock
+    from airlock.serve.deploy import deploy
+
+    result = deploy(open_airlock(), model_id, alias, actor="cli")
+    console.print(f"[green]alias {result['alias']} -> {result['model_id']}[/]")

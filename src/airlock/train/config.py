@@ -21,6 +21,9 @@ class LoraTrainConfig(BaseModel):
     batch_size: int = Field(4, ge=1, le=1024)
     max_length: int = Field(512, ge=8)
     weight_decay: float = Field(0.0, ge=0.0)
+    lr_schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    warmup_steps: int = Field(0, ge=0)
+    max_grad_norm: float = Field(1.0, ge=0.0)
     seed: int = 0
 
     @field_validator("target_modules")

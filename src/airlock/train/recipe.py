@@ -1,11 +1,12 @@
 """The `finetune.lora` recipe: setup, train, save, in that order, nothing hidden.
 
 Deterministic on the CPU for a fixed seed: the seed fixes LoRA initialisation, dropout and the
-order of batches, and deterministic kernels are requested.
+order of batches, and the saved adapter config is written in a stable order.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -81,7 +82,6 @@ def finetune(
 
     # setup
     torch.manual_seed(config.seed)
-    torch.use_deterministic_algorithms(True, warn_only=True)
     tokenizer, base = load_base(base_dir)
     model = get_peft_model(base, config.peft_config())
     examples = encode_dataset(tokenizer, records, config.max_length)
@@ -91,6 +91,8 @@ def finetune(
     )
     steps_per_epoch = -(-len(examples) // config.batch_size)
     total = steps_per_epoch * config.epochs
+    scheduler = lr_scheduler(optimizer, config, total)
+    trainable = [p for p in model.parameters() if p.requires_grad]
     result = TrainResult(adapter_dir=out_dir, steps=total)
 
     # train
@@ -102,7 +104,10 @@ def finetune(
             ids, labels, mask = collate(batch, pad_id)
             loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
             loss.backward()
+            if config.max_grad_norm:
+                torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm)
             optimizer.step()
+            scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
             result.trained_tokens += int(mask.sum())
@@ -114,4 +119,21 @@ def finetune(
 
     # save: PEFT format, safetensors only
     model.save_pretrained(out_dir, safe_serialization=True)
+    stabilise_adapter_config(out_dir / "adapter_config.json")
     return result
+
+
+def lr_scheduler(optimizer, config: LoraTrainConfig, total_steps: int):
+    from transformers import get_scheduler
+
+    return get_scheduler(config.lr_schedule, optimizer, num_warmup_steps=config.warmup_steps,
+                         num_training_steps=total_steps)
+
+
+def stabilise_adapter_config(path: Path) -> None:
+    """PEFT writes target_modules from a set, in a different order per process; sort it so the
+    same training run always yields the same adapter bytes (and the same content digest)."""
+    config = json.loads(path.read_text())
+    if isinstance(config.get("target_modules"), list):
+        config["target_modules"] = sorted(config["target_modules"])
+    path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
