@@ -13,7 +13,7 @@ QUICKSTART = REPO_ROOT / "examples" / "quickstart.yaml"
 
 
 def _say(text: str) -> None:
-    console.print(f"[cyan]airlock[/] {text}", highlight=False)
+    console.print(f"[cyan]airlock[/] {text}", highlight=False, soft_wrap=True)
 
 
 @command
@@ -90,7 +90,7 @@ def demo(
         _, key = create_key(airlock.meta, f"demo-{run_id}")
         _say(f"[green]serving alias [bold]{alias}[/bold] at {settings.gateway_url}/v1[/]")
         _say(f"API key (shown once): [bold]{key}[/]")
-        console.print(snippets(settings.gateway_url, alias, key), highlight=False)
+        console.print(snippets(settings.gateway_url, alias, key), highlight=False, soft_wrap=True)
     except BaseException:
         if appliance:
             appliance.stop()
