@@ -75,6 +75,8 @@ def run_cmd(
         print_json(run)
     if run["status"] != "succeeded":
         raise StageFailed(f"run {run_id} {run['status']}: {run['error']}")
+    if json_out:
+        return
     console.print(f"[green]run {run_id} succeeded[/]")
     serve = next((s for s in run["stages"] if s["uses"] == "serve.vllm"), None)
     if serve and serve["outputs"]:
