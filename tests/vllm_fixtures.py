@@ -6,9 +6,7 @@ session's server and stays out of each other's way by using its own adapter and 
 
 from __future__ import annotations
 
-import os
 import socket
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,8 +16,6 @@ from airlock.config import REPO_ROOT, Settings
 
 REFERENCE_MODEL = "airlock-tiny"
 REFERENCE_DIR = REPO_ROOT / "offline_models" / REFERENCE_MODEL
-# A build may be in progress in another process (install.sh, `airlock models build-reference`).
-_BUILD_WAIT_S = 900
 
 
 def free_port() -> int:
@@ -28,42 +24,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _model_complete(folder: Path) -> bool:
-    return (folder / "config.json").is_file() and any(folder.glob("*.safetensors"))
-
-
-def _build_in_progress() -> bool:
-    """A live build writes beside the folder under `.NAME.building-PID` and renames it at the end."""
-    for tmp in REFERENCE_DIR.parent.glob(f".{REFERENCE_MODEL}.building-*"):
-        pid = tmp.name.rsplit("-", 1)[-1]
-        if pid.isdigit():
-            try:
-                os.kill(int(pid), 0)
-                return True
-            except ProcessLookupError:
-                continue
-            except PermissionError:
-                return True
-    return False
-
-
 def ensure_reference_model() -> Path:
-    """The reference model folder: waited for while another process builds it, else built here."""
-    from airlock.errors import InvalidInput
+    """The reference model folder; install.sh builds it, and so does this when it is missing."""
     from airlock.models.reference import build_reference_model
 
-    deadline = time.monotonic() + _BUILD_WAIT_S
-    while not _model_complete(REFERENCE_DIR):
-        if not REFERENCE_DIR.exists() and not _build_in_progress():
-            try:
-                build_reference_model(REFERENCE_DIR)
-            except InvalidInput:
-                pass  # another process finished first; the loop checks its result
-            continue
-        if time.monotonic() > deadline:
-            pytest.fail(f"reference model {REFERENCE_DIR} is incomplete; rebuild it with "
-                        "`airlock models build-reference --force`")
-        time.sleep(5)
+    if not (REFERENCE_DIR / "config.json").is_file():
+        build_reference_model(REFERENCE_DIR, overwrite=REFERENCE_DIR.exists())
     return REFERENCE_DIR
 
 

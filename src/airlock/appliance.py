@@ -53,6 +53,9 @@ class Appliance:
             raise NotReady(f"an appliance already runs on {self.settings.home} (pid {pid}); `airlock down` stops it")
         pid_file(self.settings).write_text(str(os.getpid()))
         from airlock.gateway.app import create_app
+        from airlock.trust.keys import ensure_appliance_key
+
+        ensure_appliance_key(self.settings)  # created at first start, owner-only
 
         self.say(f"starting vLLM ({self.settings.serve_base_model}) on {self.vllm.url}")
         self.vllm.start()

@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import yaml
+from vllm_fixtures import free_port
 
 from airlock.config import REPO_ROOT
 
@@ -48,3 +55,38 @@ def candidate_workflow(folder: Path) -> Path:
     path = folder / "candidate.yaml"
     path.write_text(yaml.safe_dump(spec))
     return path
+
+
+@contextmanager
+def running_appliance(home: Path, models_dir: Path, **settings: str) -> Iterator[RunningAppliance]:
+    """`airlock up` on free ports with its own home, ready (vLLM answering) when yielded."""
+    env = dict(os.environ, AIRLOCK_HOME=str(home), AIRLOCK_GATEWAY_PORT=str(free_port()),
+               AIRLOCK_VLLM_PORT=str(free_port()), AIRLOCK_MODELS_DIR=str(models_dir), **settings)
+    gateway_url = f"http://127.0.0.1:{env['AIRLOCK_GATEWAY_PORT']}"
+    home.mkdir(parents=True, exist_ok=True)
+    log_path = home.parent / "up.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen([AIRLOCK, "up"], env=env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT)
+        try:
+            _wait_ready(proc, gateway_url, log_path)
+            yield RunningAppliance(env=env, home=home, gateway_url=gateway_url, proc=proc)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+def _wait_ready(proc: subprocess.Popen, gateway_url: str, log_path: Path, timeout: float = 600) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"airlock up exited {proc.returncode}:\n{log_path.read_text()[-4000:]}")
+        try:
+            if httpx.get(f"{gateway_url}/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(1)
+    raise AssertionError(f"the appliance did not become ready in {timeout:.0f} s:\n{log_path.read_text()[-4000:]}")

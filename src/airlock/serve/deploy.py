@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import time
 
 import httpx
 
@@ -52,6 +53,22 @@ def smoke_test(vllm: VllmServer, lora_name: str) -> None:
         raise NotReady(f"smoke request through {lora_name} failed: HTTP {resp.status_code} {resp.text[:300]}")
 
 
+def wait_for_vllm(airlock: Airlock) -> VllmServer:
+    """vLLM, once ready. While an appliance on this home is still starting it, wait for it;
+    with no appliance running, fail at once and say how to start one."""
+    from airlock.appliance import running_pid
+
+    vllm = VllmServer(airlock.settings)
+    deadline = time.monotonic() + airlock.settings.vllm_startup_timeout_s
+    while not vllm.is_healthy():
+        if running_pid(airlock.settings) is None:
+            raise NotReady(f"vLLM is not running at {vllm.url}: start the appliance with `airlock up`")
+        if time.monotonic() > deadline:
+            raise NotReady(f"vLLM at {vllm.url} did not become ready in {airlock.settings.vllm_startup_timeout_s:.0f} s")
+        time.sleep(0.5)
+    return vllm
+
+
 def deploy(airlock: Airlock, model_id: str, alias: str, actor: str = "worker") -> dict:
     check_alias(alias)
     model = get_model(airlock, model_id)
@@ -60,9 +77,7 @@ def deploy(airlock: Airlock, model_id: str, alias: str, actor: str = "worker") -
     served = airlock.settings.serve_base_model
     if model["base_model"] != served:
         raise InvalidInput(f"model {model_id} adapts {model['base_model']!r}, but vLLM here serves {served!r}")
-    vllm = VllmServer(airlock.settings)
-    if not vllm.is_healthy():
-        raise NotReady(f"vLLM is not running at {vllm.url}: start the appliance with `airlock up`")
+    vllm = wait_for_vllm(airlock)
 
     manifest = verify_model(airlock, model_id)  # again, right before load
     if model_id not in vllm.loaded_adapters():
