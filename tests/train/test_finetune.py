@@ -26,12 +26,13 @@ def test_adapter_files_and_determinism(tiny_models_dir, tmp_path):
     first = finetune(base, RECORDS, CONFIG, tmp_path / "a")
     second = finetune(base, RECORDS, CONFIG, tmp_path / "b")
     files = sorted(p.name for p in (tmp_path / "a").iterdir())
-    assert files == ["README.md", "adapter_config.json", "adapter_model.safetensors"]
+    assert files == ["adapter_config.json", "adapter_model.safetensors"]
     for name in files:
         assert sha256_file(tmp_path / "a" / name) == sha256_file(tmp_path / "b" / name), name
     assert first.losses == second.losses and first.steps == 2 == len(first.losses)
     config = json.loads((tmp_path / "a" / "adapter_config.json").read_text())
     assert config["r"] == 4 and config["target_modules"] == sorted(config["target_modules"])
+    assert config["base_model_name_or_path"] == "airlock-tiny"  # no host path in a signed artifact
     other = finetune(base, RECORDS, CONFIG.model_copy(update={"seed": 4}), tmp_path / "c")
     assert other.losses != first.losses
 

@@ -44,7 +44,9 @@ def load_base(base_dir: Path):
     """Tokenizer and float32 model of a base folder (safetensors only)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # the stage reports its own progress
     tokenizer = AutoTokenizer.from_pretrained(base_dir)
     model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32, use_safetensors=True)
     return tokenizer, model
@@ -119,7 +121,7 @@ def finetune(
 
     # save: PEFT format, safetensors only
     model.save_pretrained(out_dir, safe_serialization=True)
-    stabilise_adapter_config(out_dir / "adapter_config.json")
+    stabilise_adapter(out_dir, base_name=Path(base_dir).name)
     return result
 
 
@@ -130,10 +132,15 @@ def lr_scheduler(optimizer, config: LoraTrainConfig, total_steps: int):
                          num_training_steps=total_steps)
 
 
-def stabilise_adapter_config(path: Path) -> None:
-    """PEFT writes target_modules from a set, in a different order per process; sort it so the
-    same training run always yields the same adapter bytes (and the same content digest)."""
+def stabilise_adapter(out_dir: Path, base_name: str) -> None:
+    """The same training run must yield the same adapter bytes (and content digest) on any host.
+    PEFT writes target_modules from a set, in a different order per process, and records the
+    base model's absolute path, in the config and in a generated README; the README goes (the
+    signed manifest says what the adapter is), the config is made stable."""
+    (out_dir / "README.md").unlink(missing_ok=True)
+    path = out_dir / "adapter_config.json"
     config = json.loads(path.read_text())
     if isinstance(config.get("target_modules"), list):
         config["target_modules"] = sorted(config["target_modules"])
+    config["base_model_name_or_path"] = base_name
     path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
