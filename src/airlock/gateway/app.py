@@ -17,7 +17,8 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
 from airlock.config import Settings, get_settings
 from airlock.errors import NotReady
-from airlock.gateway import apikeys
+from airlock.gateway.app_keys import require_key
+from airlock.gateway.control import api
 from airlock.gateway.errors import install_error_handlers
 from airlock.gateway.metrics import Metrics, MetricsMiddleware
 from airlock.gateway.proxy import forward, make_client
@@ -25,13 +26,6 @@ from airlock.meta import open_meta
 
 # /readyz must answer quickly even when vLLM hangs: a probe that hangs is a failed probe.
 _READY_TIMEOUT_S = 1.0
-
-
-async def require_key(request: Request) -> dict[str, Any]:
-    """Dependency for /v1/*: the caller's key row, or 401 in OpenAI's error format."""
-    key = apikeys.authenticate(request.app.state.meta, request.headers.get("authorization"))
-    request.state.api_key = key
-    return key
 
 
 v1 = APIRouter(prefix="/v1", dependencies=[Depends(require_key)])
@@ -120,6 +114,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     app.include_router(ops)
     app.include_router(v1)
+    app.include_router(api)
     return app
 
 
