@@ -66,6 +66,5 @@ EVALUATE_COMPARE = StageType(
     run=run_evaluate,
     batch=True,
     summary="Mean loss and exact match of greedy answers, base model vs candidate; signs a passing candidate",
-    path_params=("eval_set",),
     dataset_params=("eval_set",),
 )

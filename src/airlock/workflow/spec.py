@@ -40,7 +40,7 @@ class WorkflowSpec(BaseModel):
         return self.model_dump(by_alias=True)
 
 
-def _pydantic_problems(where: str, exc: ValidationError) -> list[str]:
+def pydantic_problems(where: str, exc: ValidationError) -> list[str]:
     out = []
     for err in exc.errors():
         loc = ".".join(str(p) for p in err["loc"]).replace("with_", "with")
@@ -97,7 +97,7 @@ def parse_spec(raw: dict, where: str) -> WorkflowSpec:
     try:
         return WorkflowSpec.model_validate(raw)
     except ValidationError as exc:
-        raise InvalidInput(f"{where}: invalid workflow", problems=_pydantic_problems(where, exc)) from None
+        raise InvalidInput(f"{where}: invalid workflow", problems=pydantic_problems(where, exc)) from None
 
 
 def graph_problems(spec: WorkflowSpec, where: str) -> list[str]:

@@ -23,7 +23,6 @@ class StageType:
     run: Callable[["StageContext"], dict[str, Any]]
     batch: bool
     summary: str
-    path_params: tuple[str, ...] = ()
     dataset_params: tuple[str, ...] = ()
 
 

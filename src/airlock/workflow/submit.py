@@ -33,7 +33,7 @@ def _check_stages(spec: specs.WorkflowSpec, where: str, types: dict) -> list[str
         try:
             stage_type.params.model_validate(stage.with_)
         except ValidationError as exc:
-            problems += specs._pydantic_problems(f"{where}: stage {stage.name!r} with", exc)
+            problems += specs.pydantic_problems(f"{where}: stage {stage.name!r} with", exc)
     return problems
 
 
