@@ -37,11 +37,11 @@ def score(model, tokenizer, records: list[list[dict]], max_length: int) -> Score
     with torch.no_grad():
         for n, messages in enumerate(records, start=1):
             example = encode_chat(tokenizer, messages, max_length, where=f"eval record {n}")
-            ids, labels, mask = collate([example], pad_id)
+            ids, labels, mask = (t.to(model.device) for t in collate([example], pad_id))
             losses.append(model(input_ids=ids, attention_mask=mask, labels=labels).loss.item())
 
             reference = messages[-1]["content"]
-            prompt = torch.tensor([prompt_ids(tokenizer, messages[:-1])])
+            prompt = torch.tensor([prompt_ids(tokenizer, messages[:-1])], device=model.device)
             budget = len(tokenizer(reference, add_special_tokens=False)["input_ids"]) + 16
             out = model.generate(
                 input_ids=prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=budget,

@@ -40,8 +40,15 @@ class TrainResult:
         return self.trained_tokens / self.seconds if self.seconds else 0.0
 
 
+def device():
+    """The GPU where one is present (GPU hosts), else the CPU."""
+    import torch
+
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
 def load_base(base_dir: Path):
-    """Tokenizer and float32 model of a base folder (safetensors only)."""
+    """Tokenizer and float32 model of a base folder (safetensors only), on `device()`."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
@@ -49,7 +56,7 @@ def load_base(base_dir: Path):
     hf_logging.disable_progress_bar()  # the stage reports its own progress
     tokenizer = AutoTokenizer.from_pretrained(base_dir)
     model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32, use_safetensors=True)
-    return tokenizer, model
+    return tokenizer, model.to(device())
 
 
 def encode_dataset(tokenizer, records: list[list[dict]], max_length: int) -> list[Example]:
@@ -103,7 +110,7 @@ def finetune(
     step = 0
     for epoch in range(config.epochs):
         for batch in batches_for_epoch(examples, config.batch_size, config.seed, epoch):
-            ids, labels, mask = collate(batch, pad_id)
+            ids, labels, mask = (t.to(base.device) for t in collate(batch, pad_id))
             loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
             loss.backward()
             if config.max_grad_norm:
