@@ -37,6 +37,11 @@ print("ANSWER:" + reply.choices[0].message.content)
 PY
 "$AIRLOCK" down
 wait $demo || true
+# `airlock down` stopped everything: neither the gateway nor vLLM answers any more.
+for port in 8080 8000; do
+  "$PYTHON" -c "import socket, sys; sys.exit(0 if socket.socket().connect_ex(('127.0.0.1', $port)) else 92)"
+done
+echo "STOPPED CLEANLY"
 """
 
 
@@ -63,4 +68,5 @@ def test_demo_runs_and_serves_with_no_network(tmp_path, tiny_models_dir):
     log = (tmp_path / "demo.log").read_text() if (tmp_path / "demo.log").exists() else ""
     assert done.returncode == 0, f"{done.stdout}\n{done.stderr}\n{log[-3000:]}"
     assert f"ANSWER:{QA[0][-1]['content']}" in done.stdout
+    assert "STOPPED CLEANLY" in done.stdout
     assert "quickstart-assistant" in log and "curl" in log and "from openai import OpenAI" in log
