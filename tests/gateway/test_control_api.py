@@ -14,7 +14,7 @@ DATA = REPO_ROOT / "examples" / "datasets" / "quickstart.jsonl"
 
 def call(gw, method: str, path: str, key: str | None = "default", **kw) -> httpx.Response:
     headers = {"Authorization": f"Bearer {gw.key if key == 'default' else key}"} if key else {}
-    return httpx.request(method, f"{gw.url}{path}", headers=headers, timeout=30, **kw)
+    return httpx.request(method, f"{gw.url}{path}", headers=headers, timeout=120, **kw)
 
 
 def test_submit_list_and_show_a_run(offline_gateway, tiny_models_dir, tmp_path, monkeypatch):

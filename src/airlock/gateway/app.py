@@ -1,6 +1,6 @@
 """The gateway: FastAPI app in front of vLLM. `create_app(settings)` builds it, `serve_gateway` runs it.
 
-State lives on `app.state` (settings, metadata, the shared httpx client, metrics) so tests and
+State lives on `app.state` (settings, metadata, the shared aiohttp session to vLLM, metrics) so tests and
 `airlock up` can build as many independent gateways as they like from different settings.
 """
 
@@ -11,7 +11,9 @@ from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Any
 
-import httpx
+import asyncio
+
+import aiohttp
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
@@ -62,13 +64,14 @@ async def healthz() -> dict[str, str]:
 
 @ops.get("/readyz")
 async def readyz(request: Request) -> JSONResponse:
-    client: httpx.AsyncClient = request.app.state.client
+    client: aiohttp.ClientSession = request.app.state.client
     try:
-        resp = await client.get("/health", timeout=_READY_TIMEOUT_S)
-    except httpx.HTTPError as exc:
-        raise NotReady(f"vLLM is not reachable at {client.base_url}: {type(exc).__name__}") from None
-    if resp.status_code != 200:
-        raise NotReady(f"vLLM answered /health with HTTP {resp.status_code}")
+        async with client.get("/health", timeout=aiohttp.ClientTimeout(total=_READY_TIMEOUT_S)) as resp:
+            status = resp.status
+    except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+        raise NotReady(f"vLLM is not reachable at {request.app.state.settings.vllm_url}: {type(exc).__name__}") from None
+    if status != 200:
+        raise NotReady(f"vLLM answered /health with HTTP {status}")
     return JSONResponse({"status": "ready", "model": request.app.state.settings.serve_base_model})
 
 
@@ -102,7 +105,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             yield
         finally:
-            await app.state.client.aclose()
+            await app.state.client.close()
 
     app = FastAPI(title="airlock gateway", version="1", lifespan=lifespan,
                   docs_url=None, redoc_url=None, openapi_url=None)

@@ -8,13 +8,14 @@ sends them; nothing is buffered for streams.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-import httpx
+import aiohttp
 from fastapi import Request, Response
 from fastapi.responses import StreamingResponse
 from starlette.background import BackgroundTask
@@ -38,13 +39,17 @@ POOL_TIMEOUT_S = 5.0
 _PASS_HEADERS = ("content-type", "x-request-id")
 
 
-def make_client(settings: Settings) -> httpx.AsyncClient:
-    return httpx.AsyncClient(
+def make_client(settings: Settings) -> aiohttp.ClientSession:
+    """One pooled session to vLLM. aiohttp rather than httpx: its C-accelerated HTTP parser
+    costs a fraction of the CPU per request, and on a host where vLLM keeps the cores busy
+    every millisecond of gateway CPU shows up as latency."""
+    return aiohttp.ClientSession(
         base_url=settings.vllm_url,
-        timeout=httpx.Timeout(READ_TIMEOUT_S, connect=CONNECT_TIMEOUT_S, pool=POOL_TIMEOUT_S),
-        limits=httpx.Limits(max_connections=512, max_keepalive_connections=128),
+        timeout=aiohttp.ClientTimeout(total=None, connect=CONNECT_TIMEOUT_S, sock_read=READ_TIMEOUT_S),
+        connector=aiohttp.TCPConnector(limit=512, limit_per_host=512, keepalive_timeout=60),
         # Only vLLM on loopback is ever reached: no proxies from the environment.
         trust_env=False,
+        auto_decompress=False,
     )
 
 
@@ -94,45 +99,44 @@ async def forward(request: Request, path: str, required: str) -> Response:
                                stream=bool(body.get("stream")))
 
 
-async def send_upstream(client: httpx.AsyncClient, metrics: Metrics, path: str, content: bytes,
+async def send_upstream(client: aiohttp.ClientSession, metrics: Metrics, path: str, content: bytes,
                         headers: dict[str, str], *, stream: bool) -> Response:
-    upstream = client.build_request("POST", path, content=content, headers=headers)
     started = time.perf_counter()
     try:
-        resp = await client.send(upstream, stream=True)
-    except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+        resp = await client.post(path, data=content, headers=headers)
+    except (aiohttp.ClientConnectionError, ConnectionError) as exc:
         metrics.count_upstream_error("unreachable")
         raise NotReady(f"the model server is not reachable ({type(exc).__name__}); "
                        "it may be starting or stopped, try again shortly") from None
-    except httpx.TimeoutException:
+    except asyncio.TimeoutError:
         metrics.count_upstream_error("timeout")
         raise UpstreamTimeout("the model server did not answer in time") from None
-    except httpx.TransportError as exc:
+    except aiohttp.ClientError as exc:
         metrics.count_upstream_error("transport")
         raise UpstreamError(f"the connection to the model server failed: {type(exc).__name__}") from None
     metrics.observe_upstream(time.perf_counter() - started)
     headers = {k: v for k in _PASS_HEADERS if (v := resp.headers.get(k))}
 
     # Errors (vLLM's own 4xx included) and plain answers are small: read them whole and relay.
-    if not stream or resp.status_code >= 400:
+    if not stream or resp.status >= 400:
         try:
-            data = await resp.aread()
-        except httpx.TransportError as exc:
+            data = await resp.read()
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
             metrics.count_upstream_error("transport")
             raise UpstreamError(f"the model server broke off its answer: {type(exc).__name__}") from None
         finally:
-            await resp.aclose()
-        return Response(content=data, status_code=resp.status_code, headers=headers)
-    return StreamingResponse(_relay(resp, metrics), status_code=resp.status_code, headers=headers,
-                             background=BackgroundTask(resp.aclose))
+            resp.release()
+        return Response(content=data, status_code=resp.status, headers=headers)
+    return StreamingResponse(_relay(resp, metrics), status_code=resp.status, headers=headers,
+                             background=BackgroundTask(resp.close))
 
 
-async def _relay(resp: httpx.Response, metrics: Metrics) -> AsyncIterator[bytes]:
+async def _relay(resp: aiohttp.ClientResponse, metrics: Metrics) -> AsyncIterator[bytes]:
     """vLLM's bytes as they arrive; a broken upstream ends the stream with an SSE error event."""
     try:
-        async for chunk in resp.aiter_raw():
+        async for chunk in resp.content.iter_any():
             yield chunk
-    except httpx.TransportError as exc:
+    except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
         metrics.count_upstream_error("transport")
         log.warning("stream from vLLM broke off: %s", exc)
         err = error_body(f"the model server broke off the stream: {type(exc).__name__}", 502,
@@ -140,4 +144,4 @@ async def _relay(resp: httpx.Response, metrics: Metrics) -> AsyncIterator[bytes]
         yield f"data: {json.dumps(err)}\n\n".encode()
     finally:
         # Closing the upstream response makes vLLM abort a generation nobody will read.
-        await resp.aclose()
+        resp.close()

@@ -19,7 +19,7 @@ from airlock.gate.promote import latest_promotion
 from airlock.meta.db import now
 from airlock.models.adapters import get_model
 from airlock.models.signing import verify_model
-from airlock.serve.vllm_server import VllmServer
+from airlock.serve.vllm_server import VllmServer, http
 
 ALIAS_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
@@ -46,7 +46,7 @@ def materialize(airlock: Airlock, model_id: str, manifest: dict):
 def smoke_test(vllm: VllmServer, lora_name: str) -> None:
     body = {"model": lora_name, "messages": [{"role": "user", "content": "Hello"}], "max_tokens": 4}
     try:
-        resp = httpx.post(f"{vllm.url}/v1/chat/completions", json=body, timeout=60)
+        resp = http().post(f"{vllm.url}/v1/chat/completions", json=body, timeout=60)
     except httpx.HTTPError as exc:
         raise NotReady(f"smoke request through {lora_name} failed: {exc}") from exc
     if resp.status_code != 200 or not resp.json().get("choices"):

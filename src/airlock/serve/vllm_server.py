@@ -133,7 +133,7 @@ class VllmServer:
 
     def is_healthy(self, timeout: float = 2.0) -> bool:
         try:
-            return httpx.get(f"{self.url}/health", timeout=timeout).status_code == 200
+            return http().get(f"{self.url}/health", timeout=timeout).status_code == 200
         except httpx.HTTPError:
             return False
 
@@ -214,18 +214,25 @@ class VllmServer:
     def loaded_adapters(self) -> list[str]:
         """Names of the adapters vLLM serves now (its model list minus the base model)."""
         try:
-            resp = httpx.get(f"{self.url}/v1/models", timeout=_timeout(10.0))
+            resp = http().get(f"{self.url}/v1/models", timeout=_timeout(10.0))
         except httpx.HTTPError as exc:
             raise NotReady(f"vLLM is not reachable at {self.url}: {exc}") from exc
         return [m["id"] for m in resp.json().get("data", []) if m.get("parent")]
 
     def _post(self, path: str, body: dict, what: str) -> httpx.Response:
         try:
-            return httpx.post(f"{self.url}{path}", json=body, timeout=_timeout(_ADAPTER_TIMEOUT_S))
+            return http().post(f"{self.url}{path}", json=body, timeout=_timeout(_ADAPTER_TIMEOUT_S))
         except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
             raise NotReady(f"cannot {what}: vLLM is not reachable at {self.url} ({exc})") from exc
         except httpx.HTTPError as exc:
             raise NotReady(f"cannot {what}: vLLM at {self.url} did not answer ({exc})") from exc
+
+
+@functools.cache
+def http() -> httpx.Client:
+    """One client per process for the calls to vLLM: building an httpx client loads the CA
+    bundle (tens of milliseconds), which a hand-off of four calls should not pay four times."""
+    return httpx.Client(trust_env=False)
 
 
 def _timeout(total: float) -> httpx.Timeout:
