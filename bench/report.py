@@ -1,0 +1,123 @@
+"""Turning benchmark results into BENCHMARKS.md: machine facts, one section per benchmark.
+
+Every section leads with the same summary table (measured, baseline, airlock, ratio, target,
+pass/fail) so a reader can scan the file for FAIL; details follow in the section's own tables.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from importlib import metadata
+
+SUMMARY_HEADERS = ("measured", "baseline", "airlock", "ratio", "target", "result")
+
+
+def markdown_table(headers: tuple[str, ...] | list[str], rows: list[list[object]]) -> str:
+    """A GitHub markdown table; pipes in cells are escaped so a cell can never break a row."""
+    def cell(value: object) -> str:
+        return str(value).replace("|", "\\|").replace("\n", " ")
+
+    for row in rows:
+        if len(row) != len(headers):
+            raise ValueError(f"row has {len(row)} cells, the table {len(headers)} columns: {row!r}")
+    lines = ["| " + " | ".join(cell(h) for h in headers) + " |",
+             "| " + " | ".join("---" for _ in headers) + " |"]
+    lines += ["| " + " | ".join(cell(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def verdict(passed: bool | None) -> str:
+    return "n/a" if passed is None else ("PASS" if passed else "FAIL")
+
+
+@dataclass
+class Section:
+    """One benchmark's results: the summary rows, optional detail tables and notes."""
+
+    title: str
+    what: str
+    summary: list[list[object]] = field(default_factory=list)
+    details: list[tuple[str, tuple[str, ...], list[list[object]]]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    load: tuple[float, float] | None = None  # 1-minute load average at start and end
+
+    def add(self, measured: str, baseline: str, airlock: str, ratio: str, target: str,
+            passed: bool | None) -> None:
+        self.summary.append([measured, baseline, airlock, ratio, target, verdict(passed)])
+
+    @property
+    def failed(self) -> bool:
+        return any(row[-1] == "FAIL" for row in self.summary)
+
+    def render(self) -> str:
+        out = [f"## {self.title}", "", self.what, ""]
+        out += [markdown_table(SUMMARY_HEADERS, self.summary), ""]
+        for caption, headers, rows in self.details:
+            out += [f"**{caption}**", "", markdown_table(headers, rows), ""]
+        if self.notes:
+            out += [f"- {note}" for note in self.notes] + [""]
+        took = f"Took {self.seconds:.0f} s"
+        if self.load:
+            took += f"; 1-minute load average {self.load[0]:.2f} at the start, {self.load[1]:.2f} at the end"
+        out += [took + ".", ""]
+        return "\n".join(out)
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def version(package: str) -> str:
+    for name in (package, package + "-cpu"):
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return "not installed"
+
+
+def machine_rows(threads: int) -> list[list[object]]:
+    load = os.getloadavg()
+    return [
+        ["date (UTC)", datetime.now(UTC).strftime("%Y-%m-%d %H:%M")],
+        ["CPU", cpu_model()],
+        ["cores (os.cpu_count)", os.cpu_count()],
+        ["torch threads", threads],
+        ["load average (1/5/15 min) when written", " / ".join(f"{x:.2f}" for x in load)],
+        ["python", platform.python_version()],
+        ["torch", version("torch")],
+        ["vllm", version("vllm")],
+        ["peft", version("peft")],
+        ["transformers", version("transformers")],
+        ["uvicorn / httpx", f"{version('uvicorn')} / {version('httpx')}"],
+    ]
+
+
+def document(sections: list[Section], threads: int, command: str) -> str:
+    verdicts = [f"{s.title}: {'FAIL' if s.failed else 'PASS'}" for s in sections]
+    head = [
+        "# Benchmarks",
+        "",
+        f"Written by `{command}` (see docs/benchmarks.md). Each benchmark measures airlock and a "
+        "baseline in the same run, interleaved, and reports the ratio; absolute times depend on "
+        "the machine and on whatever else it was running (see the load averages).",
+        "",
+        "Overall: " + "; ".join(verdicts) + ".",
+        "",
+        "## Machine",
+        "",
+        markdown_table(("", ""), machine_rows(threads)),
+        "",
+    ]
+    return "\n".join(head + [s.render() for s in sections])

@@ -1,0 +1,96 @@
+"""Run the benchmarks and write BENCHMARKS.md: `python -m bench [--quick] [--only NAME ...]`.
+
+Fine-tuning runs first, before any server is started, so nothing of ours competes with it for
+the CPU; the gateway and hand-off benchmarks then share one vLLM (see bench.serving).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):  # `python bench/run.py`: make `import bench` work
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from airlock.config import REPO_ROOT  # noqa: E402
+from bench.report import Section, document  # noqa: E402
+
+NAMES = ("finetune", "gateway", "handoff")
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer repetitions and requests (about 4 minutes)")
+    parser.add_argument("--only", nargs="+", choices=NAMES, default=list(NAMES), help="run only these benchmarks")
+    # One thread by default: the reference model's matrices are too small for a second thread to
+    # help, and with two threads on a busy two-core machine OpenMP's spin-waiting slows every
+    # step tenfold or more, whichever side happens to run then.
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads in this process, for both sides of the fine-tuning benchmark (default 1)")
+    parser.add_argument("--out", type=Path, default=REPO_ROOT / "BENCHMARKS.md", help="where to write the results")
+    return parser.parse_args(argv)
+
+
+def say(text: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {text}", flush=True)
+
+
+def quiet_libraries() -> None:
+    # Progress bars and info lines from transformers and vLLM's client side would bury the report.
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
+    quiet_libraries()
+    import torch
+
+    torch.set_num_threads(args.threads)
+    threads = torch.get_num_threads()
+    sections: list[Section] = []
+    started = time.perf_counter()
+
+    if "finetune" in args.only:
+        from bench import finetune_bench
+
+        say("fine-tuning throughput: airlock's finetune.lora stage vs a plain PEFT loop")
+        sections.append(finetune_bench.run(args.quick))
+        say(f"done in {sections[-1].seconds:.0f} s")
+
+    serving = [n for n in ("gateway", "handoff") if n in args.only]
+    if serving:
+        from bench import gateway_bench, handoff_bench
+        from bench.serving import serving_stack
+
+        prepare = handoff_bench.train_candidates if "handoff" in serving else None
+        say("starting vLLM and the gateway" + (" (training hand-off candidates meanwhile)" if prepare else ""))
+        with serving_stack(prepare) as stack:
+            say(f"serving stack ready after {stack.boot_seconds:.0f} s")
+            if "gateway" in serving:
+                say("gateway overhead: through the gateway vs straight to vLLM")
+                sections.append(gateway_bench.run(stack, args.quick))
+                say(f"done in {sections[-1].seconds:.0f} s")
+            if "handoff" in serving:
+                say("hand-off: gate pass to first token under the alias")
+                sections.append(handoff_bench.run(stack, args.quick))
+                say(f"done in {sections[-1].seconds:.0f} s")
+
+    command = "python -m bench" + (" --quick" if args.quick else "")
+    if set(args.only) != set(NAMES):
+        command += " --only " + " ".join(args.only)
+    args.out.write_text(document(sections, threads, command))
+    say(f"wrote {args.out} after {time.perf_counter() - started:.0f} s")
+    for s in sections:
+        say(f"{s.title}: {'FAIL' if s.failed else 'PASS'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
