@@ -61,7 +61,8 @@ print(reply.choices[0].message.content)
 
 @command
 def demo(
-    workflow_file: Path = typer.Option(QUICKSTART, "--workflow", help="The workflow to run."),
+    workflow_file: Path = typer.Option(None, "--workflow", show_default=False,
+                                       help="The workflow to run (default: examples/quickstart.yaml)."),
     set_: list[str] = typer.Option([], "--set", help="Override a workflow value: KEY=VALUE. Repeatable."),
     exit_after: bool = typer.Option(False, "--exit", help="Stop the appliance once the demo has printed its snippets."),
 ) -> None:
@@ -72,6 +73,7 @@ def demo(
     from airlock.gateway.apikeys import create_key
     from airlock.workflow.submit import submit
 
+    workflow_file = workflow_file or QUICKSTART
     settings = get_settings()
     appliance = None
     if running_pid(settings) is None:
