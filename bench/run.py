@@ -24,7 +24,7 @@ NAMES = ("finetune", "gateway", "handoff")
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="fewer repetitions and requests (about 4 minutes)")
+    parser.add_argument("--quick", action="store_true", help="fewer repetitions and requests (about 3 minutes)")
     parser.add_argument("--only", nargs="+", choices=NAMES, default=list(NAMES), help="run only these benchmarks")
     # One thread by default: the reference model's matrices are too small for a second thread to
     # help, and with two threads on a busy two-core machine OpenMP's spin-waiting slows every
