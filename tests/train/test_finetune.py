@@ -58,3 +58,13 @@ def test_config_refuses_typos_and_bad_values():
         LoraTrainConfig(rank=0, learnin_rate=1.0)
     text = str(info.value)
     assert "rank" in text and "learnin_rate" in text
+
+
+def test_diverging_loss_stops_with_a_clear_message(tiny_models_dir, tmp_path):
+    from airlock.errors import StageFailed
+
+    # Past the config's own limits on purpose (model_copy skips validation), to make it diverge.
+    wild = CONFIG.model_copy(update={"learning_rate": 1e30, "max_grad_norm": 0.0, "epochs": 4, "batch_size": 1})
+    with pytest.raises(StageFailed, match=r"training diverged: the loss is (nan|inf) at step \d+ of 8"):
+        finetune(tiny_models_dir / "airlock-tiny", RECORDS, wild, tmp_path / "x")
+    assert not (tmp_path / "x").exists()  # nothing half-trained is saved

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from airlock.errors import InvalidInput
+from airlock.errors import InvalidInput, StageFailed
 from airlock.train.config import LoraTrainConfig
 from airlock.train.tokens import Example, collate, encode_chat
 
@@ -112,6 +112,9 @@ def finetune(
         for batch in batches_for_epoch(examples, config.batch_size, config.seed, epoch):
             ids, labels, mask = (t.to(base.device) for t in collate(batch, pad_id))
             loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+            if not torch.isfinite(loss):
+                raise StageFailed(f"training diverged: the loss is {loss.item()} at step {step + 1} of {total}; "
+                                  f"lower learning_rate (now {config.learning_rate})")
             loss.backward()
             if config.max_grad_norm:
                 torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm)
