@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 import shutil
 import time
+from pathlib import Path
 
 import httpx
 
@@ -30,17 +31,16 @@ def check_alias(alias: str) -> str:
     return alias
 
 
-def materialize(airlock: Airlock, model_id: str, manifest: dict):
+def materialize(airlock: Airlock, model_id: str, manifest: dict) -> Path:
     """A verified on-disk copy of the adapter for vLLM to read. Re-verified on every deploy."""
-    lora_name = model_id
-    dest = airlock.settings.serving_dir / lora_name
+    dest = airlock.settings.serving_dir / model_id
     staging = dest.with_name(dest.name + ".tmp")
     shutil.rmtree(staging, ignore_errors=True)
     for rel, entry in manifest["files"].items():
         airlock.store.get_file(entry["sha256"], staging / rel)
     shutil.rmtree(dest, ignore_errors=True)
     staging.rename(dest)
-    return lora_name, dest
+    return dest
 
 
 def smoke_test(vllm: VllmServer, lora_name: str) -> None:
@@ -80,10 +80,9 @@ def deploy(airlock: Airlock, model_id: str, alias: str, actor: str = "worker") -
     vllm = wait_for_vllm(airlock)
 
     manifest = verify_model(airlock, model_id)  # again, right before load
-    if model_id not in vllm.loaded_adapters():
-        lora_name, path = materialize(airlock, model_id, manifest)
-        vllm.load_adapter(lora_name, path)
-    lora_name = model_id
+    lora_name = model_id  # vLLM knows each adapter by its content-derived id
+    if lora_name not in vllm.loaded_adapters():
+        vllm.load_adapter(lora_name, materialize(airlock, model_id, manifest))
     smoke_test(vllm, lora_name)
 
     with airlock.meta.write() as db:
