@@ -17,7 +17,7 @@ from pathlib import Path
 
 from airlock.config import REPO_ROOT, Settings
 from airlock.context import Airlock
-from airlock.gateway.apikeys import create_key
+from airlock.access.keys import create_key
 from airlock.serve.vllm_server import VllmServer
 from bench.procs import GatewayProcess, free_port
 

@@ -41,12 +41,13 @@ def reference_model_dir() -> Path:
 @pytest.fixture(scope="session")
 def vllm_server(reference_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator:
     """A running vLLM OpenAI server (airlock.serve.vllm_server.VllmServer) serving the reference
-    model with runtime LoRA loading; `.url`, `.port`, `.served_name`, `.load_adapter(...)`."""
+    model with runtime LoRA loading, locked like the appliance's engine (its Unix socket and secret
+    in `.settings.engine_dir`); `.served_name`, `.client`, `.load_adapter(...)`."""
     from airlock.serve.vllm_server import VllmServer
 
     home = tmp_path_factory.mktemp("vllm-home")
     settings = Settings(home=home, models_dir=reference_model_dir.parent,
-                        serve_base_model=reference_model_dir.name, vllm_port=free_port())
+                        serve_base_model=reference_model_dir.name)
     settings.ensure_dirs()
     server = VllmServer(settings)
     server.start()

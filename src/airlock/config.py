@@ -27,7 +27,13 @@ class Settings(BaseSettings):
     gateway_host: str = "127.0.0.1"
     gateway_port: int = 8080
 
-    # vLLM listens on loopback only; the gateway is the one way in.
+    # The engine (vLLM) listens on a Unix socket in a directory only the appliance's user can
+    # open, and wants a secret made at each start: the gateway is the one way in. "tcp" (on
+    # vllm_host:vllm_port, still with the secret) is for an engine on another host or container.
+    engine_transport: Literal["uds", "tcp"] = "uds"
+    # Where the engine's socket and secret live when not under this home's run/ (a container
+    # volume shared by the engine and the gateway, for example).
+    engine_home: Path | None = None
     vllm_host: str = "127.0.0.1"
     vllm_port: int = 8000
     serve_base_model: str = "airlock-tiny"
@@ -36,6 +42,28 @@ class Settings(BaseSettings):
     vllm_max_model_len: int = 512
     vllm_startup_timeout_s: float = 300.0
     vllm_extra_args: str = ""
+
+    # The worker trains beside serving: its CPU threads and niceness confine it (torch and
+    # OpenMP threads; 0 means torch's own default).
+    worker_threads: int = 1
+    worker_nice: int = 10
+    # The supervisor restarts a crashed service after 1, 2, 4 ... seconds, at most this long.
+    restart_backoff_max_s: float = 30.0
+
+    # Bounds on every request the gateway accepts (413 or 400 naming the parameter).
+    max_body_bytes: int = 4 * 1024 * 1024
+    max_upload_bytes: int = 256 * 1024 * 1024
+    max_header_bytes: int = 16 * 1024
+    max_n: int = 8
+    max_completion_tokens: int = 4096
+    max_prompt_chars: int = 200_000
+    max_guided_bytes: int = 16 * 1024
+    # Request fields that change server behaviour beyond a completion (chat_template, ...)
+    # are refused unless named here, comma-separated.
+    allow_request_fields: str = ""
+    # Per-key rate limits for keys created without their own (0: no limit).
+    default_rpm: int = 0
+    default_tpm: int = 0
 
     store_backend: Literal["local", "s3"] = "local"
     s3_endpoint: str = "127.0.0.1:9000"
@@ -67,8 +95,28 @@ class Settings(BaseSettings):
         return self.home / "serving"
 
     @property
+    def engine_dir(self) -> Path:
+        """The engine's private directory (0700): its Unix socket and its per-start secret."""
+        return self.engine_home or self.run_dir / "engine"
+
+    @property
+    def engine_socket(self) -> Path:
+        return self.engine_dir / "vllm.sock"
+
+    @property
+    def engine_secret_path(self) -> Path:
+        return self.engine_dir / "secret"
+
+    @property
     def vllm_url(self) -> str:
+        """The engine's base URL; over a Unix socket the host part is a placeholder."""
+        if self.engine_transport == "uds":
+            return "http://engine"
         return f"http://{self.vllm_host}:{self.vllm_port}"
+
+    @property
+    def allowed_request_fields(self) -> frozenset[str]:
+        return frozenset(f.strip() for f in self.allow_request_fields.split(",") if f.strip())
 
     @property
     def gateway_url(self) -> str:
@@ -77,7 +125,9 @@ class Settings(BaseSettings):
     def ensure_dirs(self) -> None:
         for d in (self.home, self.keys_dir, self.run_dir, self.serving_dir):
             d.mkdir(parents=True, exist_ok=True)
-        self.keys_dir.chmod(0o700)
+        # Keys, sockets, logs and the adapter copies vLLM reads: the appliance's user only.
+        for d in (self.keys_dir, self.run_dir, self.serving_dir):
+            d.chmod(0o700)
 
 
 def get_settings() -> Settings:

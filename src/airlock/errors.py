@@ -79,3 +79,31 @@ class StageFailed(AirlockError):
     http_status = 422
     exit_code = 8
     code = "stage_failed"
+
+
+class Forbidden(AirlockError):
+    """A valid key whose role lacks the permission a call needs; the message names it."""
+
+    http_status = 403
+    exit_code = 9
+    code = "insufficient_permissions"
+
+
+class RateLimited(AirlockError):
+    """A key went over its requests or tokens per minute; `retry_after` says when to try again."""
+
+    http_status = 429
+    exit_code = 10
+    code = "rate_limit_exceeded"
+
+    def __init__(self, message: str, *, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class TooLarge(AirlockError):
+    """A request body over the configured cap."""
+
+    http_status = 413
+    exit_code = 2
+    code = "request_too_large"

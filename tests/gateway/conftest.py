@@ -14,7 +14,7 @@ from vllm_fixtures import free_port
 
 from airlock.config import Settings
 from airlock.gateway import create_app
-from airlock.gateway.apikeys import create_key
+from airlock.access.keys import create_key
 from airlock.meta import open_meta
 
 
@@ -29,6 +29,11 @@ class Gateway:
     def meta(self):
         return self.app.state.meta
 
+    def new_key(self, role: str = "inference", **options) -> str:
+        """The secret of a new key of `role` on this gateway's database; its next request sees it."""
+        _, secret = create_key(open_meta(self.settings.db_path), f"tests-{role}", role=role, **options)
+        return secret
+
 
 class _Server(uvicorn.Server):
     def install_signal_handlers(self) -> None:  # the test runner owns signals
@@ -37,7 +42,7 @@ class _Server(uvicorn.Server):
 
 def run_gateway(settings: Settings) -> Iterator[Gateway]:
     app = create_app(settings)
-    _, key = create_key(open_meta(settings.db_path), "tests")
+    _, key = create_key(open_meta(settings.db_path), "tests", role="admin")
     server = _Server(uvicorn.Config(app, host=settings.gateway_host, port=settings.gateway_port,
                                     log_level="warning", lifespan="on"))
     thread = threading.Thread(target=server.run, daemon=True)
@@ -63,6 +68,12 @@ def gateway_settings(home: Path, **overrides) -> Settings:
 def offline_gateway(tmp_path: Path) -> Iterator[Gateway]:
     """A gateway whose vLLM port is closed: everything that needs no model, and the 503 path."""
     yield from run_gateway(gateway_settings(tmp_path / "home"))
+
+
+@pytest.fixture
+def small_upload_gateway(tmp_path: Path) -> Iterator[Gateway]:
+    """An offline gateway that takes uploads of at most 1 KiB: the 413 path, quickly."""
+    yield from run_gateway(gateway_settings(tmp_path / "home", max_upload_bytes=1024))
 
 
 def train_tiny_adapter(base_dir: Path, out_dir: Path, *, seed: int, text: str, steps: int = 30) -> Path:
@@ -110,5 +121,5 @@ def loaded_adapters(vllm_server, tmp_path_factory) -> Iterator[list[str]]:
 @pytest.fixture
 def live_gateway(tmp_path: Path, vllm_server) -> Iterator[Gateway]:
     """A gateway in front of the session's real vLLM server."""
-    yield from run_gateway(gateway_settings(tmp_path / "home", vllm_port=vllm_server.port,
+    yield from run_gateway(gateway_settings(tmp_path / "home", engine_home=vllm_server.settings.engine_dir,
                                             serve_base_model=vllm_server.served_name))

@@ -7,7 +7,7 @@ import json
 from typer.testing import CliRunner
 
 from airlock.cli.main import app
-from airlock.gateway.apikeys import authenticate
+from airlock.access.keys import authenticate
 from airlock.meta import open_meta
 
 runner = CliRunner()

@@ -9,7 +9,7 @@ import json
 import pytest
 
 from airlock.errors import InvalidInput, NotFound, Unauthorized
-from airlock.gateway import apikeys
+from airlock.access import keys as apikeys
 from airlock.meta import open_meta
 
 
@@ -24,7 +24,7 @@ def test_create_returns_a_key_that_authenticates(meta):
     assert secret.startswith(f"ak-{key_id}-")
     assert len(secret) > 40
     row = apikeys.authenticate(meta, f"Bearer {secret}")
-    assert row == {"id": key_id, "name": "billing-app", "revoked_at": None}
+    assert (row["id"], row["name"], row["role"], row["revoked_at"]) == (key_id, "billing-app", "inference", None)
 
 
 def test_only_the_hash_and_a_short_prefix_are_stored(meta):
@@ -42,7 +42,9 @@ def test_list_never_shows_the_hash(meta):
     apikeys.create_key(meta, "b")
     rows = apikeys.list_keys(meta)
     assert [r["name"] for r in rows] == ["a", "b"]
-    assert all(set(r) == {"id", "name", "prefix", "created_at", "revoked_at"} for r in rows)
+    assert all("key_hash" not in r for r in rows)
+    assert all({"id", "name", "prefix", "role", "models", "expires_at", "last_used_at", "revoked_at"} <= set(r)
+               for r in rows)
 
 
 @pytest.mark.parametrize("header, fragment", [

@@ -50,7 +50,7 @@ def test_missing_and_wrong_keys_are_401(offline_gateway):
 
 
 def test_revoked_key_is_refused_on_the_next_request(offline_gateway):
-    from airlock.gateway.apikeys import create_key, revoke_key
+    from airlock.access.keys import create_key, revoke_key
 
     key_id, secret = create_key(offline_gateway.meta, "short-lived")
     assert client(offline_gateway, key=secret).models.list().data

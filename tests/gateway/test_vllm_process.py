@@ -21,8 +21,11 @@ def test_cpu_command_forces_float32_and_the_cpu_cache(tmp_path):
     assert cmd[cmd.index("--dtype") + 1] == "float32"
     assert cmd[cmd.index("--max-lora-rank") + 1] == "16"
     assert "--enable-lora" in cmd and cmd[-2:] == ["--seed", "1"]
-    assert cmd[cmd.index("--host") + 1] == "127.0.0.1"
-    env = server.environment()
+    # Locked: a Unix socket in the private engine folder, no TCP port, the secret never in argv.
+    assert cmd[cmd.index("--uds") + 1] == str(settings.engine_socket)
+    assert "--host" not in cmd and "--port" not in cmd and "--api-key" not in cmd
+    env = server.environment("s3cret")
+    assert env["VLLM_API_KEY"] == "s3cret" and "s3cret" not in " ".join(cmd)
     assert env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] == "True"
     assert env["VLLM_CPU_KVCACHE_SPACE"] == os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1")
 
@@ -31,7 +34,7 @@ def test_gpu_command_leaves_dtype_and_cpu_settings_to_vllm(tmp_path, monkeypatch
     monkeypatch.delenv("VLLM_CPU_KVCACHE_SPACE", raising=False)
     server = VllmServer(Settings(home=tmp_path), gpu=True)
     assert "--dtype" not in server.command()
-    assert "VLLM_CPU_KVCACHE_SPACE" not in server.environment()
+    assert "VLLM_CPU_KVCACHE_SPACE" not in server.environment("x")
     explicit = VllmServer(Settings(home=tmp_path, vllm_extra_args="--dtype=bfloat16"), gpu=False)
     assert "float32" not in explicit.command()
 
@@ -70,7 +73,7 @@ def test_wait_ready_fails_fast_with_the_log_tail(tmp_path, reference_model_dir):
         server.stop(grace=5)
     assert "exited with code" in str(info.value)
     assert "no-such-flag" in str(info.value)
-    assert not server.pid_path.exists()
+    assert not server.settings.engine_socket.exists() and not server.settings.engine_secret_path.exists()
     with pytest.raises(ProcessLookupError):
         os.killpg(pid, 0)
 

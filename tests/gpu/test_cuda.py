@@ -37,6 +37,6 @@ def test_training_uses_the_gpu_and_cuda_vllm_serves_the_adapter(tiny_models_dir,
         assert server.gpu and "float32" not in server.command()
         server.wait_ready()
         server.load_adapter("code-word", adapter)
-        reply = httpx.post(f"{server.url}/v1/chat/completions", timeout=60, json={
+        reply = server.client.request("POST", "/v1/chat/completions", timeout=60, json={
             "model": "code-word", "messages": RECORDS[0][:1], "temperature": 0, "max_tokens": 8}).json()
         assert reply["choices"][0]["message"]["content"].strip() == "Bluebird."

@@ -34,7 +34,7 @@ def test_failing_stage_stops_the_run_and_says_why(airlock, tiny_models_dir, tmp_
                     {"name": "evaluate", "uses": "evaluate.compare", "needs": ["finetune"],
                      "with": {"eval_set": str(EVAL), "min_exact_match": 0.9}},
                     {"name": "promote", "uses": "gate.promote", "needs": ["evaluate"]})
-    run_id = submit(airlock, path)["run_id"]
+    run_id = submit(airlock, path, actor="os:test")["run_id"]
     assert Worker(airlock).run_one(run_id) == "failed"
     run = get_run(airlock, run_id)
     assert run["status"] == "failed"
@@ -56,11 +56,11 @@ def test_serve_without_vllm_fails_clearly(airlock, tiny_models_dir, tmp_path):
                      "with": {"eval_set": str(EVAL), "min_exact_match": 0.9}},
                     {"name": "promote", "uses": "gate.promote", "needs": ["evaluate"]},
                     {"name": "serve", "uses": "serve.vllm", "needs": ["promote"], "with": {"alias": "x"}})
-    run_id = submit(airlock, path)["run_id"]
+    run_id = submit(airlock, path, actor="os:test")["run_id"]
     Worker(airlock).run_one(run_id)
     run = get_run(airlock, run_id)
     assert [s["status"] for s in run["stages"]] == ["succeeded", "succeeded", "succeeded", "failed"]
-    assert "stage 'serve' (serve.vllm) failed: vLLM is not running" in run["error"]
+    assert "stage 'serve' (serve.vllm) failed: the engine is not running" in run["error"]
     assert "airlock up" in run["error"]
     assert airlock.meta.db["aliases"].count == 0
 

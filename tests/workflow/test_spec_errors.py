@@ -11,6 +11,7 @@ import yaml
 from airlock.errors import InvalidInput
 from airlock.workflow.submit import submit
 
+ACTOR = "os:tester"
 GOOD_RECORD = {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."}]}
 
 
@@ -38,7 +39,7 @@ def base_spec(**changes) -> dict:
 
 def problems_of(airlock, path: Path, overrides=None) -> list[str]:
     with pytest.raises(InvalidInput) as info:
-        submit(airlock, path, overrides)
+        submit(airlock, path, overrides, actor=ACTOR)
     return info.value.problems
 
 
@@ -80,7 +81,7 @@ def test_set_overrides_and_unknown_override(airlock, tiny_models_dir, tmp_path):
     assert "--set 'noequals'" in text or "noequals" in text
     other = tmp_path / "other.jsonl"
     other.write_text(json.dumps(GOOD_RECORD) + "\n")
-    queued = submit(airlock, path, [f"dataset={other}", f"eval_set={other}", "finetune.rank=4"])
+    queued = submit(airlock, path, [f"dataset={other}", f"eval_set={other}", "finetune.rank=4"], actor=ACTOR)
     assert queued["status"] == "queued"
     stage = airlock.meta.one("SELECT spec_json FROM runs WHERE id = ?", (queued["run_id"],))
     resolved = json.loads(stage["spec_json"])
@@ -89,8 +90,8 @@ def test_set_overrides_and_unknown_override(airlock, tiny_models_dir, tmp_path):
 
 def test_not_yaml_and_missing_file(airlock, tmp_path):
     with pytest.raises(InvalidInput, match="workflow file not found"):
-        submit(airlock, tmp_path / "nope.yaml")
+        submit(airlock, tmp_path / "nope.yaml", actor=ACTOR)
     bad = tmp_path / "bad.yaml"
     bad.write_text("name: [unclosed\n")
     with pytest.raises(InvalidInput, match="not valid YAML"):
-        submit(airlock, bad)
+        submit(airlock, bad, actor=ACTOR)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from airlock.cli.common import command, console, open_airlock, print_json
+from airlock.cli.common import cli_actor, command, console, open_airlock, print_json
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -16,18 +16,33 @@ app = typer.Typer(
 @command
 def create(
     name: str = typer.Option(..., "--name", "-n", help="What the key is for: an application or a person."),
-    json_out: bool = typer.Option(False, "--json", help="Print {id, name, key} as JSON."),
+    role: str = typer.Option("inference", "--role", help="inference (only /v1), trainer (datasets and runs), "
+                             "approver (signs off promotions) or admin (everything)."),
+    models: str = typer.Option(None, "--models", show_default=False,
+                               help="Comma-separated aliases the key may call (default: every model)."),
+    expires: str = typer.Option(None, "--expires", show_default=False,
+                                help="When the key stops working: a duration (90d, 12h, 30m, 2w) or an ISO date."),
+    rpm: int = typer.Option(None, "--rpm", show_default=False,
+                            help="Requests per minute (default: AIRLOCK_DEFAULT_RPM; 0 means no limit)."),
+    tpm: int = typer.Option(None, "--tpm", show_default=False,
+                            help="Tokens per minute (default: AIRLOCK_DEFAULT_TPM; 0 means no limit)."),
+    json_out: bool = typer.Option(False, "--json", help="Print {id, name, role, key} as JSON."),
 ) -> None:
     """Create an API key and print it once: only its hash is stored, it cannot be shown again."""
-    from airlock.gateway.apikeys import create_key
+    from airlock.access.keys import create_key
+    from airlock.config import get_settings
 
-    key_id, secret = create_key(open_airlock().meta, name)
+    settings = get_settings()
+    rpm = settings.default_rpm if rpm is None else rpm
+    tpm = settings.default_tpm if tpm is None else tpm
+    key_id, secret = create_key(open_airlock().meta, name, role=role, models=models, expires=expires,
+                                rpm=rpm, tpm=tpm, actor=cli_actor())
     if json_out:
-        print_json({"id": key_id, "name": name, "key": secret})
+        print_json({"id": key_id, "name": name, "role": role, "key": secret})
         return
     typer.echo(secret)
     typer.echo(
-        f"Created API key {key_id} ({name}). Store it now: it cannot be shown again. "
+        f"Created API key {key_id} ({name}, role {role}). Store it now: it cannot be shown again. "
         f"Revoke it with `airlock apikey revoke {key_id}`.",
         err=True,
     )
@@ -39,8 +54,8 @@ def list_(
     json_out: bool = typer.Option(False, "--json", help="Print the keys as a JSON list."),
     active: bool = typer.Option(False, "--active", help="Leave out revoked keys."),
 ) -> None:
-    """List API keys: id, name, the first characters of the key, created and revoked dates."""
-    from airlock.gateway.apikeys import list_keys
+    """List API keys: id, name, role, scope, limits, expiry, last use and status; never the key."""
+    from airlock.access.keys import list_keys
 
     rows = list_keys(open_airlock().meta, include_revoked=not active)
     if json_out:
@@ -51,10 +66,12 @@ def list_(
         return
     from rich.table import Table
 
-    table = Table("id", "name", "prefix", "created", "status")
+    table = Table("id", "name", "role", "models", "limits", "expires", "last used", "status")
     for r in rows:
         status = f"revoked {r['revoked_at']}" if r["revoked_at"] else "active"
-        table.add_row(r["id"], r["name"], r["prefix"] + "...", r["created_at"], status)
+        limits = ", ".join(f"{r[k]} {k}" for k in ("rpm", "tpm") if r[k]) or "none"
+        table.add_row(r["id"], r["name"], r["role"], ",".join(r["models"]) if r["models"] else "all",
+                      limits, r["expires_at"] or "never", r["last_used_at"] or "never", status)
     console.print(table)
 
 
@@ -62,7 +79,7 @@ def list_(
 @command
 def revoke(key_id: str = typer.Argument(..., help="The key's id, as `airlock apikey list` shows it.")) -> None:
     """Revoke an API key: the gateway refuses it from the next request on."""
-    from airlock.gateway.apikeys import revoke_key
+    from airlock.access.keys import revoke_key
 
-    row = revoke_key(open_airlock().meta, key_id)
+    row = revoke_key(open_airlock().meta, key_id, actor=cli_actor())
     typer.echo(f"API key {row['id']} ({row['name']}) revoked at {row['revoked_at']}.")

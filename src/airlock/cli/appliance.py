@@ -1,12 +1,14 @@
-"""`airlock up`, `airlock down` and `airlock demo`: run the appliance on this host."""
+"""`airlock up/down/status/demo` and the three services `airlock engine/worker/gateway`."""
 
 from __future__ import annotations
 
+import signal
+import threading
 from pathlib import Path
 
 import typer
 
-from airlock.cli.common import command, console, open_airlock
+from airlock.cli.common import cli_actor, command, console, open_airlock, print_json
 from airlock.config import REPO_ROOT, get_settings
 
 QUICKSTART = REPO_ROOT / "examples" / "quickstart.yaml"
@@ -16,29 +18,94 @@ def _say(text: str) -> None:
     console.print(f"[cyan]airlock[/] {text}", highlight=False, soft_wrap=True)
 
 
+def _on_stop_signals(event: threading.Event) -> None:
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: event.set())
+
+
 @command
 def up() -> None:
-    """Start the gateway, the worker and vLLM on this host; Ctrl-C stops all of them."""
-    from airlock.appliance import Appliance
+    """Start and supervise the engine (vLLM), the worker and the gateway; Ctrl-C stops all three."""
+    from airlock.supervisor.supervisor import Supervisor
 
-    appliance = Appliance(get_settings(), on_status=_say)
+    supervisor = Supervisor(get_settings(), on_status=_say)
+    _on_stop_signals(supervisor.stop_requested)
     try:
-        appliance.start()
-        appliance.wait_vllm()
-        _say("ready; Ctrl-C (or `airlock down`) stops")
-    except BaseException:
-        appliance.stop()
-        raise
-    appliance.serve_forever()
+        supervisor.start()
+        if supervisor.wait_ready():
+            _say("Ctrl-C (or `airlock down`) stops")
+            supervisor.run()
+    finally:
+        supervisor.stop()
 
 
 @command
-def down() -> None:
+def down(timeout: float = typer.Option(90.0, help="Seconds to wait for the appliance to stop.")) -> None:
     """Stop the appliance that `airlock up` (or `airlock demo`) runs for this AIRLOCK_HOME."""
-    from airlock.appliance import stop_running
+    import os
+    import time
 
-    pid = stop_running(get_settings())
-    _say("no appliance is running" if pid is None else f"stopped (pid {pid})")
+    from airlock.errors import NotReady
+    from airlock.home import appliance_pid
+
+    settings = get_settings()
+    pid = appliance_pid(settings)  # the lock's holder, never a stale pid file
+    if pid is None:
+        _say("no appliance is running")
+        return
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while appliance_pid(settings) is not None:
+        if time.monotonic() > deadline:
+            raise NotReady(f"appliance pid {pid} did not stop within {timeout:.0f} s")
+        time.sleep(0.2)
+    _say(f"stopped (pid {pid})")
+
+
+@command
+def status(json_out: bool = typer.Option(False, "--json", help="Print the status as JSON.")) -> None:
+    """Show whether the appliance runs, and each service's state, pid, restarts and last exit."""
+    from airlock.supervisor.supervisor import read_status
+
+    state = read_status(get_settings())
+    if json_out:
+        return print_json(state)
+    from rich.table import Table
+
+    console.print(f"appliance pid {state['pid']} on {state['home']}, gateway {state.get('gateway_url', '?')}")
+    table = Table("service", "state", "pid", "restarts", "last exit")
+    for name, s in state["services"].items():
+        table.add_row(name, s["state"], str(s["pid"] or ""), str(s["restarts"]), s["last_exit"] or "")
+    console.print(table)
+
+
+@command
+def engine() -> None:
+    """Run the engine service alone: vLLM on the private socket, with a new secret (foreground)."""
+    from airlock.serve.vllm_server import VllmServer
+
+    settings = get_settings()
+    settings.ensure_dirs()
+    VllmServer(settings).exec_engine()
+
+
+@command
+def worker() -> None:
+    """Run the worker service alone: executes queued runs and keeps aliases loaded (foreground)."""
+    import logging
+
+    from airlock.workflow.worker import serve_worker
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    serve_worker(open_airlock())
+
+
+@command
+def gateway() -> None:
+    """Run the gateway service alone: the OpenAI API, the control API and probes (foreground)."""
+    from airlock.gateway.app import serve_gateway
+
+    serve_gateway(get_settings(), log_level="warning")
 
 
 def snippets(gateway_url: str, alias: str, key: str) -> str:
@@ -67,44 +134,41 @@ def demo(
     exit_after: bool = typer.Option(False, "--exit", help="Stop the appliance once the demo has printed its snippets."),
 ) -> None:
     """Start the appliance, run the quickstart workflow, and print an API key and snippets to call it."""
-    from airlock.appliance import Appliance, running_pid
+    from airlock.access.keys import create_key
     from airlock.cli.workflow import follow
     from airlock.errors import StageFailed
-    from airlock.gateway.apikeys import create_key
+    from airlock.home import appliance_pid
+    from airlock.supervisor.supervisor import Supervisor
     from airlock.workflow.submit import submit
 
     workflow_file = workflow_file or QUICKSTART
     settings = get_settings()
-    appliance = None
-    if running_pid(settings) is None:
-        appliance = Appliance(settings, on_status=_say)
-        appliance.start()
+    supervisor = None
+    if appliance_pid(settings) is None:
+        supervisor = Supervisor(settings, on_status=_say)
+        _on_stop_signals(supervisor.stop_requested)
+        supervisor.start()
+        threading.Thread(target=supervisor.run, name="airlock-supervisor", daemon=True).start()
     try:
         airlock = open_airlock()
-        run_id = submit(airlock, workflow_file, set_)["run_id"]
+        run_id = submit(airlock, workflow_file, set_, actor=cli_actor())["run_id"]
         _say(f"running workflow {workflow_file.name} as {run_id}")
-        if appliance:
-            appliance.wait_vllm()
-        run = follow(airlock, run_id)
+        run = follow(airlock, run_id, stop=supervisor.stop_requested if supervisor else None)
         if run["status"] != "succeeded":
-            raise StageFailed(f"run {run_id} failed: {run['error']}")
+            raise StageFailed(f"run {run_id} {run['status']}: {run['error']}")
         alias = next(s["outputs"]["alias"] for s in run["stages"] if s["uses"] == "serve.vllm")
-        _, key = create_key(airlock.meta, f"demo-{run_id}")
+        _, key = create_key(airlock.meta, f"demo-{run_id}", role="inference", models=[alias], actor=cli_actor())
         _say(f"[green]serving alias [bold]{alias}[/bold] at {settings.gateway_url}/v1[/]")
-        _say(f"API key (shown once): [bold]{key}[/]")
+        _say(f"API key for {alias} (inference only, shown once): [bold]{key}[/]")
         console.print(snippets(settings.gateway_url, alias, key), highlight=False, soft_wrap=True)
-    except BaseException:
-        if appliance:
-            appliance.stop()
-        raise
-    if appliance and not exit_after:
-        _say("serving; Ctrl-C (or `airlock down`) stops")
-        appliance.serve_forever()
-    elif appliance:
-        appliance.stop()
+        if supervisor and not exit_after:
+            _say("serving; Ctrl-C (or `airlock down`) stops")
+            supervisor.stop_requested.wait()
+    finally:
+        if supervisor:
+            supervisor.stop()
 
 
 def register(app: typer.Typer) -> None:
-    app.command("up")(up)
-    app.command("down")(down)
-    app.command("demo")(demo)
+    for fn in (up, down, status, demo, engine, worker, gateway):
+        app.command(fn.__name__)(fn)

@@ -28,6 +28,18 @@ def cli_errors() -> Iterator[None]:
         raise typer.Exit(exc.exit_code) from None
 
 
+def cli_actor() -> str:
+    """How the person running a command appears in the audit log: their OS account."""
+    import getpass
+    import os
+
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # no login name and no passwd entry, e.g. a bare container uid
+        user = str(os.getuid())
+    return f"os:{user}"
+
+
 def open_airlock():
     from airlock.context import Airlock
 

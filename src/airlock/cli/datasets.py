@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 import typer
 
-from airlock.cli.common import command, open_airlock, print_json
+from airlock.cli.common import cli_actor, command, open_airlock, print_json
 from airlock.errors import InvalidInput, NotFound
 
 app = typer.Typer(no_args_is_help=True)
@@ -92,7 +92,8 @@ def add(path: PathArg, name: NameOpt = None, model: ModelOpt = None, max_length:
     tokenizer = _tokenizer(model, max_length)
     airlock = open_airlock()
     with _problems_listed():
-        row = add_dataset(airlock, path, name=name, tokenizer=tokenizer, max_length=max_length, actor="cli")
+        row = add_dataset(airlock, path, name=name, tokenizer=tokenizer, max_length=max_length,
+                          actor=cli_actor())
     if as_json:
         print_json(row)
         return

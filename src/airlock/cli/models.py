@@ -6,7 +6,7 @@ import time
 
 import typer
 
-from airlock.cli.common import command, console
+from airlock.cli.common import cli_actor, command, console
 
 app = typer.Typer(no_args_is_help=True)
 
@@ -104,7 +104,7 @@ def promote_cmd(
     from airlock.cli.common import open_airlock
     from airlock.gate.promote import GatePolicy, promote
 
-    result = promote(open_airlock(), model_id, GatePolicy(min_exact_match=min_exact_match), actor="cli")
+    result = promote(open_airlock(), model_id, GatePolicy(min_exact_match=min_exact_match), actor=cli_actor())
     console.print(f"[green]promoted {model_id}[/] (promotion {result['promotion_id']})")
 
 
@@ -118,5 +118,5 @@ def deploy_cmd(
     from airlock.cli.common import open_airlock
     from airlock.serve.deploy import deploy
 
-    result = deploy(open_airlock(), model_id, alias, actor="cli")
+    result = deploy(open_airlock(), model_id, alias, actor=cli_actor())
     console.print(f"[green]alias {result['alias']} -> {result['model_id']}[/]")

@@ -10,13 +10,15 @@ import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from airlock.cli.common import command, console, open_airlock, print_json
+from airlock.cli.common import cli_actor, command, console, open_airlock, print_json
 
 app = typer.Typer(no_args_is_help=True)
 
 
-def follow(airlock, run_id: str) -> dict:
-    """Live progress of every stage until the run finishes; returns the final run."""
+def follow(airlock, run_id: str, stop: threading.Event | None = None) -> dict:
+    """Live progress of every stage until the run finishes; returns the final run.
+
+    A set `stop` event (Ctrl-C or SIGTERM while the demo follows its run) ends the wait."""
     from airlock.workflow.runs import FINISHED, get_run
 
     columns = (TextColumn("{task.description:<24}"), BarColumn(), TextColumn("{task.fields[info]}"), TimeElapsedColumn())
@@ -39,7 +41,10 @@ def follow(airlock, run_id: str) -> dict:
                     bars.update(task, info=info)
             if run["status"] in FINISHED:
                 return run
-            time.sleep(0.3)
+            if stop is not None and stop.wait(0.3):
+                raise typer.Exit(130)
+            if stop is None:
+                time.sleep(0.3)
 
 
 @app.command("run")
@@ -61,7 +66,7 @@ def run_cmd(
     from airlock.workflow.worker import Worker, worker_alive
 
     airlock = open_airlock()
-    queued = submit(airlock, file, set_)
+    queued = submit(airlock, file, set_, actor=cli_actor())
     run_id = queued["run_id"]
     if not wait:
         if not worker_alive(airlock):

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from airlock.context import Airlock
 from airlock.datasets.records import Messages
@@ -47,8 +47,30 @@ def add_dataset(
     """
     path = Path(path)
     name = _check_name(name if name is not None else path.stem)
-    data = read_dataset_file(path)
-    validated = validate_bytes(data, source=path.name, tokenizer=tokenizer, max_length=max_length)
+    return _add_bytes(airlock, read_dataset_file(path), name=name, label=path.name, source=path.name,
+                      tokenizer=tokenizer, max_length=max_length, actor=actor)
+
+
+def add_dataset_upload(airlock: Airlock, upload: bytes | Path | BinaryIO, *, name: str,
+                       actor: str) -> dict[str, Any]:
+    """Add a dataset received over HTTP: its bytes, or the temporary file they were received into.
+
+    Problems and the row name the dataset by `name` only: where the bytes lay on the way in is
+    the receiver's business, never part of an answer.
+    """
+    name = _check_name(name)
+    if isinstance(upload, Path):
+        data = upload.read_bytes()
+    elif isinstance(upload, bytes):
+        data = upload
+    else:
+        data = upload.read()
+    return _add_bytes(airlock, data, name=name, label=name, source="upload", actor=actor)
+
+
+def _add_bytes(airlock: Airlock, data: bytes, *, name: str, label: str, source: str,
+               tokenizer: Any = None, max_length: int | None = None, actor: str) -> dict[str, Any]:
+    validated = validate_bytes(data, source=label, tokenizer=tokenizer, max_length=max_length)
 
     existing = _row_by_digest(airlock, validated.digest)
     if existing is not None:
@@ -61,7 +83,7 @@ def add_dataset(
 
     row = {
         "digest": digest, "name": name, "format": validated.format,
-        "records": len(validated.records), "source": path.name, "created_at": now(),
+        "records": len(validated.records), "source": source, "created_at": now(),
     }
     with airlock.meta.write() as db:
         # Checked again under the write lock: another process may have added it meanwhile.
@@ -105,6 +127,21 @@ def get_dataset(airlock: Airlock, digest_or_name: str) -> dict[str, Any]:
     if row is None:
         raise NotFound(f"no dataset named {key!r}")
     return row
+
+
+def length_problems(airlock: Airlock, digest_or_name: str, *, tokenizer: Any, max_length: int,
+                    too_long_hint: str = "", label: str | None = None) -> list[str]:
+    """Every record of a stored dataset that the model's template refuses or that is longer than
+    `max_length` tokens, by line (prefixed with `label`, by default the dataset's name); empty
+    when all fit. Length belongs to a dataset and a model together, so it is checked when a
+    workflow pairs them, not when the dataset is added."""
+    row = get_dataset(airlock, digest_or_name)
+    try:
+        validate_bytes(airlock.store.get_bytes(row["digest"]), source=label or row["name"], tokenizer=tokenizer,
+                       max_length=max_length, too_long_hint=too_long_hint)
+    except InvalidInput as exc:
+        return exc.problems or [exc.message]
+    return []
 
 
 def load_records(airlock: Airlock, digest: str) -> list[Messages]:

@@ -90,14 +90,15 @@ def count_tokens(tokenizer: Any, messages: Messages) -> int:
     return len(ids)
 
 
-def _check_length(tokenizer: Any, max_length: int | None, fmt: str, messages: Messages) -> str | None:
+def _check_length(tokenizer: Any, max_length: int | None, fmt: str, messages: Messages,
+                  too_long_hint: str) -> str | None:
     field = "messages" if fmt == CHAT else "prompt+completion"
     try:
         n = count_tokens(tokenizer, messages)
     except Exception as exc:  # a template may raise for role orders it does not support
         return f"{field}: the model's chat template rejected this record: {exc}"
     if max_length is not None and n > max_length:
-        return f"{field}: {n} tokens, longer than the model's context of {max_length} tokens"
+        return f"{field}: {n} tokens, longer than the model's context of {max_length} tokens{too_long_hint}"
     return None
 
 
@@ -108,8 +109,13 @@ def validate_bytes(
     tokenizer: Any = None,
     max_length: int | None = None,
     max_problems: int = MAX_PROBLEMS,
+    too_long_hint: str = "",
 ) -> ValidatedDataset:
-    """Validate the bytes of a JSONL dataset; `source` names the file in every problem."""
+    """Validate the bytes of a JSONL dataset; `source` names the file in every problem.
+
+    `too_long_hint` ends the message of a record over `max_length`: what to change, in the
+    caller's terms (a CLI option, a setting).
+    """
     if max_length is not None and tokenizer is None:
         raise InvalidInput("a maximum length needs the model's tokenizer to count tokens")
     if max_length is not None and max_length < 1:
@@ -153,7 +159,7 @@ def validate_bytes(
         if messages is None:
             continue
         if tokenizer is not None:
-            length_problem = _check_length(tokenizer, max_length, file_format, messages)
+            length_problem = _check_length(tokenizer, max_length, file_format, messages, too_long_hint)
             if length_problem:
                 problems.add(lineno, length_problem)
                 continue

@@ -1,46 +1,52 @@
-"""The gateway: FastAPI app in front of vLLM. `create_app(settings)` builds it, `serve_gateway` runs it.
+"""The gateway: FastAPI app in front of the locked engine. `create_app(settings)` builds it,
+`serve_gateway` runs it as the gateway service.
 
-State lives on `app.state` (settings, metadata, the shared aiohttp session to vLLM, metrics) so tests and
-`airlock up` can build as many independent gateways as they like from different settings.
+State lives on `app.state` (settings, the in-memory registry of keys and aliases, the engine
+session, the rate limiter, the recorder that writes off the event loop, metrics), so tests can
+build as many independent gateways as they like from different settings.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
-
-import asyncio
 
 import aiohttp
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
+from airlock.access.ratelimit import RateLimiter
 from airlock.config import Settings, get_settings
-from airlock.errors import NotReady
-from airlock.gateway.app_keys import require_key
+from airlock.gateway.auth import permit
 from airlock.gateway.control import api
 from airlock.gateway.errors import install_error_handlers
 from airlock.gateway.metrics import Metrics, MetricsMiddleware
-from airlock.gateway.proxy import forward, make_client
+from airlock.gateway.proxy import Engine, forward
+from airlock.gateway.recorder import Recorder
+from airlock.gateway.registry import Registry
 from airlock.meta import open_meta
 
 # /readyz must answer quickly even when vLLM hangs: a probe that hangs is a failed probe.
 _READY_TIMEOUT_S = 1.0
+# The worker beats every 2 s; a heartbeat older than this means it is down.
+_WORKER_ALIVE_S = 10.0
 
 
-v1 = APIRouter(prefix="/v1", dependencies=[Depends(require_key)])
+v1 = APIRouter(prefix="/v1", dependencies=[Depends(permit("inference"))])
 
 
 @v1.get("/models")
 async def list_models(request: Request) -> dict[str, Any]:
-    state = request.app.state
-    rows = state.meta.query("SELECT name, base_model, updated_at FROM aliases ORDER BY name")
+    state, key = request.app.state, request.state.api_key
+    scope = key.get("models")
     base = state.settings.serve_base_model
-    data = [_model_card(base, state.started, None)]
-    data += [_model_card(r["name"], _epoch(r["updated_at"], state.started), r["base_model"])
-             for r in rows if r["name"] != base]
+    data = [_model_card(base, state.started, None)] if scope is None or base in scope else []
+    data += [_model_card(name, _epoch(row["updated_at"], state.started), row["base_model"])
+             for name, row in sorted(request.state.snapshot.aliases.items())
+             if name != base and (scope is None or name in scope)]
     return {"object": "list", "data": data}
 
 
@@ -64,15 +70,30 @@ async def healthz() -> dict[str, str]:
 
 @ops.get("/readyz")
 async def readyz(request: Request) -> JSONResponse:
-    client: aiohttp.ClientSession = request.app.state.client
+    """200 while the engine answers (serving works); every component's state either way."""
+    state = request.app.state
+    engine = await _engine_state(state.engine)
+    snapshot = await state.registry.current()
+    worker = "alive" if _recent(snapshot.worker_heartbeat) else "down"
+    ready = engine == "ready"
+    body = {"status": "ready" if ready else "not ready", "model": state.settings.serve_base_model,
+            "components": {"gateway": "ready", "engine": engine, "worker": worker}}
+    return JSONResponse(body, status_code=200 if ready else 503)
+
+
+async def _engine_state(engine: Engine) -> str:
     try:
-        async with client.get("/health", timeout=aiohttp.ClientTimeout(total=_READY_TIMEOUT_S)) as resp:
-            status = resp.status
+        async with engine.session.get("/health", timeout=aiohttp.ClientTimeout(total=_READY_TIMEOUT_S)) as resp:
+            return "ready" if resp.status == 200 else f"unhealthy (HTTP {resp.status})"
     except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-        raise NotReady(f"vLLM is not reachable at {request.app.state.settings.vllm_url}: {type(exc).__name__}") from None
-    if status != 200:
-        raise NotReady(f"vLLM answered /health with HTTP {status}")
-    return JSONResponse({"status": "ready", "model": request.app.state.settings.serve_base_model})
+        return f"unreachable ({type(exc).__name__})"
+
+
+def _recent(iso: str | None) -> bool:
+    try:
+        return iso is not None and datetime.fromisoformat(iso) > datetime.now(UTC) - timedelta(seconds=_WORKER_ALIVE_S)
+    except ValueError:
+        return False
 
 
 @ops.get("/metrics")
@@ -96,21 +117,28 @@ def _epoch(iso: str | None, default: int) -> int:
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     settings.home.mkdir(parents=True, exist_ok=True)
+    meta = open_meta(settings.db_path)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        # One pooled client for the process: keep-alive connections to vLLM make the proxy's
-        # own cost a few hundred microseconds instead of a TCP handshake per request.
-        app.state.client = make_client(settings)
+        app.state.registry.load()  # before the first request: the loop never reads SQLite
+        app.state.limiter.load(meta.query("SELECT key_id, kind, level, updated FROM rate_buckets"))
+        app.state.recorder.start()
+        app.state.engine.open()
         try:
             yield
         finally:
-            await app.state.client.close()
+            await app.state.engine.close()
+            app.state.recorder.close()
 
     app = FastAPI(title="airlock gateway", version="1", lifespan=lifespan,
                   docs_url=None, redoc_url=None, openapi_url=None)
     app.state.settings = settings
-    app.state.meta = open_meta(settings.db_path)
+    app.state.meta = meta
+    app.state.registry = Registry(meta)
+    app.state.limiter = RateLimiter()
+    app.state.recorder = Recorder(meta, rate_state=app.state.limiter.changed_rows)
+    app.state.engine = Engine(settings)
     app.state.metrics = Metrics()
     app.state.started = int(datetime.now().timestamp())
     install_error_handlers(app)

@@ -1,21 +1,29 @@
 """The control API under /api: the same service functions the CLI calls, over HTTP.
 
-Routes are plain `def`, so FastAPI runs them in its thread pool and a slow verification never
-blocks the event loop that proxies inference traffic.
+Every route names the permission it needs (`permit`), and every change is recorded with the
+calling key as its actor. Nothing here names a path on the host: specs travel in the body,
+datasets are uploaded and then named by name or digest.
+
+Routes are plain `def` where they touch SQLite or the store, so FastAPI runs them in its thread
+pool and a slow verification never blocks the event loop that proxies inference traffic.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict
+from starlette.concurrency import run_in_threadpool
 
+from airlock.access.roles import DEFAULT_ROLE
 from airlock.context import Airlock
-from airlock.gateway.app_keys import require_key
+from airlock.gateway.auth import actor, permit
+from airlock.gateway.redact import redacted_errors, run_view
+from airlock.gateway.uploads import check_jsonl_type, received
 
-api = APIRouter(prefix="/api", dependencies=[Depends(require_key)])
+api = APIRouter(prefix="/api")
+Key = dict[str, Any]
 
 
 def _airlock(request: Request) -> Airlock:
@@ -25,52 +33,144 @@ def _airlock(request: Request) -> Airlock:
     return state.airlock
 
 
+# Datasets ---------------------------------------------------------------------------------------
+
+
+@api.post("/datasets", status_code=201)
+async def upload_dataset(request: Request, name: str, key: Key = Depends(permit("datasets:write"))) -> dict:
+    """Add the JSONL file sent as the raw body under `name`; a 400 lists every bad line."""
+    from airlock.datasets.service import add_dataset_upload
+
+    check_jsonl_type(request.headers.get("content-type"))
+    settings = request.app.state.settings
+    async with received(request, limit=settings.max_upload_bytes, folder=settings.home / "uploads") as path:
+        return await run_in_threadpool(
+            lambda: add_dataset_upload(_airlock(request), path, name=name, actor=actor(key)))
+
+
+@api.get("/datasets")
+def list_datasets(request: Request, key: Key = Depends(permit("datasets:read"))) -> list[dict]:
+    from airlock.datasets.service import list_datasets as datasets
+
+    return datasets(_airlock(request))
+
+
+@api.get("/datasets/{name_or_digest:path}")
+def get_dataset(name_or_digest: str, request: Request, key: Key = Depends(permit("datasets:read"))) -> dict:
+    from airlock.datasets.service import get_dataset as dataset
+
+    return dataset(_airlock(request), name_or_digest)
+
+
+# Runs -------------------------------------------------------------------------------------------
+
+
 class RunRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    file: str
+    spec: dict[str, Any]
     set: list[str] = []
 
 
 @api.post("/runs", status_code=202)
-def submit_run(body: RunRequest, request: Request) -> dict[str, Any]:
-    """Check and queue a workflow file that lies on the appliance host."""
-    from airlock.workflow.submit import submit
+def submit_run(body: RunRequest, request: Request, key: Key = Depends(permit("runs:write"))) -> dict:
+    """Check a workflow given in the body completely and queue it; a 400 lists every problem."""
+    from airlock.workflow.submit import submit_request
 
-    return submit(_airlock(request), Path(body.file), body.set)
+    with redacted_errors(key):
+        return submit_request(_airlock(request), body.spec, body.set, actor=actor(key))
 
 
 @api.get("/runs")
-def list_runs(request: Request, limit: int = 50) -> list[dict[str, Any]]:
+def list_runs(request: Request, limit: int = 50, key: Key = Depends(permit("runs:read"))) -> list[dict]:
     from airlock.workflow.runs import list_runs as runs
 
-    return runs(_airlock(request), limit)
+    return [run_view(r, key) for r in runs(_airlock(request), limit)]
 
 
 @api.get("/runs/{run_id}")
-def get_run(run_id: str, request: Request) -> dict[str, Any]:
+def get_run(run_id: str, request: Request, key: Key = Depends(permit("runs:read"))) -> dict:
     from airlock.workflow.runs import get_run as run
+    from airlock.workflow.submit import queued_spec
 
-    return run(_airlock(request), run_id)
+    airlock = _airlock(request)
+    return run_view({**run(airlock, run_id), **queued_spec(airlock, run_id)}, key)
+
+
+# Keys -------------------------------------------------------------------------------------------
+
+
+class KeyRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    role: str = DEFAULT_ROLE
+    models: list[str] | None = None
+    expires: str | None = None
+    rpm: int = 0
+    tpm: int = 0
+
+
+@api.post("/keys", status_code=201)
+def create_key(body: KeyRequest, request: Request, key: Key = Depends(permit("keys:admin"))) -> dict:
+    """Make a key; the answer holds its secret, which is never shown again."""
+    from airlock.access.keys import create_key as create, get_key
+
+    meta = _airlock(request).meta
+    key_id, secret = create(meta, body.name, role=body.role, models=body.models, expires=body.expires,
+                            rpm=body.rpm, tpm=body.tpm, actor=actor(key))
+    return {**get_key(meta, key_id), "key": secret}
+
+
+@api.get("/keys")
+def list_keys(request: Request, key: Key = Depends(permit("keys:admin"))) -> list[dict]:
+    from airlock.access.keys import list_keys as keys
+
+    return keys(_airlock(request).meta)
+
+
+@api.delete("/keys/{key_id}")
+def revoke_key(key_id: str, request: Request, key: Key = Depends(permit("keys:admin"))) -> dict:
+    from airlock.access.keys import revoke_key as revoke
+
+    return revoke(_airlock(request).meta, key_id, actor=actor(key))
+
+
+# Aliases and models -----------------------------------------------------------------------------
+
+
+class AliasRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model_id: str
+
+
+@api.put("/aliases/{alias}")
+def switch_alias(alias: str, body: AliasRequest, request: Request,
+                 key: Key = Depends(permit("aliases:write"))) -> dict:
+    """Serve a promoted model under `alias`: verified, loaded and smoke-tested before the switch."""
+    from airlock.serve.deploy import deploy
+
+    return deploy(_airlock(request), body.model_id, alias, actor=actor(key))
+
+
+@api.get("/aliases")
+def list_aliases(request: Request, key: Key = Depends(permit("aliases:read"))) -> list[dict]:
+    from airlock.serve.deploy import list_aliases as aliases
+
+    return aliases(_airlock(request))
 
 
 @api.get("/models")
-def list_models(request: Request) -> list[dict[str, Any]]:
+def list_models(request: Request, key: Key = Depends(permit("models:read"))) -> list[dict]:
     from airlock.models.adapters import list_models as models
 
     return models(_airlock(request))
 
 
 @api.post("/models/{model_id}/verify")
-def verify_model(model_id: str, request: Request) -> dict[str, Any]:
+def verify_model(model_id: str, request: Request, key: Key = Depends(permit("models:verify"))) -> dict:
     from airlock.models.signing import verify_model as verify
 
     manifest = verify(_airlock(request), model_id)
     return {"model_id": model_id, "verified": True, "files": len(manifest["files"])}
-
-
-@api.get("/aliases")
-def list_aliases(request: Request) -> list[dict[str, Any]]:
-    from airlock.serve.deploy import list_aliases as aliases
-
-    return aliases(_airlock(request))

@@ -7,6 +7,7 @@ handler per exception family is all it takes for every app to see a clear, unifo
 from __future__ import annotations
 
 import logging
+import math
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -69,8 +70,10 @@ def error_response(message: str, status: int, code: str | None, param: str | Non
 
 def from_airlock_error(exc: AirlockError) -> JSONResponse:
     status = exc.http_status
-    # RFC 9110: a 401 names the scheme the client should use.
+    # RFC 9110: a 401 names the scheme the client should use; a 429 says when to come back.
     headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    if (retry_after := getattr(exc, "retry_after", None)) is not None:
+        headers = {"Retry-After": str(max(1, math.ceil(retry_after)))}
     return error_response(str(exc), status, exc.code, getattr(exc, "param", None), headers)
 
 

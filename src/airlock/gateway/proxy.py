@@ -1,9 +1,9 @@
-"""The OpenAI-compatible proxy: resolve the model name, forward to vLLM, stream the answer back.
+"""The OpenAI-compatible proxy: check the caller's scope and limits, resolve the model name,
+forward to the locked engine, relay the answer.
 
-The hot path parses the body once, looks the model up in SQLite (one primary-key read, so an
-alias switch applies to the very next request), and forwards the original bytes untouched
-unless the model name has to be rewritten. Responses are relayed chunk by chunk as vLLM
-sends them; nothing is buffered for streams.
+Keys and aliases come from the in-memory registry (never SQLite on the event loop). The original
+bytes are forwarded untouched unless the model name has to be rewritten. Responses are relayed
+chunk by chunk as vLLM sends them; nothing is buffered for streams.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import aiohttp
@@ -22,44 +22,75 @@ from starlette.background import BackgroundTask
 
 from airlock.config import Settings
 from airlock.errors import NotReady
-from airlock.gateway.errors import BadRequest, ModelNotFound, UpstreamError, UpstreamTimeout, error_body
+from airlock.gateway.errors import (BadRequest, ModelNotFound, UpstreamError, UpstreamTimeout, error_body,
+                                    error_response)
 from airlock.gateway.metrics import Metrics
-from airlock.meta import Meta
+from airlock.gateway.registry import Snapshot
+from airlock.serve.engine import read_secret
 
 log = logging.getLogger("airlock.gateway")
 
-# Loopback connects are answered or refused in well under a millisecond; a connect that takes
+# Local connects are answered or refused in well under a millisecond; a connect that takes
 # longer means vLLM is down or wedged, and the caller must hear so within a second.
 CONNECT_TIMEOUT_S = 0.5
 # A long generation on a busy CPU legitimately takes minutes between bytes.
 READ_TIMEOUT_S = 600.0
-POOL_TIMEOUT_S = 5.0
 
 # Headers vLLM sets that an app may use; hop-by-hop and length headers are the server's business.
 _PASS_HEADERS = ("content-type", "x-request-id")
 
 
-def make_client(settings: Settings) -> aiohttp.ClientSession:
-    """One pooled session to vLLM. aiohttp rather than httpx: its C-accelerated HTTP parser
-    costs a fraction of the CPU per request, and on a host where vLLM keeps the cores busy
-    every millisecond of gateway CPU shows up as latency."""
-    return aiohttp.ClientSession(
-        base_url=settings.vllm_url,
-        timeout=aiohttp.ClientTimeout(total=None, connect=CONNECT_TIMEOUT_S, sock_read=READ_TIMEOUT_S),
-        connector=aiohttp.TCPConnector(limit=512, limit_per_host=512, keepalive_timeout=60),
-        # Only vLLM on loopback is ever reached: no proxies from the environment.
-        trust_env=False,
-        auto_decompress=False,
-    )
+class Engine:
+    """The pooled session to the engine and the engine's current secret."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.session: aiohttp.ClientSession | None = None
+        self.bearer = ""
+        self.reload_secret()
+
+    def reload_secret(self) -> None:
+        # A few bytes from a local file: cheaper than any SQLite call, and rare (engine restarts).
+        self.bearer = f"Bearer {read_secret(self.settings)}"
+
+    def open(self) -> None:
+        """One pooled session for the process. aiohttp rather than httpx: its C-accelerated HTTP
+        parser costs a fraction of the CPU per request, and on a host where vLLM keeps the cores
+        busy every millisecond of gateway CPU shows up as latency."""
+        s = self.settings
+        connector = (aiohttp.UnixConnector(path=str(s.engine_socket), limit=512, keepalive_timeout=60)
+                     if s.engine_transport == "uds"
+                     else aiohttp.TCPConnector(limit=512, limit_per_host=512, keepalive_timeout=60))
+        self.session = aiohttp.ClientSession(
+            base_url=s.vllm_url, connector=connector,
+            timeout=aiohttp.ClientTimeout(total=None, connect=CONNECT_TIMEOUT_S, sock_read=READ_TIMEOUT_S),
+            trust_env=False,  # only the engine is ever reached: no proxies from the environment
+            auto_decompress=False,
+        )
+
+    async def close(self) -> None:
+        if self.session is not None:
+            await self.session.close()
+
+    async def post(self, path: str, content: bytes, headers: dict[str, str]) -> aiohttp.ClientResponse:
+        """POST, retried once with a re-read secret when the engine restarted and says 401."""
+        resp = await self.session.post(path, data=content, headers={**headers, "authorization": self.bearer})
+        if resp.status != 401:
+            return resp
+        resp.release()
+        self.reload_secret()
+        return await self.session.post(path, data=content, headers={**headers, "authorization": self.bearer})
 
 
-def resolve_model(meta: Meta, settings: Settings, name: str) -> str:
-    """The model name vLLM knows: an alias's adapter, or the base model itself."""
-    row = meta.one("SELECT lora_name FROM aliases WHERE name = ?", (name,))
-    if row is not None:
-        return row["lora_name"]
-    if name == settings.serve_base_model:
-        return name
+def resolve_model(snapshot: Snapshot, key: dict[str, Any], settings: Settings, name: str) -> tuple[str, bool]:
+    """(the model name vLLM knows, whether it is an alias). A model outside the key's scope is
+    answered exactly like one that does not exist: no oracle for what is served."""
+    scope = key.get("models")
+    if scope is None or name in scope:
+        if (row := snapshot.aliases.get(name)) is not None:
+            return row["lora_name"], True
+        if name == settings.serve_base_model:
+            return name, False
     raise ModelNotFound(
         f"the model {name!r} does not exist or you do not have access to it; "
         "GET /v1/models lists the models you can call"
@@ -86,28 +117,40 @@ def parse_body(raw: bytes, required: str) -> dict[str, Any]:
 
 async def forward(request: Request, path: str, required: str) -> Response:
     state = request.app.state
+    key, snapshot = request.state.api_key, request.state.snapshot
     raw = await request.body()
     body = parse_body(raw, required)
-    upstream_model = resolve_model(state.meta, state.settings, body["model"])
+    requested = body["model"]
+    upstream_model, is_alias = resolve_model(snapshot, key, state.settings, requested)
+    state.limiter.admit(key)
+    state.recorder.used(key["id"])
     if upstream_model != body["model"]:
         body["model"] = upstream_model
         raw = json.dumps(body, ensure_ascii=False).encode("utf-8")
     headers = {"content-type": "application/json"}
     if request_id := request.headers.get("x-request-id"):
         headers["x-request-id"] = request_id
-    return await send_upstream(state.client, state.metrics, path, raw, headers,
-                               stream=bool(body.get("stream")))
+    charge = (lambda n: state.limiter.charge(key, n)) if key.get("tpm") else None
+    resp = await send_upstream(state.engine, state.metrics, path, raw, headers,
+                               stream=bool(body.get("stream")), charge=charge)
+    if resp.status_code == 404 and is_alias:
+        # The alias exists but the engine does not have its adapter: it restarted and the
+        # reconciler is still verifying and loading it, or the adapter failed verification.
+        return error_response(f"the model {requested!r} is not loaded in the engine right now "
+                              "(it is being verified and restored); retry shortly",
+                              503, NotReady.code, headers={"Retry-After": "2"})
+    return resp
 
 
-async def send_upstream(client: aiohttp.ClientSession, metrics: Metrics, path: str, content: bytes,
-                        headers: dict[str, str], *, stream: bool) -> Response:
+async def send_upstream(engine: Engine, metrics: Metrics, path: str, content: bytes, headers: dict[str, str], *,
+                        stream: bool, charge: Callable[[int], None] | None = None) -> Response:
     started = time.perf_counter()
     try:
-        resp = await client.post(path, data=content, headers=headers)
+        resp = await engine.post(path, content, headers)
     except (aiohttp.ClientConnectionError, ConnectionError) as exc:
         metrics.count_upstream_error("unreachable")
         raise NotReady(f"the model server is not reachable ({type(exc).__name__}); "
-                       "it may be starting or stopped, try again shortly") from None
+                       "it may be starting or restarting, try again shortly") from None
     except asyncio.TimeoutError:
         metrics.count_upstream_error("timeout")
         raise UpstreamTimeout("the model server did not answer in time") from None
@@ -115,7 +158,7 @@ async def send_upstream(client: aiohttp.ClientSession, metrics: Metrics, path: s
         metrics.count_upstream_error("transport")
         raise UpstreamError(f"the connection to the model server failed: {type(exc).__name__}") from None
     metrics.observe_upstream(time.perf_counter() - started)
-    headers = {k: v for k in _PASS_HEADERS if (v := resp.headers.get(k))}
+    out_headers = {k: v for k in _PASS_HEADERS if (v := resp.headers.get(k))}
 
     # Errors (vLLM's own 4xx included) and plain answers are small: read them whole and relay.
     if not stream or resp.status >= 400:
@@ -126,15 +169,29 @@ async def send_upstream(client: aiohttp.ClientSession, metrics: Metrics, path: s
             raise UpstreamError(f"the model server broke off its answer: {type(exc).__name__}") from None
         finally:
             resp.release()
-        return Response(content=data, status_code=resp.status, headers=headers)
-    return StreamingResponse(_relay(resp, metrics), status_code=resp.status, headers=headers,
+        if charge is not None and resp.status == 200:
+            charge(_usage_tokens(data))
+        return Response(content=data, status_code=resp.status, headers=out_headers)
+    return StreamingResponse(_relay(resp, metrics, charge), status_code=resp.status, headers=out_headers,
                              background=BackgroundTask(resp.close))
 
 
-async def _relay(resp: aiohttp.ClientResponse, metrics: Metrics) -> AsyncIterator[bytes]:
-    """vLLM's bytes as they arrive; a broken upstream ends the stream with an SSE error event."""
+def _usage_tokens(data: bytes) -> int:
+    try:
+        return int(json.loads(data).get("usage", {}).get("total_tokens") or 0)
+    except (ValueError, AttributeError, TypeError):
+        return 0
+
+
+async def _relay(resp: aiohttp.ClientResponse, metrics: Metrics,
+                 charge: Callable[[int], None] | None) -> AsyncIterator[bytes]:
+    """vLLM's bytes as they arrive; a broken upstream ends the stream with an SSE error event.
+    With a token limit, each event counts as one token (vLLM sends one event per token)."""
+    events = 0
     try:
         async for chunk in resp.content.iter_any():
+            if charge is not None:
+                events += chunk.count(b"data: ")
             yield chunk
     except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
         metrics.count_upstream_error("transport")
@@ -145,3 +202,5 @@ async def _relay(resp: aiohttp.ClientResponse, metrics: Metrics) -> AsyncIterato
     finally:
         # Closing the upstream response makes vLLM abort a generation nobody will read.
         resp.close()
+        if charge is not None:
+            charge(events)

@@ -6,7 +6,6 @@ writers (gateway, worker, CLI) queue on the write lock up front instead of faili
 
 from __future__ import annotations
 
-import json
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -64,11 +63,11 @@ class Meta:
         return rows[0] if rows else None
 
     def audit(self, actor: str, action: str, subject: str | None = None, **detail: Any) -> None:
+        """Append a row to the hash-chained audit log (see meta/audit.py)."""
+        from airlock.meta.audit import append  # audit.py imports this module
+
         with self.write() as db:
-            db["audit"].insert(
-                {"at": now(), "actor": actor, "action": action, "subject": subject,
-                 "detail_json": json.dumps(detail, sort_keys=True)}
-            )
+            append(db, actor, action, subject, detail)
 
     def schema_version(self) -> int:
         if "schema_migrations" not in self.db.table_names():
@@ -89,6 +88,10 @@ class Meta:
                 for statement in filter(str.strip, sql.split(";")):
                     db.execute(statement)
                 db["schema_migrations"].insert({"version": version, "applied_at": now()})
+            if self.schema_version() >= 2:  # audit rows from before the hash chain get chained
+                from airlock.meta.audit import chain_unhashed
+
+                chain_unhashed(db)
         return self.schema_version()
 
 

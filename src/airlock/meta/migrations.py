@@ -108,4 +108,26 @@ MIGRATIONS: list[tuple[int, str]] = [
         );
         """,
     ),
+    (
+        2,
+        """
+        ALTER TABLE api_keys ADD COLUMN role TEXT NOT NULL DEFAULT 'inference';
+        ALTER TABLE api_keys ADD COLUMN models_json TEXT;
+        ALTER TABLE api_keys ADD COLUMN expires_at TEXT;
+        ALTER TABLE api_keys ADD COLUMN last_used_at TEXT;
+        ALTER TABLE api_keys ADD COLUMN rpm INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE api_keys ADD COLUMN tpm INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE api_keys ADD COLUMN created_by TEXT;
+        CREATE TABLE rate_buckets (
+            key_id TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            level REAL NOT NULL,
+            updated REAL NOT NULL,
+            PRIMARY KEY (key_id, kind)
+        );
+        ALTER TABLE audit ADD COLUMN prev_hash TEXT;
+        ALTER TABLE audit ADD COLUMN hash TEXT;
+        ALTER TABLE runs ADD COLUMN submitted_by TEXT
+        """,
+    ),
 ]

@@ -8,82 +8,62 @@ finish on the adapter they started with.
 from __future__ import annotations
 
 import re
-import shutil
 import time
-from pathlib import Path
-
-import httpx
 
 from airlock.context import Airlock
 from airlock.errors import GateRefused, InvalidInput, NotReady
 from airlock.gate.promote import latest_promotion
+from airlock.home import appliance_pid
 from airlock.meta.db import now
 from airlock.models.adapters import get_model
-from airlock.models.signing import verify_model
-from airlock.serve.vllm_server import VllmServer, http
+from airlock.models.catalog import list_base_models
+from airlock.serve.engine import EngineClient, engine_client
+from airlock.serve.serving_copy import load_verified
 
 ALIAS_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
-def check_alias(alias: str) -> str:
+def check_alias(alias: str, settings=None) -> str:
     if not ALIAS_RE.match(alias or ""):
         raise InvalidInput(f"alias {alias!r} is not valid: use letters, digits, '.', '_' and '-' (at most 64)")
+    if settings is not None:
+        bases = {settings.serve_base_model} | {m["name"] for m in list_base_models(settings)}
+        if alias in bases:
+            raise InvalidInput(f"alias {alias!r} is the name of a base model; choose another alias "
+                               "(a base model's name always means the base model itself)")
     return alias
 
 
-def materialize(airlock: Airlock, model_id: str, manifest: dict) -> Path:
-    """A verified on-disk copy of the adapter for vLLM to read. Re-verified on every deploy."""
-    dest = airlock.settings.serving_dir / model_id
-    staging = dest.with_name(dest.name + ".tmp")
-    shutil.rmtree(staging, ignore_errors=True)
-    for rel, entry in manifest["files"].items():
-        airlock.store.get_file(entry["sha256"], staging / rel)
-    shutil.rmtree(dest, ignore_errors=True)
-    staging.rename(dest)
-    return dest
-
-
-def smoke_test(vllm: VllmServer, lora_name: str) -> None:
-    body = {"model": lora_name, "messages": [{"role": "user", "content": "Hello"}], "max_tokens": 4}
-    try:
-        resp = http().post(f"{vllm.url}/v1/chat/completions", json=body, timeout=60)
-    except httpx.HTTPError as exc:
-        raise NotReady(f"smoke request through {lora_name} failed: {exc}") from exc
-    if resp.status_code != 200 or not resp.json().get("choices"):
-        raise NotReady(f"smoke request through {lora_name} failed: HTTP {resp.status_code} {resp.text[:300]}")
-
-
-def wait_for_vllm(airlock: Airlock) -> VllmServer:
-    """vLLM, once ready. While an appliance on this home is still starting it, wait for it;
-    with no appliance running, fail at once and say how to start one."""
-    from airlock.appliance import running_pid
-
-    vllm = VllmServer(airlock.settings)
-    deadline = time.monotonic() + airlock.settings.vllm_startup_timeout_s
-    while not vllm.is_healthy():
-        if running_pid(airlock.settings) is None:
-            raise NotReady(f"vLLM is not running at {vllm.url}: start the appliance with `airlock up`")
+def wait_for_engine(airlock: Airlock) -> EngineClient:
+    """The engine, once healthy. While an appliance on this home (or an engine service) is still
+    starting it, wait; with nothing running, fail at once and say how to start one."""
+    settings = airlock.settings
+    client = engine_client(settings)
+    deadline = time.monotonic() + settings.vllm_startup_timeout_s
+    while not client.is_healthy():
+        starting = appliance_pid(settings) is not None or settings.engine_secret_path.exists()
+        if not starting:
+            raise NotReady(f"the engine is not running ({client.where}): start the appliance with `airlock up`")
         if time.monotonic() > deadline:
-            raise NotReady(f"vLLM at {vllm.url} did not become ready in {airlock.settings.vllm_startup_timeout_s:.0f} s")
+            raise NotReady(f"the engine did not become ready in {settings.vllm_startup_timeout_s:.0f} s")
         time.sleep(0.5)
-    return vllm
+    return client
 
 
 def deploy(airlock: Airlock, model_id: str, alias: str, actor: str = "worker") -> dict:
-    check_alias(alias)
+    check_alias(alias, airlock.settings)
     model = get_model(airlock, model_id)
     if latest_promotion(airlock, model_id) is None:
         raise GateRefused(f"model {model_id} has not passed the promotion gate; it cannot be served")
     served = airlock.settings.serve_base_model
     if model["base_model"] != served:
         raise InvalidInput(f"model {model_id} adapts {model['base_model']!r}, but vLLM here serves {served!r}")
-    vllm = wait_for_vllm(airlock)
+    client = wait_for_engine(airlock)
 
-    manifest = verify_model(airlock, model_id)  # again, right before load
     lora_name = model_id  # vLLM knows each adapter by its content-derived id
-    if lora_name not in vllm.loaded_adapters():
-        vllm.load_adapter(lora_name, materialize(airlock, model_id, manifest))
-    smoke_test(vllm, lora_name)
+    if lora_name not in client.loaded_adapters():
+        load_verified(airlock, client, model_id)  # verifies the signed manifest again, right before load
+    client.smoke_test(lora_name)
 
     with airlock.meta.write() as db:
         db["aliases"].upsert({"name": alias, "model_id": model_id, "lora_name": lora_name,

@@ -1,13 +1,17 @@
-"""Start, supervise and stop the real vLLM OpenAI server; hot-load and unload LoRA adapters.
+"""Start, supervise and stop the real vLLM OpenAI server, locked to airlock's own processes.
 
-vLLM runs as a child process in its own process group: its engine spawns worker processes,
-and signalling the whole group is the only way to be sure none of them outlives a stop.
+vLLM listens on a Unix socket in the engine directory (mode 0700: other users cannot even reach
+the socket) and wants a secret that is made anew at each start and handed over in the
+environment (never on the command line, which any local user can read in /proc). vLLM runs in
+its own process group: its engine spawns worker processes, and signalling the whole group is
+the only way to be sure none of them outlives a stop.
 """
 
 from __future__ import annotations
 
 import functools
 import os
+import secrets
 import shlex
 import shutil
 import signal
@@ -17,15 +21,9 @@ import time
 from collections import deque
 from pathlib import Path
 
-import httpx
-
 from airlock.config import Settings
-from airlock.errors import IntegrityFailure, InvalidInput, NotFound, NotReady
-
-# A loopback connect either succeeds or is refused at once; a long wait means vLLM is wedged.
-_CONNECT_TIMEOUT_S = 1.0
-# Loading an adapter reads its weights and warms the engine; on a busy CPU that takes seconds.
-_ADAPTER_TIMEOUT_S = 120.0
+from airlock.errors import NotFound, NotReady
+from airlock.serve.engine import CONNECT_TIMEOUT_S, EngineClient
 
 
 @functools.cache
@@ -41,35 +39,43 @@ def has_nvidia_gpu() -> bool:
     return out.returncode == 0 and "GPU" in out.stdout
 
 
-class VllmServer:
-    """One vLLM OpenAI server bound to loopback, serving a base model with runtime LoRA loading.
+def prepare_engine_dir(settings: Settings) -> str:
+    """A private engine directory with no stale socket, and a new secret in it; returns it."""
+    engine_dir = settings.engine_dir
+    engine_dir.mkdir(parents=True, exist_ok=True)
+    engine_dir.chmod(0o700)
+    settings.engine_socket.unlink(missing_ok=True)  # vLLM cannot bind over a stale one
+    secret = secrets.token_urlsafe(32)
+    tmp = settings.engine_secret_path.with_suffix(".tmp")
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(secret + "\n")
+    tmp.replace(settings.engine_secret_path)
+    return secret
 
-    The adapter methods only need the URL, so a process that did not start vLLM (the CLI, the
-    worker) can build a `VllmServer(settings)` and load adapters into the running one.
+
+def clear_engine_dir(settings: Settings) -> None:
+    """What an engine leaves behind: its socket and its secret, removed once it stopped."""
+    settings.engine_socket.unlink(missing_ok=True)
+    settings.engine_secret_path.unlink(missing_ok=True)
+
+
+class VllmServer:
+    """One vLLM OpenAI server serving a base model with runtime LoRA loading, behind a secret.
+
+    `exec_engine` replaces the calling process with vLLM (`airlock engine`, one service per
+    process); `start` runs it as a child (tests, benchmarks).
     """
 
-    def __init__(
-        self,
-        settings: Settings,
-        *,
-        model_dir: Path | None = None,
-        served_name: str | None = None,
-        port: int | None = None,
-        log_path: Path | None = None,
-        gpu: bool | None = None,
-    ) -> None:
+    def __init__(self, settings: Settings, *, model_dir: Path | None = None, served_name: str | None = None,
+                 log_path: Path | None = None, gpu: bool | None = None) -> None:
         self.settings = settings
         self.served_name = served_name or settings.serve_base_model
         self.model_dir = Path(model_dir or settings.models_dir / self.served_name)
-        self.host = settings.vllm_host
-        self.port = port or settings.vllm_port
-        self.log_path = Path(log_path or settings.run_dir / f"vllm-{self.port}.log")
+        self.log_path = Path(log_path or settings.run_dir / "engine.log")
         self._gpu = gpu
         self.proc: subprocess.Popen | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
 
     @property
     def gpu(self) -> bool:
@@ -77,15 +83,20 @@ class VllmServer:
             self._gpu = has_nvidia_gpu()
         return self._gpu
 
+    @property
+    def client(self) -> EngineClient:
+        return EngineClient(self.settings)
+
     def command(self) -> list[str]:
         s = self.settings
         extra = shlex.split(s.vllm_extra_args)
+        where = (["--uds", str(s.engine_socket)] if s.engine_transport == "uds"
+                 else ["--host", s.vllm_host, "--port", str(s.vllm_port)])
         cmd = [
             sys.executable, "-m", "vllm.entrypoints.openai.api_server",
             "--model", str(self.model_dir),
             "--served-model-name", self.served_name,
-            "--host", self.host,
-            "--port", str(self.port),
+            *where,
             "--max-model-len", str(s.vllm_max_model_len),
             "--enable-lora",
             "--max-lora-rank", str(s.vllm_max_lora_rank),
@@ -97,8 +108,9 @@ class VllmServer:
             cmd += ["--dtype", "float32"]
         return cmd + extra
 
-    def environment(self) -> dict[str, str]:
+    def environment(self, secret: str) -> dict[str, str]:
         env = dict(os.environ)
+        env["VLLM_API_KEY"] = secret
         env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] = "True"
         if not self.gpu:
             # The CPU build reserves KV cache up front; 1 GiB is plenty for small models and
@@ -106,59 +118,53 @@ class VllmServer:
             env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
         return env
 
-    @property
-    def pid_path(self) -> Path:
-        return self.settings.run_dir / f"vllm-{self.port}.pid"
-
-    def start(self) -> None:
-        """Launch vLLM in the background; call `wait_ready` to know when it answers."""
-        if self.is_running():
-            return
+    def _check_model(self) -> None:
         if not (self.model_dir / "config.json").is_file():
             raise NotFound(f"base model folder {self.model_dir} has no config.json")
+
+    def exec_engine(self) -> None:
+        """Become vLLM: this process is then the engine service itself (no wrapper in between)."""
+        self._check_model()
+        env = self.environment(prepare_engine_dir(self.settings))
+        cmd = self.command()
+        os.execve(cmd[0], cmd, env)
+
+    def start(self) -> None:
+        """Launch vLLM as a child in the background; `wait_ready` tells when it answers."""
+        if self.is_running():
+            return
+        self._check_model()
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        env = self.environment(prepare_engine_dir(self.settings))
         with open(self.log_path, "wb") as log:
-            self.proc = subprocess.Popen(
-                self.command(),
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=self.environment(),
-                start_new_session=True,
-            )
-        self.pid_path.write_text(f"{self.proc.pid}\n")
+            self.proc = subprocess.Popen(self.command(), stdin=subprocess.DEVNULL, stdout=log,
+                                         stderr=subprocess.STDOUT, env=env, start_new_session=True)
 
     def is_running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
     def is_healthy(self, timeout: float = 2.0) -> bool:
-        try:
-            return http().get(f"{self.url}/health", timeout=timeout).status_code == 200
-        except httpx.HTTPError:
-            return False
+        return self.client.is_healthy(timeout)
 
     def log_tail(self, lines: int = 40) -> str:
-        try:
-            with open(self.log_path, errors="replace") as f:
-                return "".join(deque(f, maxlen=lines))
-        except OSError:
-            return ""
+        return log_tail(self.log_path, lines)
 
     def wait_ready(self, timeout: float | None = None) -> None:
         """Block until GET /health answers 200; fail fast if the process exits meanwhile."""
         timeout = self.settings.vllm_startup_timeout_s if timeout is None else timeout
         deadline = time.monotonic() + timeout
+        client = self.client
         while True:
             if self.proc is not None and self.proc.poll() is not None:
                 raise NotReady(
                     f"vLLM exited with code {self.proc.returncode} before it was ready "
                     f"(log: {self.log_path}); last lines:\n{self.log_tail()}"
                 )
-            if self.is_healthy(timeout=_CONNECT_TIMEOUT_S):
+            if client.is_healthy(timeout=CONNECT_TIMEOUT_S):
                 return
             if time.monotonic() > deadline:
                 raise NotReady(
-                    f"vLLM did not answer {self.url}/health within {timeout:.0f} s "
+                    f"vLLM did not become healthy within {timeout:.0f} s "
                     f"(log: {self.log_path}); last lines:\n{self.log_tail()}"
                 )
             time.sleep(0.5)
@@ -169,17 +175,9 @@ class VllmServer:
         if proc is None:
             return
         try:
-            if proc.poll() is None:
-                _signal_group(proc.pid, signal.SIGTERM)
-                try:
-                    proc.wait(timeout=grace)
-                except subprocess.TimeoutExpired:
-                    pass
-            # Engine workers may outlive the API process that led the group.
-            _signal_group(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
+            stop_group(proc, grace)
         finally:
-            self.pid_path.unlink(missing_ok=True)
+            clear_engine_dir(self.settings)
 
     def __enter__(self) -> "VllmServer":
         self.start()
@@ -188,55 +186,37 @@ class VllmServer:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    # -- runtime LoRA adapters ---------------------------------------------------------------
-
+    # Adapter calls go through the locked client; kept here so a test holding the server can
+    # load adapters into it directly.
     def load_adapter(self, lora_name: str, path: Path | str) -> None:
-        """Load the PEFT adapter folder `path` into vLLM, addressable as model `lora_name`."""
-        body = {"lora_name": lora_name, "lora_path": str(Path(path).absolute())}
-        resp = self._post("/v1/load_lora_adapter", body, f"load adapter {lora_name!r}")
-        if resp.status_code == 200:
-            return
-        reason = _vllm_message(resp)
-        if resp.status_code < 500:
-            raise InvalidInput(f"vLLM refused adapter {lora_name!r} from {path}: {reason}")
-        raise IntegrityFailure(f"vLLM could not load adapter {lora_name!r} from {path}: {reason}")
+        self.client.load_adapter(lora_name, path)
 
     def unload_adapter(self, lora_name: str) -> None:
-        resp = self._post("/v1/unload_lora_adapter", {"lora_name": lora_name},
-                          f"unload adapter {lora_name!r}")
-        if resp.status_code == 200:
-            return
-        reason = _vllm_message(resp)
-        if resp.status_code == 404:
-            raise NotFound(f"vLLM has no adapter named {lora_name!r} loaded: {reason}")
-        raise InvalidInput(f"vLLM refused to unload adapter {lora_name!r}: {reason}")
+        self.client.unload_adapter(lora_name)
 
     def loaded_adapters(self) -> list[str]:
-        """Names of the adapters vLLM serves now (its model list minus the base model)."""
+        return self.client.loaded_adapters()
+
+
+def stop_group(proc: subprocess.Popen, grace: float) -> None:
+    """SIGTERM a child's process group, wait up to `grace` s, then SIGKILL what is left of it."""
+    if proc.poll() is None:
+        _signal_group(proc.pid, signal.SIGTERM)
         try:
-            resp = http().get(f"{self.url}/v1/models", timeout=_timeout(10.0))
-        except httpx.HTTPError as exc:
-            raise NotReady(f"vLLM is not reachable at {self.url}: {exc}") from exc
-        return [m["id"] for m in resp.json().get("data", []) if m.get("parent")]
-
-    def _post(self, path: str, body: dict, what: str) -> httpx.Response:
-        try:
-            return http().post(f"{self.url}{path}", json=body, timeout=_timeout(_ADAPTER_TIMEOUT_S))
-        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
-            raise NotReady(f"cannot {what}: vLLM is not reachable at {self.url} ({exc})") from exc
-        except httpx.HTTPError as exc:
-            raise NotReady(f"cannot {what}: vLLM at {self.url} did not answer ({exc})") from exc
+            proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            pass
+    # Engine workers may outlive the API process that led the group.
+    _signal_group(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=10)
 
 
-@functools.cache
-def http() -> httpx.Client:
-    """One client per process for the calls to vLLM: building an httpx client loads the CA
-    bundle (tens of milliseconds), which a hand-off of four calls should not pay four times."""
-    return httpx.Client(trust_env=False)
-
-
-def _timeout(total: float) -> httpx.Timeout:
-    return httpx.Timeout(total, connect=_CONNECT_TIMEOUT_S)
+def log_tail(path: Path, lines: int = 40) -> str:
+    try:
+        with open(path, errors="replace") as f:
+            return "".join(deque(f, maxlen=lines))
+    except OSError:
+        return ""
 
 
 def _signal_group(pid: int, sig: signal.Signals) -> None:
@@ -244,18 +224,3 @@ def _signal_group(pid: int, sig: signal.Signals) -> None:
         os.killpg(pid, sig)
     except (ProcessLookupError, PermissionError):
         pass
-
-
-def _vllm_message(resp: httpx.Response) -> str:
-    """vLLM's own error text: {"error": {"message": ...}} or a bare string."""
-    try:
-        data = resp.json()
-    except ValueError:
-        return resp.text.strip() or f"HTTP {resp.status_code}"
-    if isinstance(data, dict):
-        err = data.get("error", data)
-        if isinstance(err, dict) and err.get("message"):
-            return str(err["message"])
-        if isinstance(data.get("detail"), str):
-            return data["detail"]
-    return str(data)

@@ -7,7 +7,7 @@ import json
 from airlock.context import Airlock
 from airlock.errors import NotFound
 
-FINISHED = ("succeeded", "failed", "cancelled")
+FINISHED = ("succeeded", "failed", "cancelled", "interrupted")
 
 
 def _decode(row: dict) -> dict:

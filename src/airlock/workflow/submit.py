@@ -1,72 +1,98 @@
 """Checking a workflow spec completely and queueing it as a run.
 
-Everything a run will read is checked and stored before the run is queued: the base model
-exists, every path exists, every dataset is valid (all problems at once), and every stage's
-parameters validate. A spec with any problem queues nothing.
+One core, two ways in. `submit_spec` checks everything a run will read before anything is
+queued: stage types and parameters, the stage graph, the base model, every dataset, that every
+record fits the model's context, and that what the run will serve fits the engine (LoRA rank,
+alias). Every problem is collected and reported at once; a spec with any problem queues nothing.
+
+- `submit` (the CLI, run by the operator on the host) reads a YAML file and uploads every
+  dataset file it names, relative paths read against the file's folder.
+- `submit_request` (HTTP) takes the spec from the request body and finds datasets in the store
+  by name or digest only: nothing a caller sends over HTTP can make the appliance read a host file.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from airlock.context import Airlock
-from airlock.datasets.service import add_dataset
-from airlock.errors import AirlockError, InvalidInput
+from airlock.datasets.service import add_dataset, get_dataset, length_problems
+from airlock.errors import AirlockError, InvalidInput, NotFound
 from airlock.meta.db import now
 from airlock.models.catalog import model_digest, resolve_base_model
 from airlock.workflow import spec as specs
 from airlock.workflow.registry import stage_types
 
+DatasetResolver = Callable[[str, str], str]
+"""(field, value as written in the spec) -> the stored dataset's digest, or an AirlockError."""
 
-def _check_stages(spec: specs.WorkflowSpec, where: str, types: dict) -> list[str]:
-    problems = []
-    for stage in spec.stages:
-        stage_type = types.get(stage.uses)
-        if stage_type is None:
-            problems.append(f"{where}: stage {stage.name!r} uses unknown stage type {stage.uses!r} "
-                            f"(known: {', '.join(sorted(types))})")
-            continue
-        try:
-            stage_type.params.model_validate(stage.with_)
-        except ValidationError as exc:
-            problems += specs.pydantic_problems(f"{where}: stage {stage.name!r} with", exc)
-    return problems
+UPLOAD_FIRST = ("over HTTP a dataset must be uploaded first (POST /api/datasets?name=NAME) and named "
+                "by that name or its sha256: digest")
+TOO_LONG_HINT = "; raise AIRLOCK_VLLM_MAX_MODEL_LEN or shorten the record"
 
 
-def _store_datasets(airlock: Airlock, spec: specs.WorkflowSpec, spec_dir: Path, types: dict, tokenizer,
-                    max_length: int, where: str) -> tuple[dict, list[str]]:
-    """Validate and store the dataset and every dataset parameter; collect every problem."""
-    digests, problems = {}, []
-    wanted = [("dataset", spec.dataset)]
-    for stage in spec.stages:
-        for param in getattr(types.get(stage.uses), "dataset_params", ()):
-            if param in stage.with_:
-                wanted.append((f"{stage.name}.{param}", str(stage.with_[param])))
-    for key, value in wanted:
-        path = specs.resolve_path(value, spec_dir)
-        if not path.is_file():
-            problems.append(f"{where}: {key}: file not found: {value}")
-            continue
-        try:
-            digests[key] = add_dataset(airlock, path, tokenizer=tokenizer, max_length=max_length)["digest"]
-        except InvalidInput as exc:
-            problems += [f"{key}: {p}" for p in exc.problems] or [f"{key}: {exc.message}"]
-    return digests, problems
-
-
-def submit(airlock: Airlock, path: Path, overrides: list[str] | None = None) -> dict:
+def submit(airlock: Airlock, path: Path | str, overrides: list[str] | None = None, *,
+                actor: str) -> dict:
+    """The CLI's way in: a workflow file on this host, its dataset files uploaded as it names them."""
     path = Path(path)
-    where = str(path)
-    types = stage_types()
     raw = specs.load_raw(path)
+    return submit_spec(airlock, raw, overrides, where=str(path),
+                       datasets=host_files(airlock, path.parent, actor), actor=actor)
+
+
+def submit_request(airlock: Airlock, raw: dict, overrides: list[str] | None = None, *,
+                   actor: str) -> dict:
+    """HTTP's way in: the spec from the request body; datasets only from the store."""
+    return submit_spec(airlock, raw, overrides, where="spec", datasets=stored_only(airlock), actor=actor)
+
+
+def host_files(airlock: Airlock, spec_dir: Path, actor: str) -> DatasetResolver:
+    """A digest, a file on this host (uploaded on the way), or the name of a stored dataset."""
+
+    def resolve(field: str, value: str) -> str:
+        if value.startswith("sha256:"):
+            return get_dataset(airlock, value)["digest"]
+        path = specs.resolve_path(value, spec_dir)
+        if path.is_file():
+            return add_dataset(airlock, path, actor=actor)["digest"]
+        try:
+            return get_dataset(airlock, value)["digest"]
+        except NotFound:
+            raise NotFound(f"file not found: {value} (and no stored dataset has that name)") from None
+
+    return resolve
+
+
+def stored_only(airlock: Airlock) -> DatasetResolver:
+    """A stored dataset by name or digest; anything else, a path above all, is refused unread."""
+
+    def resolve(field: str, value: str) -> str:
+        try:
+            return get_dataset(airlock, value)["digest"]
+        except (NotFound, InvalidInput):
+            raise InvalidInput(f"{value!r} is not a stored dataset: {UPLOAD_FIRST}") from None
+
+    return resolve
+
+
+def submit_spec(airlock: Airlock, raw: dict, overrides: list[str] | None, *, where: str,
+                datasets: DatasetResolver, actor: str) -> dict:
+    if not isinstance(raw, dict):
+        raise InvalidInput(f"{where}: a workflow is a mapping with name, base_model, dataset and stages")
+    raw = copy.deepcopy(raw)  # overrides are applied in place; the caller's dict stays as given
+    types = stage_types()
     accepts = {name: set(t.params.model_fields) for name, t in types.items()}
     problems = specs.apply_overrides(raw, specs.parse_overrides(overrides or []), accepts)
     spec = specs.parse_spec(raw, where)
-    problems += specs.graph_problems(spec, where) + _check_stages(spec, where, types)
+    params, stage_problems = _check_stages(spec, where, types)
+    problems += specs.graph_problems(spec, where) + stage_problems
+    problems += _engine_problems(airlock, params, where)
 
     base = None
     try:
@@ -74,26 +100,111 @@ def submit(airlock: Airlock, path: Path, overrides: list[str] | None = None) -> 
         base = {"name": spec.base_model, "path": str(base_path), "digest": model_digest(base_path)}
     except AirlockError as exc:
         problems.append(f"{where}: base_model: {exc.message}")
-    tokenizer = _tokenizer(base["path"]) if base else None
-    datasets, dataset_problems = _store_datasets(
-        airlock, spec, path.parent, types, tokenizer, airlock.settings.vllm_max_model_len, where)
+    fields = _dataset_fields(spec, types)
+    digests, dataset_problems = _resolve_datasets(fields, datasets, where)
     problems += dataset_problems
+    if base is not None:
+        problems += _length_problems(airlock, base, fields, digests, where)
     if problems:
         raise InvalidInput(f"{where}: the workflow has {len(problems)} problem(s); nothing was run", problems=problems)
+    return _queue(airlock, spec, base, digests, actor)
 
+
+def _check_stages(spec: specs.WorkflowSpec, where: str, types: dict) -> tuple[dict[str, BaseModel], list[str]]:
+    """Each stage's validated parameters by stage name, and every problem."""
+    params, problems = {}, []
+    for stage in spec.stages:
+        stage_type = types.get(stage.uses)
+        if stage_type is None:
+            problems.append(f"{where}: stage {stage.name!r} uses unknown stage type {stage.uses!r} "
+                            f"(known: {', '.join(sorted(types))})")
+            continue
+        try:
+            params[stage.name] = stage_type.params.model_validate(stage.with_)
+        except ValidationError as exc:
+            problems += specs.pydantic_problems(f"{where}: stage {stage.name!r} with", exc)
+    return params, problems
+
+
+def _engine_problems(airlock: Airlock, params: dict[str, BaseModel], where: str) -> list[str]:
+    """What the engine would refuse at the end of a run, refused before it starts."""
+    from airlock.serve.deploy import check_alias
+
+    settings, problems = airlock.settings, []
+    for name, p in params.items():
+        # Every adapter a run trains is served by vLLM, which loads none above its max LoRA rank.
+        rank = getattr(p, "rank", None)
+        if rank is not None and rank > settings.vllm_max_lora_rank:
+            problems.append(f"{where}: stage {name!r} with: rank {rank} is above the engine's maximum "
+                            f"LoRA rank {settings.vllm_max_lora_rank}; raise AIRLOCK_VLLM_MAX_LORA_RANK "
+                            "or lower rank")
+        alias = getattr(p, "alias", None)
+        if alias is not None:
+            try:
+                check_alias(alias, settings)
+            except InvalidInput as exc:
+                problems.append(f"{where}: stage {name!r} with: alias: {exc.message}")
+    return problems
+
+
+def _dataset_fields(spec: specs.WorkflowSpec, types: dict) -> dict[str, str]:
+    """Every field that names a dataset (`dataset`, `STAGE.PARAM`) and its value as written."""
+    wanted = {"dataset": spec.dataset}
+    for stage in spec.stages:
+        for param in getattr(types.get(stage.uses), "dataset_params", ()):
+            if param in stage.with_:
+                wanted[f"{stage.name}.{param}"] = str(stage.with_[param])
+    return wanted
+
+
+def _resolve_datasets(fields: dict[str, str], resolve: DatasetResolver,
+                      where: str) -> tuple[dict[str, str], list[str]]:
+    digests, problems = {}, []
+    for field, value in fields.items():
+        try:
+            digests[field] = resolve(field, value)
+        except AirlockError as exc:
+            problems += [f"{field}: {p}" for p in exc.problems] or [f"{where}: {field}: {exc.message}"]
+    return digests, problems
+
+
+def _length_problems(airlock: Airlock, base: dict, fields: dict[str, str], digests: dict[str, str],
+                     where: str) -> list[str]:
+    """Records the model's template refuses or that do not fit the engine's context, by line."""
+    from airlock.models.chat_tokens import ChatTokenizer
+
+    try:
+        tokenizer = ChatTokenizer(base["path"])
+    except InvalidInput as exc:
+        return [f"{where}: base_model: {exc.message}"]
+    problems, seen = [], set()
+    for field, digest in digests.items():
+        if digest in seen:
+            continue
+        seen.add(digest)
+        # Lines are labelled as the spec names the dataset: the file the CLI read, or the name.
+        found = length_problems(airlock, digest, tokenizer=tokenizer, too_long_hint=TOO_LONG_HINT,
+                                max_length=airlock.settings.vllm_max_model_len, label=fields[field])
+        problems += [f"{field}: {p}" for p in found]
+    return problems
+
+
+def _queue(airlock: Airlock, spec: specs.WorkflowSpec, base: dict, datasets: dict, actor: str) -> dict:
     run_id = "run-" + uuid.uuid4().hex[:12]
     resolved = {"spec": spec.dump(), "base_model": base, "datasets": datasets}
     with airlock.meta.write() as db:
         db["runs"].insert({"id": run_id, "workflow": spec.name, "spec_json": json.dumps(resolved),
-                           "status": "queued", "error": None, "created_at": now()})
+                           "status": "queued", "error": None, "created_at": now(), "submitted_by": actor})
         for position, stage in enumerate(specs.execution_order(spec)):
             db["stages"].insert({"run_id": run_id, "name": stage.name, "uses": stage.uses,
                                  "position": position, "status": "pending", "skipped": 0})
-    airlock.meta.audit("cli", "run.queued", run_id, workflow=spec.name)
+    airlock.meta.audit(actor, "run.queued", run_id, workflow=spec.name)
     return {"run_id": run_id, "workflow": spec.name, "status": "queued"}
 
 
-def _tokenizer(base_path: str):
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(base_path)
+def queued_spec(airlock: Airlock, run_id: str) -> dict:
+    """What a run was queued with and by whom: {"spec": {spec, base_model, datasets}, "submitted_by"}."""
+    row = airlock.meta.one("SELECT spec_json, submitted_by FROM runs WHERE id = ?", (run_id,))
+    if row is None:
+        raise NotFound(f"no run {run_id!r}; `airlock workflow list` shows the runs")
+    return {"spec": json.loads(row["spec_json"]), "submitted_by": row["submitted_by"]}

@@ -1,0 +1,41 @@
+"""The gateway's key checks: the caller's key from memory, and the permission a route needs."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from fastapi import Request
+
+from airlock.access.keys import check_key
+from airlock.access.roles import require_permission
+from airlock.errors import Forbidden
+
+
+async def require_key(request: Request) -> dict[str, Any]:
+    """The caller's key row (from the in-memory registry), or 401 in OpenAI's error format."""
+    snapshot = await request.app.state.registry.current()
+    key = check_key(snapshot.keys, request.headers.get("authorization"))
+    request.state.api_key = key
+    request.state.snapshot = snapshot
+    return key
+
+
+def permit(permission: str) -> Callable:
+    """A route dependency: the caller's key, or 403 naming `permission` (and an audit row)."""
+
+    async def dependency(request: Request) -> dict[str, Any]:
+        key = await require_key(request)
+        try:
+            require_permission(key, permission)
+        except Forbidden:
+            request.app.state.recorder.refused(key["id"], permission, request.method, request.url.path)
+            raise
+        return key
+
+    return dependency
+
+
+def actor(key: dict[str, Any]) -> str:
+    """How an HTTP caller appears in the audit log."""
+    return f"key:{key['id']}"

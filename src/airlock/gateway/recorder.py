@@ -1,0 +1,75 @@
+"""The gateway's writes, made off the event loop: keys' last use, rate-limit state, and audit
+rows for refused requests. One thread drains them about once a second (at once for audit rows),
+so a slow database delays the record, never a request.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from airlock.meta import Meta
+from airlock.meta.db import now
+
+log = logging.getLogger("airlock.gateway")
+FLUSH_EVERY_S = 1.0
+
+
+class Recorder:
+    def __init__(self, meta: Meta, rate_state: Callable[[], list[dict[str, Any]]] | None = None) -> None:
+        self.meta = meta
+        self._rate_state = rate_state or (lambda: [])
+        self._last_used: dict[str, str] = {}
+        self._audits: queue.SimpleQueue = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="airlock-recorder", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def used(self, key_id: str) -> None:
+        with self._lock:
+            self._last_used[key_id] = now()
+
+    def refused(self, key_id: str, permission: str, method: str, path: str) -> None:
+        self._audits.put((f"key:{key_id}", "request.refused", key_id,
+                          {"permission": permission, "method": method, "path": path}))
+        self._wake.set()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        while True:
+            self._wake.wait(FLUSH_EVERY_S)
+            self._wake.clear()
+            try:
+                self.flush()
+            except Exception:  # noqa: BLE001 - a failed write is retried next round, never fatal
+                log.exception("could not record gateway state in the database")
+            if self._stop.is_set():
+                return
+
+    def flush(self) -> None:
+        with self._lock:
+            used, self._last_used = self._last_used, {}
+        buckets = self._rate_state()
+        if used or buckets:
+            with self.meta.write() as db:
+                for key_id, at in used.items():
+                    db.execute("UPDATE api_keys SET last_used_at = ? WHERE id = ?", [at, key_id])
+                if buckets:
+                    db["rate_buckets"].upsert_all(buckets, pk=("key_id", "kind"))
+        while True:
+            try:
+                actor, action, subject, detail = self._audits.get_nowait()
+            except queue.Empty:
+                return
+            self.meta.audit(actor, action, subject, **detail)

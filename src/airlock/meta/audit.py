@@ -1,0 +1,249 @@
+"""The audit log as a hash chain: every row commits to the row before it.
+
+A row's hash is the sha256 of a canonical JSON of its id, time, actor, action, subject, detail
+and the previous row's hash; the first row points at GENESIS. Editing a row breaks its own hash,
+deleting one leaves a gap in the ids (AUTOINCREMENT never reuses them) and a prev_hash that
+points at nothing, and deleting the newest rows leaves `sqlite_sequence` ahead of the last id.
+Anyone who can rewrite the whole file and recompute every hash is caught only by comparing
+the head hash with a copy kept elsewhere (`verify(meta, head=...)`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+from collections import deque
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from itertools import chain
+from typing import TYPE_CHECKING, Any
+
+from airlock.errors import InvalidInput
+from airlock.meta.db import now
+
+if TYPE_CHECKING:
+    from airlock.meta.db import Meta
+
+GENESIS = "0" * 64
+_COLUMNS = "id, at, actor, action, subject, detail_json, prev_hash, hash"
+
+
+def row_hash(row: dict[str, Any]) -> str:
+    """sha256 over the row's content and its prev_hash, as canonical JSON."""
+    body = {k: row[k] for k in ("id", "at", "actor", "action", "subject", "detail_json", "prev_hash")}
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def append(db: Any, actor: str, action: str, subject: str | None, detail: dict[str, Any]) -> int:
+    """Add one chained row; `db` must be inside `Meta.write()`, whose BEGIN IMMEDIATE holds the
+    write lock from reading the head to storing the new hash, so writers in other processes
+    cannot both chain onto the same head."""
+    last = db.execute("SELECT hash FROM audit ORDER BY id DESC LIMIT 1").fetchone()
+    row = {"at": now(), "actor": actor, "action": action, "subject": subject,
+           "detail_json": json.dumps(detail, sort_keys=True), "prev_hash": last[0] if last else GENESIS}
+    cur = db.execute(
+        "INSERT INTO audit (at, actor, action, subject, detail_json, prev_hash) VALUES (?, ?, ?, ?, ?, ?)",
+        [row["at"], actor, action, subject, row["detail_json"], row["prev_hash"]],
+    )
+    # The id is part of the hash (so rows cannot be renumbered), and only SQLite knows it now.
+    row["id"] = cur.lastrowid
+    db.execute("UPDATE audit SET hash = ? WHERE id = ?", [row_hash(row), row["id"]])
+    return row["id"]
+
+
+def chain_unhashed(db: Any) -> int:
+    """Chain rows written before the log had hashes; return how many were chained.
+
+    Runs inside the migration's write transaction, so no writer can chain onto an unhashed
+    head meanwhile. Only unhashed rows older than every hashed row are history to adopt: an
+    unhashed row after a hashed one was written around the chain, and `verify` must report it.
+    """
+    first = db.execute("SELECT id FROM audit WHERE hash IS NOT NULL ORDER BY id LIMIT 1").fetchone()
+    sql = f"SELECT {_COLUMNS} FROM audit WHERE hash IS NULL" + (" AND id < ?" if first else "")
+    rows = _dicts(db.execute(sql + " ORDER BY id", list(first or ())))
+    prev = GENESIS
+    for row in rows:
+        row["prev_hash"] = prev
+        prev = row_hash(row)
+        db.execute("UPDATE audit SET prev_hash = ?, hash = ? WHERE id = ?", [row["prev_hash"], prev, row["id"]])
+    return len(rows)
+
+
+@dataclass
+class Problem:
+    kind: str  # "edited", "deleted", "inserted", "truncated" or "rewritten"
+    id: int | None  # the row edited or inserted, or the first id missing
+    message: str
+
+
+@dataclass
+class Report:
+    rows: int
+    head_id: int | None
+    head_hash: str
+    problems: list[Problem] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"ok": self.ok, **asdict(self)}
+
+    def summary(self) -> str:
+        if self.ok:
+            return f"audit log intact: {self.rows} rows, head hash {self.head_hash}"
+        return f"audit log tampered with: {self.problems[0].message}"
+
+
+_START = {"id": 0, "hash": GENESIS}  # what the first row (id 1) points back at
+
+
+def _link(before: dict | None, row: dict | None) -> bool | None:
+    """Does `row` point at `before`? None where there is no row or the ids jump (a deletion)."""
+    if before is None or row is None or row["id"] != before["id"] + 1:
+        return None
+    return row["prev_hash"] == before["hash"]
+
+
+def _verdict(row: dict, link_in: bool | None, link_out: bool | None, last: bool) -> Problem | None:
+    """What a row's own hash and its two links say about the row itself."""
+    rid = row["id"]
+    if row["hash"] is None:
+        return Problem("inserted", rid, f"row {rid} was inserted: it has no hash, so it was written "
+                                        "around the chain")
+    if row_hash(row) != row["hash"]:
+        if link_in is not True and link_out is not True:
+            return Problem("inserted", rid, f"row {rid} was inserted: its hash does not match its "
+                                            "contents and no neighbour links to it")
+        return Problem("edited", rid, f"row {rid} was edited: its contents no longer match its hash")
+    if link_in is False and (link_out is False or last):
+        return Problem("inserted", rid, f"row {rid} was inserted: its prev_hash is not the hash "
+                                        f"of row {rid - 1}")
+    return None
+
+
+def _windows(rows: Iterable[dict]) -> Iterator[tuple]:
+    """(before, row, after, after_next) for every row, streaming: a log can be long."""
+    window: deque = deque(maxlen=4)
+    for item in chain([_START], rows, [None, None]):
+        window.append(item)
+        if len(window) == 4:
+            yield tuple(window)
+
+
+def _span(first: int, last: int) -> str:
+    return f"row {first} was" if first == last else f"rows {first}-{last} were"
+
+
+def verify(meta: Meta, head: str | None = None) -> Report:
+    """Walk the log in id order and report every problem, the first one first.
+
+    `head`, a head hash recorded earlier, must still be the hash of some row: this catches a
+    log rewritten as a whole, with every hash recomputed.
+    """
+    conn = meta.db.conn
+    conn.execute("BEGIN")  # one snapshot for the rows and sqlite_sequence, while writers go on
+    try:
+        cursor = conn.execute(f"SELECT {_COLUMNS} FROM audit ORDER BY id")
+        names = [d[0] for d in cursor.description]
+        problems: list[Problem] = []
+        count, last, head_seen = 0, _START, head in (None, GENESIS)
+        for before, row, after, after_next in _windows(dict(zip(names, r, strict=True)) for r in cursor):
+            count, last, head_seen = count + 1, row, head_seen or row["hash"] == head
+            if row["id"] > before["id"] + 1:
+                first = before["id"] + 1
+                problems.append(Problem("deleted", first, f"{_span(first, row['id'] - 1)} deleted: "
+                                                          f"ids jump from {before['id']} to {row['id']}"))
+            link_out = _link(row, after)
+            if problem := _verdict(row, _link(before, row), link_out, after is None):
+                problems.append(problem)
+            elif link_out is False and not _verdict(after, False, _link(after, after_next), after_next is None):
+                # The next row is sound, so it is this row's stored hash that changed.
+                problems.append(Problem("edited", row["id"], (
+                    f"row {row['id']} was edited and its hash recomputed: row {after['id']} still "
+                    "records its old hash as prev_hash")))
+        seq_row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'audit'").fetchone()
+    finally:
+        conn.execute("COMMIT")
+    seq = seq_row[0] if seq_row else 0
+    if seq > last["id"]:
+        problems.append(Problem("truncated", last["id"] + 1, (
+            f"the newest {_span(last['id'] + 1, seq)} deleted: ids reached {seq} but "
+            + (f"the last row is {last['id']}" if count else "no rows remain"))))
+    elif seq < last["id"]:
+        problems.append(Problem("edited", None, (
+            f"sqlite_sequence was edited: it says ids reached {seq} but row {last['id']} exists")))
+    if not head_seen:
+        problems.append(Problem("rewritten", None, (
+            f"the recorded head hash {head} is no row's hash: the log was rewritten, or cut before it")))
+    return Report(rows=count, head_id=last["id"] or None, head_hash=last["hash"], problems=problems)
+
+
+def parse_when(value: str | datetime | None, *, end: bool = False) -> str | None:
+    """An ISO date or date/time -> the stored `at` format (UTC, milliseconds) for comparison.
+
+    A bare date given as an end means the end of that day, so `--until 2025-03-01` includes it.
+    """
+    if value is None or isinstance(value, str) and not value.strip():
+        return None
+    if isinstance(value, str):
+        try:
+            when = datetime.fromisoformat(value.strip())
+        except ValueError:
+            raise InvalidInput(f"{value!r} is not an ISO date or date/time, such as 2025-03-01 "
+                               "or 2025-03-01T14:30") from None
+        if end and _is_bare_date(value.strip()):
+            when += timedelta(days=1)
+    else:
+        when = value
+    when = when if when.tzinfo else when.replace(tzinfo=UTC)
+    return when.astimezone(UTC).isoformat(timespec="milliseconds")
+
+
+def _is_bare_date(value: str) -> bool:
+    try:
+        date.fromisoformat(value)
+    except ValueError:
+        return False
+    return True
+
+
+def list_rows(meta: Meta, actor: str | None = None, action: str | None = None,
+              since: str | datetime | None = None, until: str | datetime | None = None,
+              limit: int | None = None) -> list[dict[str, Any]]:
+    """Audit rows oldest first (as the log reads); `limit` keeps the newest N of the matches.
+
+    `action` is exact (`apikey.create`) or, ending in a dot, a prefix (`apikey.`). `since` is
+    inclusive, `until` exclusive. Each row carries its detail parsed, as `detail`.
+    """
+    where, params = [], []
+    if actor:
+        where.append("actor = ?")
+        params.append(actor)
+    if action and action.endswith("."):
+        where.append("substr(action, 1, ?) = ?")
+        params += [len(action), action]
+    elif action:
+        where.append("action = ?")
+        params.append(action)
+    for op, value in ((">=", parse_when(since)), ("<", parse_when(until, end=True))):
+        if value:
+            where.append(f"at {op} ?")
+            params.append(value)
+    if limit is not None and limit < 1:
+        raise InvalidInput(f"--limit {limit}: expected a positive number of rows")
+    sql = f"SELECT {_COLUMNS} FROM audit" + (" WHERE " + " AND ".join(where) if where else "")
+    sql += " ORDER BY id DESC" + (" LIMIT ?" if limit else "")
+    rows = meta.query(sql, tuple(params + ([limit] if limit else [])))
+    for row in rows:
+        row["detail"] = json.loads(row.pop("detail_json") or "{}")
+    return rows[::-1]
+
+
+def _dicts(cursor: sqlite3.Cursor) -> list[dict[str, Any]]:
+    names = [d[0] for d in cursor.description]
+    return [dict(zip(names, r, strict=True)) for r in cursor.fetchall()]

@@ -1,0 +1,67 @@
+"""One reconciler: whatever restarted the engine, aliases come back only through verification.
+
+It compares the aliases in the database with the adapters the engine has loaded and, for each
+alias whose adapter is missing, verifies the signed manifest and the stored bytes again, makes a
+fresh serving copy and loads it. An alias that fails verification stays unloaded (the gateway
+answers 503 for it) and the failure is an audit row, repeated only when the reason changes.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from airlock.context import Airlock
+from airlock.errors import AirlockError
+from airlock.serve.engine import engine_client
+from airlock.serve.serving_copy import load_verified
+
+log = logging.getLogger("airlock.reconcile")
+INTERVAL_S = 1.0
+
+
+class Reconciler:
+    def __init__(self, airlock: Airlock) -> None:
+        self.airlock = airlock
+        self.client = engine_client(airlock.settings)
+        self.failures: dict[str, str] = {}  # alias -> last reason, to audit each change once
+
+    def once(self) -> dict[str, str]:
+        """Load what is missing; returns {alias: 'restored' | 'refused: ...'} for what it did."""
+        if not self.client.is_healthy(timeout=1.0):
+            return {}
+        aliases = self.airlock.meta.query("SELECT name, model_id, lora_name FROM aliases ORDER BY name")
+        if not aliases:
+            return {}
+        loaded = set(self.client.loaded_adapters())
+        done: dict[str, str] = {}
+        for row in aliases:
+            if row["lora_name"] in loaded:
+                self.failures.pop(row["name"], None)
+                continue
+            done[row["name"]] = self._restore(row)
+            loaded = set(self.client.loaded_adapters())
+        return done
+
+    def _restore(self, row: dict) -> str:
+        try:
+            load_verified(self.airlock, self.client, row["model_id"])
+        except AirlockError as exc:
+            reason = str(exc)
+            if self.failures.get(row["name"]) != reason:
+                self.failures[row["name"]] = reason
+                log.error("alias %s NOT restored: %s", row["name"], reason)
+                self.airlock.meta.audit("reconciler", "alias.restore_refused", row["name"],
+                                        model_id=row["model_id"], reason=reason)
+            return f"refused: {reason}"
+        self.failures.pop(row["name"], None)
+        log.info("alias %s -> %s restored after verification", row["name"], row["model_id"])
+        self.airlock.meta.audit("reconciler", "alias.restored", row["name"], model_id=row["model_id"])
+        return "restored"
+
+    def run_until(self, stop: threading.Event) -> None:
+        while not stop.wait(INTERVAL_S):
+            try:
+                self.once()
+            except Exception:  # noqa: BLE001 - the next round tries again; the log says why
+                log.exception("reconciling aliases with the engine failed")

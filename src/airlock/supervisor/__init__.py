@@ -1,0 +1,1 @@
+"""`airlock up`: the three services (engine, worker, gateway) as child processes, supervised."""

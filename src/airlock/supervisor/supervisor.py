@@ -1,0 +1,154 @@
+"""The supervisor: starts the engine, the worker and the gateway, restarts whichever crashes
+(1, 2, 4 ... s apart, at most `restart_backoff_max_s`), publishes each one's state in
+`run/status.json`, and on SIGTERM or Ctrl-C, at any moment, start-up included, stops all of them
+and removes what they left (the engine's socket and secret).
+
+It holds the home's lock for its whole life, so exactly one appliance runs per home.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+
+import httpx
+
+from airlock.config import Settings
+from airlock.errors import NotReady
+from airlock.home import HomeLock
+from airlock.serve.engine import EngineClient
+from airlock.serve.vllm_server import clear_engine_dir, log_tail
+from airlock.supervisor.services import NAMES, Service
+from airlock.trust.keys import ensure_appliance_key
+from airlock.workflow.worker import LAST_EXIT_ENV
+
+log = logging.getLogger("airlock.supervisor")
+TICK_S = 0.25
+
+
+def status_path(settings: Settings):
+    return settings.run_dir / "status.json"
+
+
+class Supervisor:
+    def __init__(self, settings: Settings, on_status: Callable[[str], None] = print) -> None:
+        self.settings = settings
+        self.say = on_status
+        self.lock = HomeLock(settings)
+        self.stop_requested = threading.Event()
+        self.services = {name: Service(name, settings.run_dir / f"{name}.log") for name in NAMES}
+        self.engine = EngineClient(settings)
+        self.gateway_http = httpx.Client(trust_env=False)
+        self.started_at = time.time()
+        self._last_status = ""
+
+    # -- life cycle --------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Take the home's lock and start the three services (nothing waits for readiness here)."""
+        self.settings.ensure_dirs()
+        self.lock.acquire()
+        ensure_appliance_key(self.settings)  # created at first start, owner-only
+        clear_engine_dir(self.settings)  # leftovers of an appliance that was killed
+        self.say(f"starting the engine ({self.settings.serve_base_model}), the worker and the gateway")
+        for service in self.services.values():
+            service.start()
+        self.publish()
+
+    def wait_ready(self) -> bool:
+        """Supervise until the engine and the gateway are ready; False if a stop came first."""
+        while not self.stop_requested.is_set():
+            self.tick()
+            if all(self.services[n].state == "ready" for n in ("engine", "gateway")):
+                self.say(f"ready: gateway on {self.settings.gateway_url} "
+                         f"(OpenAI API at {self.settings.gateway_url}/v1)")
+                return True
+            self.stop_requested.wait(TICK_S)
+        return False
+
+    def run(self) -> None:
+        """Supervise until a stop is requested."""
+        while not self.stop_requested.wait(TICK_S):
+            self.tick()
+
+    def stop(self) -> None:
+        """Stop every service (gateway, worker, engine), clean up, and release the lock."""
+        self.stop_requested.set()
+        if self.lock.fd is None:
+            return
+        self.say("stopping")
+        for name in reversed(NAMES):
+            self.services[name].stop()
+        clear_engine_dir(self.settings)
+        self.publish()
+        status_path(self.settings).unlink(missing_ok=True)
+        self.lock.release()
+        self.say("stopped")
+
+    # -- one round of supervision ------------------------------------------------------------
+
+    def tick(self) -> None:
+        now = time.monotonic()
+        for service in self.services.values():
+            code = service.exited()
+            if code is not None and not self.stop_requested.is_set():
+                self._crashed(service, code)
+            elif service.state == "backoff" and now >= service.next_start:
+                self.say(f"restarting {service.name} (restart {service.restarts})")
+                service.start()
+            elif service.state in ("starting", "running", "ready"):
+                service.state = "ready" if self._is_ready(service.name) else (
+                    "starting" if service.state == "starting" else "running")
+        self.publish()
+
+    def _crashed(self, service: Service, code: int) -> None:
+        service.schedule_restart(code, self.settings.restart_backoff_max_s)
+        if service.name == "worker":
+            service.env[LAST_EXIT_ENV] = f"its process {service.last_exit}"
+        if service.name == "engine":
+            clear_engine_dir(self.settings)
+        tail = log_tail(service.log_path, 5).rstrip()
+        self.say(f"{service.name} {service.last_exit}; restarting in {service.next_start - time.monotonic():.0f} s"
+                 + (f"; last lines of {service.log_path.name}:\n{tail}" if tail else ""))
+
+    def _is_ready(self, name: str) -> bool:
+        if name == "engine":
+            return self.engine.is_healthy(timeout=0.5)
+        if name == "gateway":
+            try:
+                url = f"{self.settings.gateway_url}/healthz"
+                return self.gateway_http.get(url, timeout=0.5).status_code == 200
+            except httpx.HTTPError:
+                return False
+        return True  # the worker is ready once its process runs: it claims runs at once
+
+    def publish(self) -> None:
+        """Write run/status.json (atomically) when anything changed: `airlock status` reads it."""
+        status = {"pid": os.getpid(), "home": str(self.settings.home), "started_at": self.started_at,
+                  "gateway_url": self.settings.gateway_url,
+                  "services": {n: s.describe() for n, s in self.services.items()}}
+        text = json.dumps(status, indent=2, sort_keys=True)
+        if text == self._last_status:
+            return
+        self._last_status = text
+        path = status_path(self.settings)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(text)
+        tmp.replace(path)
+
+
+def read_status(settings: Settings) -> dict:
+    """The running appliance's status; NotReady when none runs on this home."""
+    from airlock.home import appliance_pid
+
+    pid = appliance_pid(settings)
+    if pid is None:
+        raise NotReady(f"no appliance is running on {settings.home}; start one with `airlock up`")
+    try:
+        return json.loads(status_path(settings).read_text())
+    except (OSError, ValueError):
+        return {"pid": pid, "home": str(settings.home), "services": {}}
