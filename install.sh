@@ -171,4 +171,18 @@ else
     AIRLOCK_MODELS_DIR="$PWD/offline_models" "$VENV/bin/airlock" models build-reference
 fi
 
+# --- wrk: the HTTP load generator the gateway benchmarks drive (python -m bench) ---------------
+if command -v wrk >/dev/null 2>&1; then
+    say "wrk present (benchmark load generator)"
+elif [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
+    say "installing wrk (the benchmarks' load generator) with apt-get"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y --no-install-recommends wrk >/dev/null 2>&1 \
+        || { apt-get update -qq >/dev/null 2>&1 \
+             && apt-get install -y --no-install-recommends wrk >/dev/null 2>&1; } \
+        || say "could not install wrk; the gateway benchmarks need it (apt-get install wrk)"
+else
+    say "wrk not found; the gateway benchmarks need it: sudo apt-get install wrk (Debian/Ubuntu)"
+fi
+
 say "done ($target). Run the tests with: $VENV/bin/pytest"

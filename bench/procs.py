@@ -1,6 +1,6 @@
-"""Starting and stopping the processes the serving benchmarks need: vLLM and a gateway.
+"""Starting and stopping the processes the serving benchmarks need, and reading their CPU time.
 
-The gateway runs in its own process (uvicorn, configured as `airlock up` configures it) so the
+The gateway runs in its own process (`python -m airlock gateway`, as `airlock up` runs it) so the
 load generator's CPU time is never counted inside the gateway. Every child gets its own process
 group: stopping the group is the only way to be sure no worker process outlives the benchmark.
 """
@@ -43,29 +43,45 @@ def wait_http(url: str, proc: subprocess.Popen | None, timeout: float, log: Path
         time.sleep(0.2)
 
 
-def gateway_env(settings: Settings) -> dict[str, str]:
-    """The environment that makes `get_settings()` in a child equal to `settings` here."""
-    return dict(
-        os.environ,
-        AIRLOCK_HOME=str(settings.home),
-        AIRLOCK_MODELS_DIR=str(settings.models_dir),
-        AIRLOCK_SERVE_BASE_MODEL=settings.serve_base_model,
-        AIRLOCK_VLLM_HOST=settings.vllm_host,
-        AIRLOCK_VLLM_PORT=str(settings.vllm_port),
-        AIRLOCK_GATEWAY_HOST=settings.gateway_host,
-        AIRLOCK_GATEWAY_PORT=str(settings.gateway_port),
-    )
+# The settings a benchmark sets for its children; everything else keeps its default.
+_CHILD_FIELDS = ("home", "models_dir", "serve_base_model", "engine_transport", "engine_home", "vllm_host",
+                 "vllm_port", "gateway_host", "gateway_port", "store_backend", "worker_threads", "worker_nice")
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The environment that makes `get_settings()` in a child equal to `settings` here. Any
+    AIRLOCK_* of the caller is dropped: a benchmark never touches the operator's own appliance."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AIRLOCK_")}
+    for name in _CHILD_FIELDS:
+        value = getattr(settings, name)
+        if value is not None:
+            env[f"AIRLOCK_{name.upper()}"] = str(value)
+    return env
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far, all its threads (from /proc; 0 where none)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+def pinned(cpus: set[int] | None):
+    """A preexec_fn that runs the child on `cpus` only (None: anywhere)."""
+    return (lambda: os.sched_setaffinity(0, cpus)) if cpus else None
 
 
 class GatewayProcess:
-    """`create_app(settings)` under uvicorn in a child process.
-
-    uvicorn's defaults (uvloop and httptools when installed) and log level `warning` are what
-    `airlock up` uses, so the figures are those of the shipped gateway.
+    """The gateway service as `airlock up` runs it: `python -m airlock gateway` in a child
+    process, configured through AIRLOCK_* variables, optionally pinned to some CPUs.
     """
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, cpus: set[int] | None = None) -> None:
         self.settings = settings
+        self.cpus = cpus
         self.log_path = settings.run_dir / "bench-gateway.log"
         self.proc: subprocess.Popen | None = None
 
@@ -73,14 +89,16 @@ class GatewayProcess:
     def url(self) -> str:
         return self.settings.gateway_url
 
+    @property
+    def cpu_seconds(self) -> float:
+        return cpu_seconds(self.proc.pid) if self.proc else 0.0
+
     def start(self, timeout: float = 60.0) -> None:
-        cmd = [sys.executable, "-m", "uvicorn", "--factory", "airlock.gateway.app:create_app",
-               "--host", self.settings.gateway_host, "--port", str(self.settings.gateway_port),
-               "--log-level", "warning"]
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "wb") as log:
-            self.proc = subprocess.Popen(cmd, env=gateway_env(self.settings), stdin=subprocess.DEVNULL,
-                                         stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            self.proc = subprocess.Popen([sys.executable, "-m", "airlock", "gateway"], env=settings_env(self.settings),
+                                         stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                         start_new_session=True, preexec_fn=pinned(self.cpus))
         wait_http(f"{self.url}/healthz", self.proc, timeout, self.log_path)
 
     def stop(self) -> None:

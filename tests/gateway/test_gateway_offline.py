@@ -32,10 +32,14 @@ def test_healthz_answers_without_a_key(offline_gateway):
     assert httpx.get(f"{offline_gateway.url}/healthz").json() == {"status": "ok"}
 
 
-def test_readyz_is_503_with_a_reason_when_vllm_is_down(offline_gateway):
+def test_readyz_is_503_with_each_component_when_the_engine_is_down(offline_gateway):
     resp = httpx.get(f"{offline_gateway.url}/readyz")
-    err = assert_openai_error(resp, 503, "service_unavailable")
-    assert "vLLM is not reachable" in err["message"]
+    assert resp.status_code == 503
+    body = resp.json()
+    assert body["status"] == "not ready"
+    assert body["components"]["gateway"] == "ready"
+    assert body["components"]["engine"].startswith("unreachable")
+    assert body["components"]["worker"] == "down"
 
 
 def test_missing_and_wrong_keys_are_401(offline_gateway):
