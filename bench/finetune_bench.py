@@ -101,7 +101,7 @@ class StageRunner:
                             "with": workload.config.model_dump(mode="json")}]}
         path = home.parent / f"{workload.name}.yaml"
         path.write_text(yaml.safe_dump(spec))
-        self.run_id = submit(self.airlock, path)["run_id"]
+        self.run_id = submit(self.airlock, path, actor="bench")["run_id"]
         self.resolved = json.loads(self.airlock.meta.one("SELECT spec_json FROM runs WHERE id = ?",
                                                          (self.run_id,))["spec_json"])
 

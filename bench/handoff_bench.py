@@ -1,4 +1,4 @@
-"""Benchmark 3: the hand-off, from the gate's pass to the first token served under the alias.
+"""Benchmark 4: the hand-off, from the gate's pass to the first token served under the alias.
 
 Two candidates are trained and evaluated by the quickstart workflow (its finetune and evaluate
 stages, through `submit()` and the worker) while vLLM boots. Each repetition then promotes one
@@ -63,7 +63,7 @@ def train_candidates(airlock: Airlock) -> list[str]:
     workflow = candidate_workflow(airlock.settings.home)
     ids = []
     for seed in SEEDS:
-        run_id = submit(airlock, workflow, [f"finetune.seed={seed}"])["run_id"]
+        run_id = submit(airlock, workflow, [f"finetune.seed={seed}"], actor="bench")["run_id"]
         if Worker(airlock).run_one(run_id) != "succeeded":
             raise RuntimeError(f"candidate run {run_id} failed: {get_run(airlock, run_id)['error']}")
         ids.append(get_run(airlock, run_id)["stages"][0]["outputs"]["model_id"])
@@ -75,15 +75,16 @@ def timed_parts() -> Iterator[dict[str, float]]:
     """Time the steps `deploy()` takes by wrapping the functions it calls, for one call.
 
     `deploy()` itself runs unchanged; what it spends outside these (database reads, the alias
-    row and the audit entry) is the switch.
+    row and the audit entry) is the switch. The engine calls are wrapped on the client class
+    `deploy()` reaches the locked engine through.
     """
-    import airlock.serve.deploy as deploy_module
-    from airlock.serve.vllm_server import VllmServer
+    import airlock.serve.serving_copy as serving_copy
+    from airlock.serve.engine import EngineClient
 
     parts: dict[str, float] = defaultdict(float)
-    wrapped = [(deploy_module, "verify_model", "verify"), (deploy_module, "materialize", "materialize"),
-               (deploy_module, "smoke_test", "smoke"), (VllmServer, "load_adapter", "load"),
-               (VllmServer, "is_healthy", "checks"), (VllmServer, "loaded_adapters", "checks")]
+    wrapped = [(serving_copy, "verify_model", "verify"), (serving_copy, "materialize", "materialize"),
+               (EngineClient, "load_adapter", "load"), (EngineClient, "smoke_test", "smoke"),
+               (EngineClient, "is_healthy", "checks"), (EngineClient, "loaded_adapters", "checks")]
     originals = [(owner, name, getattr(owner, name)) for owner, name, _ in wrapped]
 
     def timing(real, label):
@@ -152,7 +153,7 @@ def run(stack: Stack, quick: bool) -> Section:
     reps, warm_per_rep = (4, 3) if quick else (8, 5)
     candidates: list[str] = stack.prepared
     section = Section(
-        title="3. Hand-off: gate pass to first token under the alias",
+        title="4. Hand-off: gate pass to first token under the alias",
         what=("From `promote()` returning to the first streamed token through the gateway under the alias: "
               "`deploy()` (verify the signed manifest and every file again, materialise the files, hot-load "
               "into vLLM, smoke test, switch the alias), then the first request. Baseline: the same streamed "

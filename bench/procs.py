@@ -7,6 +7,7 @@ group: stopping the group is the only way to be sure no worker process outlives 
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -69,6 +70,13 @@ def cpu_seconds(pid: int) -> float:
         return 0.0
 
 
+def proc_status(pid: int) -> dict[str, int]:
+    """A process's nice value and its number of OS threads (from /proc/<pid>/stat)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return {"nice": int(fields[16]), "threads": int(fields[17])}
+
+
 def pinned(cpus: set[int] | None):
     """A preexec_fn that runs the child on `cpus` only (None: anywhere)."""
     return (lambda: os.sched_setaffinity(0, cpus)) if cpus else None
@@ -105,6 +113,43 @@ class GatewayProcess:
         proc, self.proc = self.proc, None
         if proc is not None:
             stop_group(proc)
+
+
+class ApplianceProcess:
+    """`python -m airlock up`: the supervisor and its three services (engine on the private
+    socket, worker, gateway), each its own process, exactly as an operator starts them."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.log_path = settings.home.parent / "bench-up.log"
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return self.settings.gateway_url
+
+    def start(self, timeout: float | None = None) -> None:
+        self.settings.home.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "wb") as log:
+            self.proc = subprocess.Popen([sys.executable, "-m", "airlock", "up"], env=settings_env(self.settings),
+                                         stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                         start_new_session=True)
+        # /readyz answers 200 once the engine (vLLM) does, through the gateway.
+        wait_http(f"{self.url}/readyz", self.proc, timeout or self.settings.vllm_startup_timeout_s + 60, self.log_path)
+
+    def pid(self, service: str) -> int:
+        """The pid of one service, from the supervisor's run/status.json."""
+        status = json.loads((self.settings.run_dir / "status.json").read_text())
+        pid = status["services"][service]["pid"]
+        if not pid:
+            raise RuntimeError(f"the appliance's {service} has no process: {status['services'][service]}")
+        return pid
+
+    def stop(self) -> None:
+        # The supervisor stops gateway, worker and engine in turn (their graces add up to 45 s).
+        proc, self.proc = self.proc, None
+        if proc is not None:
+            stop_group(proc, grace=90.0)
 
 
 def stop_group(proc: subprocess.Popen, grace: float = 15.0) -> None:

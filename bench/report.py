@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 import platform
+import shutil
+import subprocess
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib import metadata
@@ -44,6 +46,7 @@ class Section:
     notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
     load: tuple[float, float] | None = None  # 1-minute load average at start and end
+    not_run: str | None = None  # why the benchmark could not run (a missing tool, say)
 
     def add(self, measured: str, baseline: str, airlock: str, ratio: str, target: str,
             passed: bool | None) -> None:
@@ -53,8 +56,14 @@ class Section:
     def failed(self) -> bool:
         return any(row[-1] == "FAIL" for row in self.summary)
 
+    @property
+    def outcome(self) -> str:
+        return "NOT RUN" if self.not_run else ("FAIL" if self.failed else "PASS")
+
     def render(self) -> str:
         out = [f"## {self.title}", "", self.what, ""]
+        if self.not_run:
+            return "\n".join(out + [f"**Not run:** {self.not_run}", ""])
         out += [markdown_table(SUMMARY_HEADERS, self.summary), ""]
         for caption, headers, rows in self.details:
             out += [f"**{caption}**", "", markdown_table(headers, rows), ""]
@@ -87,6 +96,14 @@ def version(package: str) -> str:
     return "not installed"
 
 
+def wrk_version() -> str:
+    path = shutil.which("wrk")
+    if path is None:
+        return "not installed"
+    out = subprocess.run([path, "-v"], capture_output=True, text=True).stdout.split()
+    return out[1] if len(out) > 1 else "installed"
+
+
 def machine_rows(threads: int) -> list[list[object]]:
     load = os.getloadavg()
     return [
@@ -100,12 +117,13 @@ def machine_rows(threads: int) -> list[list[object]]:
         ["vllm", version("vllm")],
         ["peft", version("peft")],
         ["transformers", version("transformers")],
-        ["uvicorn / httpx", f"{version('uvicorn')} / {version('httpx')}"],
+        ["uvicorn / fastapi / aiohttp", f"{version('uvicorn')} / {version('fastapi')} / {version('aiohttp')}"],
+        ["wrk", wrk_version()],
     ]
 
 
 def document(sections: list[Section], threads: int, command: str) -> str:
-    verdicts = [f"{s.title}: {'FAIL' if s.failed else 'PASS'}" for s in sections]
+    verdicts = [f"{s.title}: {s.outcome}" for s in sections]
     head = [
         "# Benchmarks",
         "",

@@ -1,7 +1,9 @@
 """Run the benchmarks and write BENCHMARKS.md: `python -m bench [--quick] [--only NAME ...]`.
 
 Fine-tuning runs first, before any server is started, so nothing of ours competes with it for
-the CPU; the gateway and hand-off benchmarks then share one vLLM (see bench.serving).
+the CPU; then the gateway's capacity against a stand-in engine; the gateway-overhead and hand-off
+benchmarks share one vLLM (see bench.serving); the isolation benchmark starts a whole appliance
+of its own last. The gateway benchmarks drive wrk; without it they are reported as not run.
 """
 
 from __future__ import annotations
@@ -18,13 +20,17 @@ if __package__ in (None, ""):  # `python bench/run.py`: make `import bench` work
 
 from airlock.config import REPO_ROOT  # noqa: E402
 from bench.report import Section, document  # noqa: E402
+from bench.wrk import WrkMissing, wrk_path  # noqa: E402
 
-NAMES = ("finetune", "gateway", "handoff")
+NAMES = ("finetune", "capacity", "gateway", "handoff", "isolation")
+NEEDS_WRK = ("capacity", "gateway", "isolation")
+TITLES = {"capacity": "2. Gateway capacity", "gateway": "3. Gateway overhead against direct vLLM",
+          "isolation": "5. Serving beside a fine-tune"}
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="fewer repetitions and requests (about 3 minutes)")
+    parser.add_argument("--quick", action="store_true", help="fewer repetitions and shorter runs (about 8 minutes)")
     parser.add_argument("--only", nargs="+", choices=NAMES, default=list(NAMES), help="run only these benchmarks")
     # One thread by default: the reference model's matrices are too small for a second thread to
     # help, and with two threads on a busy two-core machine OpenMP's spin-waiting slows every
@@ -57,14 +63,32 @@ def main(argv: list[str] | None = None) -> int:
     sections: list[Section] = []
     started = time.perf_counter()
 
-    if "finetune" in args.only:
+    wanted = list(args.only)
+    try:
+        wrk_path()
+    except WrkMissing as exc:
+        skipped = [n for n in wanted if n in NEEDS_WRK]
+        if skipped:
+            say(f"NOT RUNNING {', '.join(skipped)}: {exc}")
+        for name in skipped:
+            sections.append(Section(title=TITLES[name], what="", not_run=str(exc)))
+        wanted = [n for n in wanted if n not in NEEDS_WRK]
+
+    if "finetune" in wanted:
         from bench import finetune_bench
 
         say("fine-tuning throughput: airlock's finetune.lora stage vs a plain PEFT loop")
         sections.append(finetune_bench.run(args.quick))
         say(f"done in {sections[-1].seconds:.0f} s")
 
-    serving = [n for n in ("gateway", "handoff") if n in args.only]
+    if "capacity" in wanted:
+        from bench import capacity_bench
+
+        say("gateway capacity: requests per second per gateway core, stand-in engine on the engine socket")
+        sections.append(capacity_bench.run(args.quick))
+        say(f"done in {sections[-1].seconds:.0f} s")
+
+    serving = [n for n in ("gateway", "handoff") if n in wanted]
     if serving:
         from bench import gateway_bench, handoff_bench
         from bench.serving import serving_stack
@@ -74,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         with serving_stack(prepare) as stack:
             say(f"serving stack ready after {stack.boot_seconds:.0f} s")
             if "gateway" in serving:
-                say("gateway overhead: through the gateway vs straight to vLLM")
+                say("gateway overhead: through the gateway vs straight to vLLM (wrk)")
                 sections.append(gateway_bench.run(stack, args.quick))
                 say(f"done in {sections[-1].seconds:.0f} s")
             if "handoff" in serving:
@@ -82,14 +106,22 @@ def main(argv: list[str] | None = None) -> int:
                 sections.append(handoff_bench.run(stack, args.quick))
                 say(f"done in {sections[-1].seconds:.0f} s")
 
+    if "isolation" in wanted:
+        from bench import isolation_bench
+
+        say("isolation: chat latency while the worker fine-tunes, against idle (airlock up)")
+        sections.append(isolation_bench.run(args.quick))
+        say(f"done in {sections[-1].seconds:.0f} s")
+
+    sections.sort(key=lambda s: int(s.title.split(".")[0]))  # benchmarks not run go where they belong
     command = "python -m bench" + (" --quick" if args.quick else "")
     if set(args.only) != set(NAMES):
         command += " --only " + " ".join(args.only)
     args.out.write_text(document(sections, threads, command))
     say(f"wrote {args.out} after {time.perf_counter() - started:.0f} s")
     for s in sections:
-        say(f"{s.title}: {'FAIL' if s.failed else 'PASS'}")
-    return 0
+        say(f"{s.title}: {s.outcome}")
+    return 1 if any(s.not_run for s in sections) else 0
 
 
 if __name__ == "__main__":

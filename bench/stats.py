@@ -46,9 +46,13 @@ class Latency:
     mean_ms: float
 
     @classmethod
-    def of(cls, seconds: Sequence[float]) -> "Latency":
-        ms = [s * 1000 for s in seconds]
+    def of(cls, ms: Sequence[float]) -> "Latency":
+        """From latencies in milliseconds."""
         return cls(n=len(ms), p50_ms=percentile(ms, 50), p99_ms=percentile(ms, 99), mean_ms=sum(ms) / len(ms))
+
+    def get(self, q: str) -> float:
+        """"p50", "p99" or "mean", in milliseconds."""
+        return {"p50": self.p50_ms, "p99": self.p99_ms, "mean": self.mean_ms}[q]
 
 
 def spread(values: Sequence[float]) -> str:

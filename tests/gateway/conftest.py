@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -123,3 +124,10 @@ def live_gateway(tmp_path: Path, vllm_server) -> Iterator[Gateway]:
     """A gateway in front of the session's real vLLM server."""
     yield from run_gateway(gateway_settings(tmp_path / "home", engine_home=vllm_server.settings.engine_dir,
                                             serve_base_model=vllm_server.served_name))
+
+
+@pytest.fixture
+def start_gateway():
+    """A function that runs a gateway on `settings` as a context manager: start, stop, start
+    again on the same home (a restart)."""
+    return contextmanager(run_gateway)

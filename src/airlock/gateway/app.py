@@ -23,6 +23,7 @@ from airlock.config import Settings, get_settings
 from airlock.gateway.auth import permit
 from airlock.gateway.control import api
 from airlock.gateway.errors import install_error_handlers
+from airlock.gateway.limits import RequestLimits
 from airlock.gateway.metrics import Metrics, MetricsMiddleware
 from airlock.gateway.proxy import Engine, forward
 from airlock.gateway.recorder import Recorder
@@ -143,6 +144,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.started = int(datetime.now().timestamp())
     install_error_handlers(app)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
+    # Added last, so outermost: oversized headers and bodies never reach a route or a parser.
+    app.add_middleware(RequestLimits, settings=settings)
     app.include_router(ops)
     app.include_router(v1)
     app.include_router(api)

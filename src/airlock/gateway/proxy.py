@@ -24,6 +24,7 @@ from airlock.config import Settings
 from airlock.errors import NotReady
 from airlock.gateway.errors import (BadRequest, ModelNotFound, UpstreamError, UpstreamTimeout, error_body,
                                     error_response)
+from airlock.gateway.limits import check_completion_request
 from airlock.gateway.metrics import Metrics
 from airlock.gateway.registry import Snapshot
 from airlock.serve.engine import read_secret
@@ -120,6 +121,7 @@ async def forward(request: Request, path: str, required: str) -> Response:
     key, snapshot = request.state.api_key, request.state.snapshot
     raw = await request.body()
     body = parse_body(raw, required)
+    check_completion_request(body, path, state.settings)
     requested = body["model"]
     upstream_model, is_alias = resolve_model(snapshot, key, state.settings, requested)
     state.limiter.admit(key)
