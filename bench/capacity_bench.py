@@ -28,6 +28,7 @@ from airlock.access.keys import create_key
 from airlock.config import REPO_ROOT, Settings
 from airlock.context import Airlock
 from airlock.serve.vllm_server import prepare_engine_dir
+from bench import profile
 from bench.procs import GatewayProcess, cpu_seconds, free_port, pinned, stop_group
 from bench.report import Section
 from bench.wrk import WrkResult, lua_script, run_wrk, wrk_path
@@ -103,6 +104,22 @@ def cpu_split() -> tuple[set[int] | None, set[int] | None, str]:
     return {cpus[0]}, set(cpus[1:]), f"gateway on CPU {cpus[0]}, wrk and the stub on CPU {','.join(map(str, cpus[1:]))}"
 
 
+def profile_chat(gateway: GatewayProcess, url: str, script: Path, cpus: set[int] | None, scratch: Path,
+                 seconds: int) -> str | tuple:
+    """py-spy's view of the gateway under the chat route's load (a run of its own, not measured:
+    sampling slows the process), or why there is none."""
+    if profile.py_spy() is None:
+        return "py-spy is not installed (`pip install py-spy` into the virtualenv adds this breakdown)"
+    out = scratch / "gateway.pyspy"
+    spy = profile.record(gateway.proc.pid, seconds, out)
+    time.sleep(1)  # py-spy attaches first
+    run_wrk(url, script, connections=CONNECTIONS, seconds=seconds, cpus=cpus)
+    _, err = spy.communicate(timeout=60)
+    if spy.returncode != 0 or not out.exists():
+        return f"py-spy could not sample the gateway: {err.decode(errors='replace').strip()[-300:]}"
+    return profile.breakdown(out.read_text())
+
+
 def run(quick: bool) -> Section:
     wrk_path()  # fail with the install hint before anything starts
     started, load0 = time.perf_counter(), os.getloadavg()[0]
@@ -146,6 +163,9 @@ def run(quick: bool) -> Section:
                         raise RuntimeError(f"{route.name}: wrk counted failed requests {result.errors}")
                     route.runs.append((result, gateway.cpu_seconds - g0, cpu_seconds(stub.pid) - s0))
             limiter_rows = airlock.meta.query("SELECT kind FROM rate_buckets WHERE key_id = ?", (key_id,))
+            chat = items[-1]
+            profiled = profile_chat(gateway, gateway.url + chat.path, scripts[chat.name], load_cpus, scratch,
+                                    seconds=5 if quick else 10)
         finally:
             gateway.stop()
             stop_group(stub)
@@ -167,11 +187,20 @@ def run(quick: bool) -> Section:
     section.details.append(("Each run: requests per gateway CPU second",
                             ("route", *(f"run {n + 1}" for n in range(rounds))),
                             [[r.name, *(f"{w.requests / c:,.0f}" if c else "n/a" for w, c, _ in r.runs)] for r in items]))
+    if isinstance(profiled, str):
+        section.notes.append(f"No CPU breakdown: {profiled}.")
+    else:
+        layers, functions, samples = profiled
+        section.details.append((f"Where the gateway's CPU goes on the chat route (py-spy, {samples:,} samples of "
+                                "the thread holding the GIL, during an extra run)",
+                                ("layer", "share"), [[k, f"{100 * v:.1f}%"] for k, v in layers]))
+        section.details.append(("The ten functions with the most own time on the chat route",
+                                ("function", "share"), [[k, f"{100 * v:.1f}%"] for k, v in functions]))
     section.notes += [
         f"The chat route costs the gateway {1e6 * (chat.gateway_cpu / chat.requests - healthz.gateway_cpu / healthz.requests):.0f} us "
-        "of CPU more per request than /healthz: that is airlock's own work per chat request (key, role, limits, "
-        "recorder, body checks, one HTTP exchange with the engine over its socket, the relay); the rest is the "
-        "server and framework every route pays.",
+        "of CPU more per request than /healthz: what a proxied chat request adds to the bare server (key, role, "
+        "limits, recorder, body checks, dependency injection, one HTTP exchange with the engine over its socket, "
+        "the relay); the rest is the server and framework every route pays.",
         "The stand-in engine spends the CPU per request in the last column, a small fraction of the gateway's, so "
         "it is never what limits the rate. The gateway's CPU column near 1.00 means its core was saturated; below "
         "1.00 the rate was bounded elsewhere (wrk and the stub sharing the other core) and the per-core figure "

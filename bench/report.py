@@ -47,6 +47,7 @@ class Section:
     seconds: float = 0.0
     load: tuple[float, float] | None = None  # 1-minute load average at start and end
     not_run: str | None = None  # why the benchmark could not run (a missing tool, say)
+    command: str = ""  # the command that ran it, with its time: shown at its end
 
     def add(self, measured: str, baseline: str, airlock: str, ratio: str, target: str,
             passed: bool | None) -> None:
@@ -61,7 +62,7 @@ class Section:
         return "NOT RUN" if self.not_run else ("FAIL" if self.failed else "PASS")
 
     def render(self) -> str:
-        out = [f"## {self.title}", "", self.what, ""]
+        out = [f"## {self.title}", ""] + ([self.what, ""] if self.what else [])
         if self.not_run:
             return "\n".join(out + [f"**Not run:** {self.not_run}", ""])
         out += [markdown_table(SUMMARY_HEADERS, self.summary), ""]
@@ -70,6 +71,8 @@ class Section:
         if self.notes:
             out += [f"- {note}" for note in self.notes] + [""]
         took = f"Took {self.seconds:.0f} s"
+        if self.command:
+            took += f" (`{self.command}`, {datetime.now(UTC).strftime('%Y-%m-%d %H:%M')} UTC)"
         if self.load:
             took += f"; 1-minute load average {self.load[0]:.2f} at the start, {self.load[1]:.2f} at the end"
         out += [took + ".", ""]
@@ -122,20 +125,52 @@ def machine_rows(threads: int) -> list[list[object]]:
     ]
 
 
-def document(sections: list[Section], threads: int, command: str) -> str:
-    verdicts = [f"{s.title}: {s.outcome}" for s in sections]
+def number(title: str) -> int:
+    """A section's number: "3. Gateway overhead" -> 3."""
+    return int(title.split(".", 1)[0])
+
+
+def split_sections(text: str) -> dict[int, str]:
+    """The numbered sections of a BENCHMARKS.md, by number, each as its markdown."""
+    out, current = {}, None
+    for line in text.splitlines(keepends=True):
+        if line.startswith("## "):
+            head = line[3:].split(".", 1)[0]
+            current = int(head) if head.isdigit() else None
+            if current is not None:
+                out[current] = ""
+        if current is not None:
+            out[current] += line
+    return out
+
+
+def outcome_of(markdown: str) -> str:
+    """PASS, FAIL or NOT RUN for a section kept from an earlier run."""
+    if "**Not run:**" in markdown:
+        return "NOT RUN"
+    return "FAIL" if "| FAIL |" in markdown else "PASS"
+
+
+def document(sections: list[Section], threads: int, command: str, kept: dict[int, str] | None = None) -> str:
+    """The whole BENCHMARKS.md: this run's sections, and `kept` ones (by number) from an earlier run."""
+    parts = {number(s.title): (s.title, s.outcome, s.render()) for s in sections}
+    for n, markdown in (kept or {}).items():
+        if n not in parts:
+            parts[n] = (markdown.splitlines()[0][3:].strip(), outcome_of(markdown), markdown.rstrip("\n") + "\n")
+    ordered = [parts[n] for n in sorted(parts)]
     head = [
         "# Benchmarks",
         "",
         f"Written by `{command}` (see docs/benchmarks.md). Each benchmark measures airlock and a "
-        "baseline in the same run, interleaved, and reports the ratio; absolute times depend on "
-        "the machine and on whatever else it was running (see the load averages).",
+        "baseline in the same run, interleaved, and reports the ratio or figure against it; absolute "
+        "times depend on the machine and on whatever else it was running (see the load averages). "
+        "Each section ends with the command and time that produced it.",
         "",
-        "Overall: " + "; ".join(verdicts) + ".",
+        "Overall: " + "; ".join(f"{title}: {outcome}" for title, outcome, _ in ordered) + ".",
         "",
         "## Machine",
         "",
         markdown_table(("", ""), machine_rows(threads)),
         "",
     ]
-    return "\n".join(head + [s.render() for s in sections])
+    return "\n".join(head + [markdown for _, _, markdown in ordered])

@@ -19,7 +19,7 @@ if __package__ in (None, ""):  # `python bench/run.py`: make `import bench` work
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from airlock.config import REPO_ROOT  # noqa: E402
-from bench.report import Section, document  # noqa: E402
+from bench.report import Section, document, split_sections  # noqa: E402
 from bench.wrk import WrkMissing, wrk_path  # noqa: E402
 
 NAMES = ("finetune", "capacity", "gateway", "handoff", "isolation")
@@ -37,7 +37,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     # step tenfold or more, whichever side happens to run then.
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads in this process, for both sides of the fine-tuning benchmark (default 1)")
-    parser.add_argument("--out", type=Path, default=REPO_ROOT / "BENCHMARKS.md", help="where to write the results")
+    parser.add_argument("--out", type=Path, default=REPO_ROOT / "BENCHMARKS.md",
+                        help="where to write the results; with --only, the other sections already there are kept")
     return parser.parse_args(argv)
 
 
@@ -113,11 +114,15 @@ def main(argv: list[str] | None = None) -> int:
         sections.append(isolation_bench.run(args.quick))
         say(f"done in {sections[-1].seconds:.0f} s")
 
-    sections.sort(key=lambda s: int(s.title.split(".")[0]))  # benchmarks not run go where they belong
     command = "python -m bench" + (" --quick" if args.quick else "")
+    kept = None
     if set(args.only) != set(NAMES):
         command += " --only " + " ".join(args.only)
-    args.out.write_text(document(sections, threads, command))
+        # A subset re-run replaces its own sections and keeps the others from the last run.
+        kept = split_sections(args.out.read_text()) if args.out.exists() else None
+    for section in sections:
+        section.command = command
+    args.out.write_text(document(sections, threads, command, kept))
     say(f"wrote {args.out} after {time.perf_counter() - started:.0f} s")
     for s in sections:
         say(f"{s.title}: {s.outcome}")

@@ -110,13 +110,25 @@ def pooled_ms(results: list[WrkResult], q: float) -> float:
     return percentile([x for r in results for x in r.latencies_ms()], q)
 
 
+def apply_correction(histogram: dict[int, int], interval: int) -> dict[int, int]:
+    """wrk's coordinated-omission correction (its stats_correct): for every latency n of at least
+    2 * interval, the same count again at n - interval, n - 2 * interval, ... while above interval."""
+    out = dict(histogram)
+    for value, count in histogram.items():
+        if interval > 0 and value >= 2 * interval:
+            lower = value - interval
+            while lower > interval:
+                out[lower] = out.get(lower, 0) + count
+                lower -= interval
+    return out
+
+
 def undo_correction(corrected: dict[int, int], interval: int) -> dict[int, int]:
     """wrk's histogram before its coordinated-omission correction.
 
-    wrk adds, for every recorded latency n >= 2*interval, the same count at n - interval,
-    n - 2*interval, ... while that stays above `interval`. Additions only go to smaller values,
-    so going from the largest value down, each bin's own count is its corrected count minus what
-    the (already recovered) larger bins added to it.
+    Additions only go to smaller values, so from the largest value down, each bin's own count is
+    its corrected count minus what the (already recovered) larger bins added to it. Correcting
+    the result again must give back exactly what wrk printed, which checks the interval too.
     """
     if interval <= 0:
         return dict(corrected)
@@ -134,6 +146,8 @@ def undo_correction(corrected: dict[int, int], interval: int) -> dict[int, int]:
             raise ValueError(f"wrk histogram is not a corrected one at {value} us (interval {interval} us)")
         if count:
             original[value] = count
+    if apply_correction(original, interval) != corrected:
+        raise ValueError(f"wrk histogram is not one corrected with an interval of {interval} us")
     return original
 
 

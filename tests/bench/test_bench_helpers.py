@@ -1,4 +1,4 @@
-"""The benchmarks' pure helpers: percentiles, ratios, markdown tables, SSE parsing.
+"""The benchmarks' pure helpers: percentiles, ratios, markdown tables, child environments.
 
 Only helpers are tested here; the benchmarks themselves run with `python -m bench`, never in
 the test suite (a timed assertion in a unit test is not a benchmark).
@@ -10,8 +10,9 @@ import math
 
 import pytest
 
-from bench.loadgen import first_content_seconds
-from bench.report import Section, markdown_table
+from airlock.config import Settings
+from bench.procs import settings_env
+from bench.report import Section, document, markdown_table, split_sections
 from bench.stats import Latency, median, percentile, ratio
 
 
@@ -44,9 +45,10 @@ def test_percentile_refuses_empty_sample():
 def test_ratio_and_latency_summary():
     assert ratio(3, 2) == 1.5
     assert ratio(1, 0) == math.inf
-    lat = Latency.of([0.010, 0.020, 0.030])
+    lat = Latency.of([10.0, 20.0, 30.0])
     assert (lat.n, lat.p50_ms) == (3, pytest.approx(20.0))
     assert lat.mean_ms == pytest.approx(20.0)
+    assert lat.get("p99") == pytest.approx(29.8)
 
 
 def test_markdown_table_escapes_pipes_and_checks_width():
@@ -69,12 +71,39 @@ def test_section_verdicts_and_rendering():
     assert "| info | 1 | 2 | 2.000 | (information) | n/a |" in text
 
 
-def test_first_content_skips_role_only_and_done_events():
-    lines = [
-        (0.010, 'data: {"choices": [{"delta": {"role": "assistant", "content": ""}}]}'),
-        (0.011, ""),
-        (0.020, 'data: {"choices": [{"delta": {"content": "The"}}]}'),
-        (0.030, "data: [DONE]"),
-    ]
-    assert first_content_seconds(lines) == 0.020
-    assert first_content_seconds([(0.1, "data: [DONE]")]) is None
+def test_a_benchmark_that_could_not_run_says_why_and_is_no_pass():
+    section = Section(title="2. Gateway capacity", what="", not_run="wrk is not installed")
+    assert section.outcome == "NOT RUN"
+    assert "**Not run:** wrk is not installed" in section.render()
+    passed = Section(title="1. Fine-tuning", what="w")
+    passed.add("x", "1", "1", "1.000", ">= 0.97", True)
+    text = document([passed, section], threads=1, command="python -m bench")
+    assert "Overall: 1. Fine-tuning: PASS; 2. Gateway capacity: NOT RUN." in text
+
+
+def test_child_environment_carries_the_settings_and_drops_the_callers_airlock_variables(tmp_path, monkeypatch):
+    monkeypatch.setenv("AIRLOCK_DEFAULT_RPM", "5")
+    monkeypatch.setenv("AIRLOCK_HOME", "/elsewhere")
+    settings = Settings(home=tmp_path / "home", gateway_port=18123, engine_transport="tcp", worker_nice=10)
+    env = settings_env(settings)
+    assert env["AIRLOCK_HOME"] == str(tmp_path / "home")
+    assert (env["AIRLOCK_GATEWAY_PORT"], env["AIRLOCK_ENGINE_TRANSPORT"], env["AIRLOCK_WORKER_NICE"]) == ("18123", "tcp", "10")
+    assert "AIRLOCK_DEFAULT_RPM" not in env
+    assert "AIRLOCK_ENGINE_HOME" not in env  # unset settings are left to their defaults
+
+
+def test_a_partial_rerun_replaces_its_sections_and_keeps_the_others():
+    first = [Section(title=f"{n}. bench {n}", what=f"first run of {n}") for n in (1, 2, 3)]
+    first[1].add("x", "1", "2", "2.000", "<= 1", False)
+    old = document(first, threads=1, command="python -m bench")
+    kept = split_sections(old)
+    assert sorted(kept) == [1, 2, 3] and kept[2].startswith("## 2. bench 2\n")
+    again = Section(title="2. bench 2", what="second run of 2")
+    again.add("x", "1", "1", "1.000", "<= 1", True)
+    again.command = "python -m bench --only two"
+    text = document([again], threads=1, command="python -m bench --only two", kept=kept)
+    assert "first run of 1" in text and "first run of 3" in text
+    assert "first run of 2" not in text and "second run of 2" in text
+    assert "Overall: 1. bench 1: PASS; 2. bench 2: PASS; 3. bench 3: PASS." in text
+    assert "(`python -m bench --only two`," in text
+    assert text.index("## 1.") < text.index("## 2.") < text.index("## 3.")

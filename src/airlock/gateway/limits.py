@@ -58,7 +58,6 @@ GUIDED_FIELDS = ("structured_outputs", "response_format", "guided_json", "guided
                  "guided_grammar", "guided_choice")
 
 CHAT_PATH = "/v1/chat/completions"
-COMPLETIONS_PATH = "/v1/completions"
 UPLOAD_PATH = "/api/datasets"
 
 
@@ -147,11 +146,13 @@ class RequestLimits:
         settings = self.settings
         # The target counts too: the HTTP parser in use (httptools) bounds neither it nor headers.
         size = len(scope.get("raw_path") or b"") + len(scope.get("query_string") or b"")
-        declared = None
+        declared, chunked = b"", False
         for name, value in scope["headers"]:
             size += len(name) + len(value)
             if name == b"content-length":
                 declared = value
+            elif name == b"transfer-encoding":
+                chunked = True
         if size > settings.max_header_bytes:
             await _refuse(scope, receive, send, _headers_too_large(scope, size, settings))
             return
@@ -160,21 +161,19 @@ class RequestLimits:
             cap, setting = settings.max_upload_bytes, "AIRLOCK_MAX_UPLOAD_BYTES"
         else:
             cap, setting = settings.max_body_bytes, "AIRLOCK_MAX_BODY_BYTES"
-        length = int(declared) if declared is not None and declared.isdigit() else None
-        if length is not None:
-            if length > cap:
-                await _refuse(scope, receive, send, TooLarge(
-                    f"the request body is {length} bytes; at most {cap} are accepted ({setting})"))
-                return
-            # The server frames the body by its Content-Length, so it cannot grow past it.
+        if declared.isdigit() and int(declared) > cap:
+            await _refuse(scope, receive, send, TooLarge(
+                f"the request body is {int(declared)} bytes; at most {cap} are accepted ({setting})"))
+        elif chunked:
+            await self._counted(scope, receive, send, cap, setting)
+        else:
+            # No body, or one the server frames by its Content-Length: it cannot grow past it.
             await self.app(scope, receive, send)
-            return
-        await self._counted(scope, receive, send, cap, setting)
 
     async def _counted(self, scope: Scope, receive: Receive, send: Send, cap: int, setting: str) -> None:
         """A body without a length (chunked): count it, and answer 413 once it crosses the cap,
         whatever the app then makes of the body it could not read whole."""
-        message = f"the request body is over {cap} bytes; at most {cap} are accepted ({setting})"
+        message = f"the request body is over {cap} bytes, the most accepted ({setting})"
         received = 0
         over = started = ours = False
 
