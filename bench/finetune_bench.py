@@ -66,7 +66,7 @@ def workloads(quick: bool) -> list[Workload]:
 def stage_hooks(after_step: Callable[[int], None] | None) -> Iterator[dict]:
     """Keep the TrainResult that the stage's `finetune()` call returns (the stage itself only
     reports a rounded rate), and call `after_step(tokens)` after the stage's own callback."""
-    import airlock.train.stage as stage_module
+    import airlock.workflow.stages.finetune as stage_module
 
     real, box = stage_module.finetune, {}
 
@@ -107,7 +107,7 @@ class StageRunner:
 
     def run(self, after_step: Callable[[int], None] | None = None):
         """(TrainResult, wall seconds of the whole stage)."""
-        from airlock.train.stage import run_finetune
+        from airlock.workflow.stages.finetune import run_finetune
         from airlock.workflow.stage import StageContext
 
         ctx = StageContext(airlock=self.airlock, run_id=self.run_id, stage="finetune", params=self.workload.config,

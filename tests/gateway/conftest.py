@@ -44,7 +44,7 @@ class _Server(uvicorn.Server):
 def run_gateway(settings: Settings) -> Iterator[Gateway]:
     app = create_app(settings)
     _, key = create_key(open_meta(settings.db_path), "tests", role="admin")
-    server = _Server(uvicorn.Config(app, host=settings.gateway_host, port=settings.gateway_port,
+    server = _Server(uvicorn.Config(app, host=settings.gateway_host, port=settings.gateway_port, http="httptools",
                                     log_level="warning", lifespan="on"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

@@ -5,7 +5,6 @@ Skipped, with the reason, on hosts without an NVIDIA GPU; run where one is prese
 
 from __future__ import annotations
 
-import httpx
 import pytest
 
 from airlock.config import Settings

@@ -18,8 +18,9 @@ from pathlib import Path
 import pytest
 
 from airlock.meta import open_meta
-from airlock.meta import audit as audit_log
-from airlock.meta.audit import GENESIS, list_rows, row_hash, verify
+from airlock.meta import chain
+from airlock.meta.audit import list_rows, verify
+from airlock.meta.chain import GENESIS, row_hash
 from airlock.meta.migrations import MIGRATIONS
 
 AIRLOCK = Path(sys.executable).parent / "airlock"  # the installed console script
@@ -231,7 +232,7 @@ def timed(airlock, monkeypatch):
             ("2025-03-02T08:00:00.000+00:00", "os:alice", "apikey.revoke"),
             ("2025-03-03T12:00:00.000+00:00", "worker", "alias.switched")]
     for at, actor, action in rows:
-        monkeypatch.setattr(audit_log, "now", lambda at=at: at)
+        monkeypatch.setattr(chain, "now", lambda at=at: at)
         airlock.meta.audit(actor, action, "s")
     return airlock
 

@@ -68,3 +68,10 @@ def compare(base_dir: Path, adapter_dir: Path, records: list[list[dict]], max_le
     with model.disable_adapter():
         baseline = score(model, tokenizer, records, max_length)
     return {"base": baseline, "candidate": candidate}
+
+
+def is_better(candidate: dict, base: dict) -> bool:
+    """More exact answers, or as many with a lower loss."""
+    if candidate["exact_match"] != base["exact_match"]:
+        return candidate["exact_match"] > base["exact_match"]
+    return candidate["loss"] < base["loss"]

@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from airlock.context import Airlock
 from airlock.errors import GateRefused, IntegrityFailure
-from airlock.evaluate.stage import is_better
+from airlock.evaluate.compare import is_better
 from airlock.meta.db import now
 from airlock.models.adapters import get_model
 from airlock.models.signing import verify_model

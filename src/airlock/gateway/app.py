@@ -143,9 +143,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.metrics = Metrics()
     app.state.started = int(datetime.now().timestamp())
     install_error_handlers(app)
-    app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
-    # Added last, so outermost: oversized headers and bodies never reach a route or a parser.
+    # Oversized headers and bodies never reach a route or a parser; the metrics, outermost,
+    # still count those refusals (under the route "unmatched").
     app.add_middleware(RequestLimits, settings=settings)
+    app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     app.include_router(ops)
     app.include_router(v1)
     app.include_router(api)
@@ -157,5 +158,7 @@ def serve_gateway(settings: Settings | None = None, *, log_level: str = "info") 
     import uvicorn
 
     settings = settings or get_settings()
+    # httptools, named rather than picked by "auto": h11 would answer an oversized header block
+    # itself with a bare 400 and a reset, before RequestLimits can name the setting.
     uvicorn.run(create_app(settings), host=settings.gateway_host, port=settings.gateway_port,
-                log_level=log_level, proxy_headers=False, server_header=False)
+                http="httptools", log_level=log_level, proxy_headers=False, server_header=False)

@@ -19,6 +19,7 @@ import aiohttp
 from fastapi import Request, Response
 from fastapi.responses import StreamingResponse
 from starlette.background import BackgroundTask
+from starlette.requests import ClientDisconnect
 
 from airlock.config import Settings
 from airlock.errors import NotReady
@@ -119,7 +120,11 @@ def parse_body(raw: bytes, required: str) -> dict[str, Any]:
 async def forward(request: Request, path: str, required: str) -> Response:
     state = request.app.state
     key, snapshot = request.state.api_key, request.state.snapshot
-    raw = await request.body()
+    try:
+        raw = await request.body()
+    except ClientDisconnect:
+        # The client hung up while sending: nobody is left to answer, and nothing was forwarded.
+        return Response(status_code=499)
     body = parse_body(raw, required)
     check_completion_request(body, path, state.settings)
     requested = body["model"]

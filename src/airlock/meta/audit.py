@@ -10,67 +10,17 @@ the head hash with a copy kept elsewhere (`verify(meta, head=...)`).
 
 from __future__ import annotations
 
-import hashlib
 import json
-import sqlite3
 from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from itertools import chain
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from airlock.errors import InvalidInput
-from airlock.meta.db import now
-
-if TYPE_CHECKING:
-    from airlock.meta.db import Meta
-
-GENESIS = "0" * 64
-_COLUMNS = "id, at, actor, action, subject, detail_json, prev_hash, hash"
-
-
-def row_hash(row: dict[str, Any]) -> str:
-    """sha256 over the row's content and its prev_hash, as canonical JSON."""
-    body = {k: row[k] for k in ("id", "at", "actor", "action", "subject", "detail_json", "prev_hash")}
-    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
-
-
-def append(db: Any, actor: str, action: str, subject: str | None, detail: dict[str, Any]) -> int:
-    """Add one chained row; `db` must be inside `Meta.write()`, whose BEGIN IMMEDIATE holds the
-    write lock from reading the head to storing the new hash, so writers in other processes
-    cannot both chain onto the same head."""
-    last = db.execute("SELECT hash FROM audit ORDER BY id DESC LIMIT 1").fetchone()
-    row = {"at": now(), "actor": actor, "action": action, "subject": subject,
-           "detail_json": json.dumps(detail, sort_keys=True), "prev_hash": last[0] if last else GENESIS}
-    cur = db.execute(
-        "INSERT INTO audit (at, actor, action, subject, detail_json, prev_hash) VALUES (?, ?, ?, ?, ?, ?)",
-        [row["at"], actor, action, subject, row["detail_json"], row["prev_hash"]],
-    )
-    # The id is part of the hash (so rows cannot be renumbered), and only SQLite knows it now.
-    row["id"] = cur.lastrowid
-    db.execute("UPDATE audit SET hash = ? WHERE id = ?", [row_hash(row), row["id"]])
-    return row["id"]
-
-
-def chain_unhashed(db: Any) -> int:
-    """Chain rows written before the log had hashes; return how many were chained.
-
-    Runs inside the migration's write transaction, so no writer can chain onto an unhashed
-    head meanwhile. Only unhashed rows older than every hashed row are history to adopt: an
-    unhashed row after a hashed one was written around the chain, and `verify` must report it.
-    """
-    first = db.execute("SELECT id FROM audit WHERE hash IS NOT NULL ORDER BY id LIMIT 1").fetchone()
-    sql = f"SELECT {_COLUMNS} FROM audit WHERE hash IS NULL" + (" AND id < ?" if first else "")
-    rows = _dicts(db.execute(sql + " ORDER BY id", list(first or ())))
-    prev = GENESIS
-    for row in rows:
-        row["prev_hash"] = prev
-        prev = row_hash(row)
-        db.execute("UPDATE audit SET prev_hash = ?, hash = ? WHERE id = ?", [row["prev_hash"], prev, row["id"]])
-    return len(rows)
-
+from airlock.meta.chain import GENESIS, COLUMNS, row_hash
+from airlock.meta.db import Meta
 
 @dataclass
 class Problem:
@@ -148,7 +98,7 @@ def verify(meta: Meta, head: str | None = None) -> Report:
     conn = meta.db.conn
     conn.execute("BEGIN")  # one snapshot for the rows and sqlite_sequence, while writers go on
     try:
-        cursor = conn.execute(f"SELECT {_COLUMNS} FROM audit ORDER BY id")
+        cursor = conn.execute(f"SELECT {COLUMNS} FROM audit ORDER BY id")
         names = [d[0] for d in cursor.description]
         problems: list[Problem] = []
         count, last, head_seen = 0, _START, head in (None, GENESIS)
@@ -236,14 +186,9 @@ def list_rows(meta: Meta, actor: str | None = None, action: str | None = None,
             params.append(value)
     if limit is not None and limit < 1:
         raise InvalidInput(f"--limit {limit}: expected a positive number of rows")
-    sql = f"SELECT {_COLUMNS} FROM audit" + (" WHERE " + " AND ".join(where) if where else "")
+    sql = f"SELECT {COLUMNS} FROM audit" + (" WHERE " + " AND ".join(where) if where else "")
     sql += " ORDER BY id DESC" + (" LIMIT ?" if limit else "")
     rows = meta.query(sql, tuple(params + ([limit] if limit else [])))
     for row in rows:
         row["detail"] = json.loads(row.pop("detail_json") or "{}")
     return rows[::-1]
-
-
-def _dicts(cursor: sqlite3.Cursor) -> list[dict[str, Any]]:
-    names = [d[0] for d in cursor.description]
-    return [dict(zip(names, r, strict=True)) for r in cursor.fetchall()]

@@ -10,17 +10,15 @@ import sqlite3
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import sqlite_utils
 
+from airlock.meta.chain import append, chain_unhashed, now
 from airlock.meta.migrations import MIGRATIONS
 
-
-def now() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds")
+__all__ = ["Meta", "now", "open_meta"]
 
 
 class Meta:
@@ -64,7 +62,6 @@ class Meta:
 
     def audit(self, actor: str, action: str, subject: str | None = None, **detail: Any) -> None:
         """Append a row to the hash-chained audit log (see meta/audit.py)."""
-        from airlock.meta.audit import append  # audit.py imports this module
 
         with self.write() as db:
             append(db, actor, action, subject, detail)
@@ -89,7 +86,6 @@ class Meta:
                     db.execute(statement)
                 db["schema_migrations"].insert({"version": version, "applied_at": now()})
             if self.schema_version() >= 2:  # audit rows from before the hash chain get chained
-                from airlock.meta.audit import chain_unhashed
 
                 chain_unhashed(db)
         return self.schema_version()

@@ -7,9 +7,9 @@ from airlock.workflow.stage import StageType
 
 def stage_types() -> dict[str, StageType]:
     # Imported here so that reading a spec does not pull torch into every CLI call.
-    from airlock.evaluate.stage import EVALUATE_COMPARE
-    from airlock.gate.stage import GATE_PROMOTE
-    from airlock.serve.stage import SERVE_VLLM
-    from airlock.train.stage import FINETUNE_LORA
+    from airlock.workflow.stages.evaluate import EVALUATE_COMPARE
+    from airlock.workflow.stages.finetune import FINETUNE_LORA
+    from airlock.workflow.stages.promote import GATE_PROMOTE
+    from airlock.workflow.stages.serve import SERVE_VLLM
 
     return {t.name: t for t in (FINETUNE_LORA, EVALUATE_COMPARE, GATE_PROMOTE, SERVE_VLLM)}

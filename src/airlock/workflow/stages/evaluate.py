@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from airlock.datasets.service import load_records
 from airlock.errors import StageFailed
-from airlock.evaluate.compare import compare
+from airlock.evaluate.compare import compare, is_better
 from airlock.models.adapters import get_model
 from airlock.models.signing import sign_candidate
 from airlock.workflow.stage import StageContext, StageType
@@ -22,13 +22,6 @@ class EvaluateParams(BaseModel):
     eval_set: str
     min_exact_match: float = Field(0.0, ge=0.0, le=1.0)
     max_length: int = Field(512, ge=8)
-
-
-def is_better(candidate: dict, base: dict) -> bool:
-    """More exact answers, or as many with a lower loss."""
-    if candidate["exact_match"] != base["exact_match"]:
-        return candidate["exact_match"] > base["exact_match"]
-    return candidate["loss"] < base["loss"]
 
 
 def run_evaluate(ctx: StageContext) -> dict:
