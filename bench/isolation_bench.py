@@ -197,11 +197,11 @@ def run(quick: bool) -> Section:
         f"Confinement: `worker_threads={WORKER_THREADS}` sets the worker's OMP/MKL/OpenBLAS threads (torch's "
         f"intra-op pool), `worker_nice={WORKER_NICE}` lowers its priority below the engine and the gateway "
         f"(both at nice 0); no CPU pinning. Read from /proc during the run: worker {worker_state}.",
-        "Pausing the worker leaves nothing of the training behind: p50 before anything was queued against p50 "
-        "with the worker paused mid-run: " + "; ".join(
+        "The reference rows were taken before anything was queued, minutes before the paused-worker idle runs; "
+        "p50 reference against p50 paused: " + "; ".join(
             f"{p.label} {quiet[p.label].p50_ms:.1f} against {p.latency('idle').p50_ms:.1f} ms" for p in plans) + ".",
-        f"Training progressed in every training run and not at all in the idle ones; the queued runs' states at the "
-        f"end: {', '.join(statuses)} (running or queued means training outlasted the measurement).",
+        f"Training progressed in every training run (checked; steps per second in the table); the queued runs' "
+        f"states at the end: {', '.join(statuses)} (running or queued: training outlasted the measurement).",
         "Load generator: wrk (one connection), latency to the last byte, its coordinated-omission correction "
         "removed (bench/wrk.py).",
     ]
