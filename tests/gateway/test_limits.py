@@ -251,13 +251,22 @@ def param_of(body: dict, limits: Settings, path: str = CHAT) -> str | None:
     ("a" * 10, False),
     ("a" * 11, True),
     ([{"type": "text", "text": "a" * 6}, {"type": "text", "text": "a" * 5}], True),
-    ([{"type": "text", "text": "a" * 6}, {"type": "image_url", "image_url": {"url": "x" * 50}}], False),
     (None, False),
     ({"not": "a list"}, False),  # vLLM answers malformed content itself
 ])
 def test_message_content_is_counted_as_text(limits, content, over):
     body = {"messages": [{"role": "system", "content": None}, {"role": "user", "content": content}]}
     assert param_of(body, limits) == ("messages" if over else None)
+
+
+@pytest.mark.parametrize("kind", ["image_url", "input_audio", "video_url", "file"])
+def test_media_content_parts_are_refused_unless_allowed(limits, kind):
+    parts = [{"type": "text", "text": "a" * 6}, {"type": kind, kind: {"url": "http://10.0.0.1/x"}}]
+    body = {"messages": [{"role": "user", "content": parts}]}
+    with pytest.raises(BadRequest, match=f"content part type '{kind}' is not accepted.*media_content"):
+        check_completion_request(body, CHAT, limits)
+    allowed = limits.model_copy(update={"allow_request_fields": "media_content"})
+    assert param_of(body, allowed) is None  # and only the text is counted against the prompt bound
 
 
 @pytest.mark.parametrize("prompt, over", [

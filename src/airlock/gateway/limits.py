@@ -72,6 +72,8 @@ def check_completion_request(body: dict[str, Any], path: str, settings: Settings
     for param in ("max_tokens", "max_completion_tokens"):
         _check_int(body, param, 0, settings.max_completion_tokens, "AIRLOCK_MAX_COMPLETION_TOKENS")
 
+    if path == CHAT_PATH and MEDIA_CONTENT not in settings.allowed_request_fields:
+        _refuse_media_parts(body.get("messages"))
     param, chars = ("messages", _message_chars(body.get("messages"))) if path == CHAT_PATH \
         else ("prompt", _prompt_chars(body.get("prompt")))
     if chars > settings.max_prompt_chars:
@@ -107,6 +109,24 @@ def _check_int(body: dict[str, Any], param: str, low: int, high: int, setting: s
         raise BadRequest(f"{param} must be at least {low}; got {value}", param=param)
     if value > high:
         raise BadRequest(f"{param} is {value}; at most {high} is accepted ({setting})", param=param)
+
+
+# Image, audio, video and file parts name URLs the engine would fetch from inside the network
+# (or carry media a text model cannot read): refused unless this name is allowed.
+MEDIA_CONTENT = "media_content"
+
+
+def _refuse_media_parts(messages: Any) -> None:
+    for i, message in enumerate(messages if isinstance(messages, list) else ()):
+        content = message.get("content") if isinstance(message, dict) else None
+        for part in content if isinstance(content, list) else ():
+            kind = part.get("type") if isinstance(part, dict) else None
+            if kind not in ("text", None):
+                raise BadRequest(
+                    f"messages[{i}]: content part type {kind!r} is not accepted: the served models read "
+                    f"text, and a media URL would make the engine fetch it; the operator can allow "
+                    f"media parts by naming {MEDIA_CONTENT} in AIRLOCK_ALLOW_REQUEST_FIELDS",
+                    param="messages")
 
 
 def _message_chars(messages: Any) -> int:
