@@ -29,13 +29,15 @@ from airlock.config import REPO_ROOT, Settings
 from airlock.context import Airlock
 from airlock.serve.vllm_server import prepare_engine_dir
 from bench import profile
-from bench.procs import GatewayProcess, cpu_seconds, free_port, pinned, stop_group
+from bench.procs import GatewayProcess, cpu_seconds, cpu_times, free_port, gateway_trouble, pinned, stop_group
 from bench.report import Section
+from bench.stats import Latency
 from bench.wrk import WrkResult, lua_script, run_wrk, wrk_path
 
 TARGET_PER_CORE = 1500
 BASE_MODEL = "airlock-tiny"
 CONNECTIONS = 16
+PACE_MS = 45  # about the one-client request rate of the gateway-overhead benchmark with vLLM
 # Generous per-key limits: every request is checked and charged, none is ever refused.
 RPM, TPM = 100_000_000, 1_000_000_000
 CHAT = {"model": BASE_MODEL, "messages": [{"role": "user", "content": "Say hello to the operator."}],
@@ -104,6 +106,26 @@ def cpu_split() -> tuple[set[int] | None, set[int] | None, str]:
     return {cpus[0]}, set(cpus[1:]), f"gateway on CPU {cpus[0]}, wrk and the stub on CPU {','.join(map(str, cpus[1:]))}"
 
 
+def one_client(gateway: GatewayProcess, chat: Route, key: str, scratch: Path, cpus: set[int] | None,
+               seconds: int) -> list[list[object]]:
+    """One client, back to back and paced like the one-client vLLM benchmark (an answer about every
+    45 ms): the gateway's own latency and CPU per request with an upstream that takes no time."""
+    rows = []
+    headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+    for pause in (0, PACE_MS):
+        script = scratch / f"one-client-{pause}.lua"
+        script.write_text(lua_script("POST", headers, chat.body, histogram=True, pause_ms=pause))
+        user0, system0 = cpu_times(gateway.proc.pid)
+        result = run_wrk(gateway.url + chat.path, script, connections=1, seconds=seconds, cpus=cpus)
+        user1, system1 = cpu_times(gateway.proc.pid)
+        user, cpu = user1 - user0, user1 - user0 + system1 - system0
+        lat = Latency.of(result.latencies_ms())
+        rows.append(["back to back" if not pause else f"{pause} ms pause after each answer", result.requests,
+                     f"{result.rps:,.0f}", f"{lat.p50_ms:.2f}", f"{lat.p99_ms:.2f}", f"{1e6 * cpu / result.requests:.0f}",
+                     f"{100 * user / cpu:.0f}%" if cpu else ""])
+    return rows
+
+
 def profile_chat(gateway: GatewayProcess, url: str, script: Path, cpus: set[int] | None, scratch: Path,
                  seconds: int) -> str | tuple:
     """py-spy's view of the gateway under the chat route's load (a run of its own, not measured:
@@ -159,11 +181,13 @@ def run(quick: bool) -> Section:
                     g0, s0 = gateway.cpu_seconds, cpu_seconds(stub.pid)
                     result = run_wrk(gateway.url + route.path, scripts[route.name], connections=CONNECTIONS,
                                      seconds=seconds, cpus=load_cpus)
-                    if result.failed:
-                        raise RuntimeError(f"{route.name}: wrk counted failed requests {result.errors}")
+                    if result.failed or not result.requests:
+                        raise RuntimeError(f"{route.name}: {result.requests} requests, failures {result.errors}; the "
+                                           f"gateway reports: {gateway_trouble(gateway.url) or 'nothing'}")
                     route.runs.append((result, gateway.cpu_seconds - g0, cpu_seconds(stub.pid) - s0))
             limiter_rows = airlock.meta.query("SELECT kind FROM rate_buckets WHERE key_id = ?", (key_id,))
             chat = items[-1]
+            paced = one_client(gateway, chat, key, scratch, load_cpus, seconds=4 if quick else 10)
             profiled = profile_chat(gateway, gateway.url + chat.path, scripts[chat.name], load_cpus, scratch,
                                     seconds=5 if quick else 10)
         finally:
@@ -187,6 +211,10 @@ def run(quick: bool) -> Section:
     section.details.append(("Each run: requests per gateway CPU second",
                             ("route", *(f"run {n + 1}" for n in range(rounds))),
                             [[r.name, *(f"{w.requests / c:,.0f}" if c else "n/a" for w, c, _ in r.runs)] for r in items]))
+    section.details.append(("One client on the chat route: the gateway's own latency and CPU per request (the "
+                            "stand-in engine answers at once)",
+                            ("pace", "requests", "req/s", "p50 ms", "p99 ms", "gateway CPU us/request",
+                             "of it user time"), paced))
     if isinstance(profiled, str):
         section.notes.append(f"No CPU breakdown: {profiled}.")
     else:
@@ -196,8 +224,17 @@ def run(quick: bool) -> Section:
                                 ("layer", "share"), [[k, f"{100 * v:.1f}%"] for k, v in layers]))
         section.details.append(("The ten functions with the most own time on the chat route",
                                 ("function", "share"), [[k, f"{100 * v:.1f}%"] for k, v in functions]))
+    extra_us = 1e6 * (chat.gateway_cpu / chat.requests - healthz.gateway_cpu / healthz.requests)
+    charged = sorted(r["kind"] for r in limiter_rows)
+    busy_us, paced_us = float(paced[0][5].replace(",", "")), float(paced[1][5].replace(",", ""))
+    section.notes.append(
+        f"One client paced like benchmark 3's one-client runs costs the gateway {paced_us:,.0f} us of CPU per request, "
+        f"{paced_us / busy_us:.1f} times what it costs back to back ({busy_us:,.0f} us), {paced[1][6]} of it user "
+        "time: the same Python code runs slower when each request wakes the process on its own, likely from cold "
+        "caches after 45 ms idle. That CPU lies on the request's path, so it is the gateway's own latency at one client "
+        f"(p50 {paced[1][3]} ms with an engine that takes no time).")
     section.notes += [
-        f"The chat route costs the gateway {1e6 * (chat.gateway_cpu / chat.requests - healthz.gateway_cpu / healthz.requests):.0f} us "
+        f"The chat route costs the gateway {extra_us:.0f} us "
         "of CPU more per request than /healthz: what a proxied chat request adds to the bare server (key, role, "
         "limits, recorder, body checks, dependency injection, one HTTP exchange with the engine over its socket, "
         "the relay); the rest is the server and framework every route pays.",
@@ -205,7 +242,7 @@ def run(quick: bool) -> Section:
         "it is never what limits the rate. The gateway's CPU column near 1.00 means its core was saturated; below "
         "1.00 the rate was bounded elsewhere (wrk and the stub sharing the other core) and the per-core figure "
         "still holds, since it divides by the CPU the gateway actually used.",
-        f"Rate limits were charged: the key's rate_buckets rows after the run: {sorted(r['kind'] for r in limiter_rows) or 'none'}.",
+        f"Rate limits were charged: the key's rate_buckets rows after the run: {charged or 'none'}.",
         "For scale: LiteLLM's published proxy figures come to roughly 25-130 requests per second per vCPU.",
     ]
     section.seconds, section.load = time.perf_counter() - started, (load0, os.getloadavg()[0])

@@ -29,7 +29,7 @@ import yaml
 from airlock.access.keys import create_key
 from airlock.config import REPO_ROOT, Settings
 from airlock.context import Airlock
-from bench.procs import ApplianceProcess, cpu_seconds, free_port, proc_status, settings_env
+from bench.procs import ApplianceProcess, cpu_seconds, free_port, gateway_trouble, proc_status, settings_env
 from bench.report import Section
 from bench.stats import Latency, ratio
 from bench.wrk import WrkResult, lua_script, run_wrk, wrk_path
@@ -42,6 +42,7 @@ BASE_MODEL = "airlock-tiny"
 QUICKSTART = REPO_ROOT / "examples" / "quickstart.yaml"
 MESSAGES = [{"role": "user", "content": "Say hello to the operator."}]
 PHASES = ("idle", "training")
+MAX_FAILED = 0.01  # a few failed requests are reported; more stop the benchmark
 
 
 @dataclass
@@ -160,12 +161,14 @@ def run(quick: bool) -> Section:
                         time.sleep(0.5)  # a resumed worker gets back into its step first
                         steps0, cpu0 = training.steps(), cpu_seconds(worker)
                         result = run_wrk(url, scripts[plan.stream], connections=1, seconds=plan.seconds)
-                        if result.failed or not result.requests:
-                            raise RuntimeError(f"{plan.label}, {phase}: {result.requests} requests, {result.errors}")
+                        if not result.requests or result.failed > MAX_FAILED * result.requests:
+                            raise RuntimeError(f"{plan.label}, {phase}: {result.failed} of {result.requests} requests "
+                                               f"failed; the gateway reports: {gateway_trouble(app.url) or 'nothing'}")
                         plan.runs[phase].append((result, training.steps() - steps0, cpu_seconds(worker) - cpu0))
             os.kill(worker, signal.SIGCONT)
             paused = False
             statuses = training.statuses()
+            trouble = gateway_trouble(app.url)
         finally:
             if worker and paused:
                 os.kill(worker, signal.SIGCONT)
@@ -205,5 +208,8 @@ def run(quick: bool) -> Section:
         "Load generator: wrk (one connection), latency to the last byte, its coordinated-omission correction "
         "removed (bench/wrk.py).",
     ]
+    failed = sum(r.failed for p in plans for runs in p.runs.values() for r, _, _ in runs)
+    if failed or trouble:
+        section.notes.append(f"{failed} requests failed (not 2xx); the gateway's own count: {trouble or 'nothing'}.")
     section.seconds, section.load = time.perf_counter() - started, (load0, os.getloadavg()[0])
     return section

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -60,14 +61,60 @@ def settings_env(settings: Settings) -> dict[str, str]:
     return env
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far, all its threads (from /proc; 0 where none)."""
+def cpu_times(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds of a process so far, all its threads (from /proc; zeros where none)."""
     try:
         with open(f"/proc/{pid}/stat") as f:
             fields = f.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        tick = os.sysconf("SC_CLK_TCK")
+        return int(fields[11]) / tick, int(fields[12]) / tick
     except (OSError, IndexError, ValueError):
-        return 0.0
+        return 0.0, 0.0
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far, all its threads."""
+    return sum(cpu_times(pid))
+
+
+_METRIC = re.compile(r'^(airlock_gateway_requests_total|airlock_gateway_upstream_errors_total)\{(.*)\} (\d+)$')
+_UPSTREAM = re.compile(r'^airlock_gateway_upstream_seconds_(sum|count) ([0-9.eE+-]+)$')
+_LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
+
+
+def parse_metrics(text: str) -> dict[str, dict[tuple[str, ...], float]]:
+    """The gateway's request counts by (route, status), upstream errors by (kind,), and the time
+    spent waiting on the engine ("upstream": {("sum",): seconds, ("count",): requests}), from /metrics."""
+    out: dict[str, dict[tuple[str, ...], float]] = {"requests": {}, "upstream_errors": {}, "upstream": {}}
+    for line in text.splitlines():
+        if match := _UPSTREAM.match(line):
+            out["upstream"][(match[1],)] = float(match[2])
+        elif match := _METRIC.match(line):
+            labels = dict(_LABEL.findall(match[2]))
+            if match[1] == "airlock_gateway_requests_total":
+                out["requests"][(labels.get("route", ""), labels.get("status", ""))] = int(match[3])
+            else:
+                out["upstream_errors"][(labels.get("kind", ""),)] = int(match[3])
+    return out
+
+
+def upstream_wait(url: str) -> tuple[float, float]:
+    """(seconds the gateway has spent waiting on the engine for response headers, requests), so far."""
+    up = parse_metrics(httpx.get(f"{url}/metrics", timeout=5, trust_env=False).text)["upstream"]
+    return up.get(("sum",), 0.0), up.get(("count",), 0.0)
+
+
+def gateway_trouble(url: str, route: str = "/v1/chat/completions") -> str:
+    """What the gateway's /metrics says went wrong on `route` (answers other than 2xx) and with
+    the engine (upstream errors), or ""."""
+    try:
+        counts = parse_metrics(httpx.get(f"{url}/metrics", timeout=5, trust_env=False).text)
+    except httpx.HTTPError as exc:
+        return f"(its /metrics did not answer: {type(exc).__name__})"
+    bad = [f"{where} HTTP {status}: {n}" for (where, status), n in sorted(counts["requests"].items())
+           if where == route and not status.startswith("2")]
+    bad += [f"upstream {kind}: {n}" for (kind,), n in sorted(counts["upstream_errors"].items())]
+    return "; ".join(bad)
 
 
 def proc_status(pid: int) -> dict[str, int]:

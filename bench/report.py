@@ -47,6 +47,7 @@ class Section:
     seconds: float = 0.0
     load: tuple[float, float] | None = None  # 1-minute load average at start and end
     not_run: str | None = None  # why the benchmark could not run (a missing tool, say)
+    error: str | None = None  # what stopped it part-way
     command: str = ""  # the command that ran it, with its time: shown at its end
 
     def add(self, measured: str, baseline: str, airlock: str, ratio: str, target: str,
@@ -59,12 +60,15 @@ class Section:
 
     @property
     def outcome(self) -> str:
-        return "NOT RUN" if self.not_run else ("FAIL" if self.failed else "PASS")
+        if self.not_run or self.error:
+            return "NOT RUN" if self.not_run else "ERROR"
+        return "FAIL" if self.failed else "PASS"
 
     def render(self) -> str:
         out = [f"## {self.title}", ""] + ([self.what, ""] if self.what else [])
-        if self.not_run:
-            return "\n".join(out + [f"**Not run:** {self.not_run}", ""])
+        if self.not_run or self.error:
+            said = f"**Not run:** {self.not_run}" if self.not_run else f"**Stopped by an error:** {self.error}"
+            return "\n".join(out + [said, ""])
         out += [markdown_table(SUMMARY_HEADERS, self.summary), ""]
         for caption, headers, rows in self.details:
             out += [f"**{caption}**", "", markdown_table(headers, rows), ""]
@@ -148,6 +152,8 @@ def outcome_of(markdown: str) -> str:
     """PASS, FAIL or NOT RUN for a section kept from an earlier run."""
     if "**Not run:**" in markdown:
         return "NOT RUN"
+    if "**Stopped by an error:**" in markdown:
+        return "ERROR"
     return "FAIL" if "| FAIL |" in markdown else "PASS"
 
 
@@ -158,10 +164,13 @@ def document(sections: list[Section], threads: int, command: str, kept: dict[int
         if n not in parts:
             parts[n] = (markdown.splitlines()[0][3:].strip(), outcome_of(markdown), markdown.rstrip("\n") + "\n")
     ordered = [parts[n] for n in sorted(parts)]
+    merged = len(parts) > len(sections)
     head = [
         "# Benchmarks",
         "",
-        f"Written by `{command}` (see docs/benchmarks.md). Each benchmark measures airlock and a "
+        f"Written by `{command}` (see docs/benchmarks.md)"
+        + ("; the sections it did not run are kept from the run before" if merged else "")
+        + ". Each benchmark measures airlock and a "
         "baseline in the same run, interleaved, and reports the ratio or figure against it; absolute "
         "times depend on the machine and on whatever else it was running (see the load averages). "
         "Each section ends with the command and time that produced it.",

@@ -11,8 +11,11 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 import time
+import traceback
+from collections.abc import Callable
 from pathlib import Path
 
 if __package__ in (None, ""):  # `python bench/run.py`: make `import bench` work
@@ -24,7 +27,9 @@ from bench.wrk import WrkMissing, wrk_path  # noqa: E402
 
 NAMES = ("finetune", "capacity", "gateway", "handoff", "isolation")
 NEEDS_WRK = ("capacity", "gateway", "isolation")
-TITLES = {"capacity": "2. Gateway capacity", "gateway": "3. Gateway overhead against direct vLLM",
+TITLES = {"finetune": "1. Fine-tuning throughput", "capacity": "2. Gateway capacity",
+          "gateway": "3. Gateway overhead against direct vLLM",
+          "handoff": "4. Hand-off: gate pass to first token under the alias",
           "isolation": "5. Serving beside a fine-tune"}
 
 
@@ -54,8 +59,19 @@ def quiet_libraries() -> None:
     logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
+def stop_cleanly() -> None:
+    """SIGTERM, and SIGINT also where a shell started us in the background (it ignores SIGINT for
+    its background jobs), end the run like Ctrl-C: every benchmark's clean-up stops its processes."""
+    def interrupt(signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt(f"stopped by {signal.Signals(signum).name}")
+
+    signal.signal(signal.SIGTERM, interrupt)
+    signal.signal(signal.SIGINT, interrupt)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
+    stop_cleanly()
     quiet_libraries()
     import torch
 
@@ -75,19 +91,28 @@ def main(argv: list[str] | None = None) -> int:
             sections.append(Section(title=TITLES[name], what="", not_run=str(exc)))
         wanted = [n for n in wanted if n not in NEEDS_WRK]
 
+    def attempt(name: str, what: str, bench: Callable[[], Section]) -> None:
+        """Run one benchmark; an error ends that one only, and is reported in its section."""
+        say(what)
+        try:
+            section = bench()
+        except Exception as exc:  # noqa: BLE001 - the other benchmarks' results must still be written
+            traceback.print_exc()
+            section = Section(title=TITLES[name], what="", error=f"{type(exc).__name__}: {exc}")
+        sections.append(section)
+        say(f"{section.title}: {section.outcome} after {time.perf_counter() - started:.0f} s in all")
+
     if "finetune" in wanted:
         from bench import finetune_bench
 
-        say("fine-tuning throughput: airlock's finetune.lora stage vs a plain PEFT loop")
-        sections.append(finetune_bench.run(args.quick))
-        say(f"done in {sections[-1].seconds:.0f} s")
+        attempt("finetune", "fine-tuning throughput: airlock's finetune.lora stage vs a plain PEFT loop",
+                lambda: finetune_bench.run(args.quick))
 
     if "capacity" in wanted:
         from bench import capacity_bench
 
-        say("gateway capacity: requests per second per gateway core, stand-in engine on the engine socket")
-        sections.append(capacity_bench.run(args.quick))
-        say(f"done in {sections[-1].seconds:.0f} s")
+        attempt("capacity", "gateway capacity: requests per second per gateway core, stand-in engine on the engine socket",
+                lambda: capacity_bench.run(args.quick))
 
     serving = [n for n in ("gateway", "handoff") if n in wanted]
     if serving:
@@ -96,23 +121,26 @@ def main(argv: list[str] | None = None) -> int:
 
         prepare = handoff_bench.train_candidates if "handoff" in serving else None
         say("starting vLLM and the gateway" + (" (training hand-off candidates meanwhile)" if prepare else ""))
-        with serving_stack(prepare) as stack:
-            say(f"serving stack ready after {stack.boot_seconds:.0f} s")
-            if "gateway" in serving:
-                say("gateway overhead: through the gateway vs straight to vLLM (wrk)")
-                sections.append(gateway_bench.run(stack, args.quick))
-                say(f"done in {sections[-1].seconds:.0f} s")
-            if "handoff" in serving:
-                say("hand-off: gate pass to first token under the alias")
-                sections.append(handoff_bench.run(stack, args.quick))
-                say(f"done in {sections[-1].seconds:.0f} s")
+        try:
+            with serving_stack(prepare) as stack:
+                say(f"serving stack ready after {stack.boot_seconds:.0f} s")
+                if "gateway" in serving:
+                    attempt("gateway", "gateway overhead: through the gateway vs straight to vLLM (wrk)",
+                            lambda: gateway_bench.run(stack, args.quick))
+                if "handoff" in serving:
+                    attempt("handoff", "hand-off: gate pass to first token under the alias",
+                            lambda: handoff_bench.run(stack, args.quick))
+        except Exception as exc:  # noqa: BLE001 - vLLM did not start: say so in both sections
+            traceback.print_exc()
+            done = {s.title for s in sections}
+            sections.extend(Section(title=TITLES[n], what="", error=f"the serving stack failed: {exc}")
+                            for n in serving if TITLES[n] not in done)
 
     if "isolation" in wanted:
         from bench import isolation_bench
 
-        say("isolation: chat latency while the worker fine-tunes, against idle (airlock up)")
-        sections.append(isolation_bench.run(args.quick))
-        say(f"done in {sections[-1].seconds:.0f} s")
+        attempt("isolation", "isolation: chat latency while the worker fine-tunes, against idle (airlock up)",
+                lambda: isolation_bench.run(args.quick))
 
     command = "python -m bench" + (" --quick" if args.quick else "")
     kept = None
@@ -126,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     say(f"wrote {args.out} after {time.perf_counter() - started:.0f} s")
     for s in sections:
         say(f"{s.title}: {s.outcome}")
-    return 1 if any(s.not_run for s in sections) else 0
+    return 1 if any(s.outcome in ("NOT RUN", "ERROR") for s in sections) else 0
 
 
 if __name__ == "__main__":

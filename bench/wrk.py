@@ -70,13 +70,18 @@ end
 """
 
 
-def lua_script(method: str, headers: dict[str, str], body: str | None = None, *, histogram: bool) -> str:
-    """A wrk script sending the same request on every connection; `done()` prints the results."""
+def lua_script(method: str, headers: dict[str, str], body: str | None = None, *, histogram: bool,
+               pause_ms: int = 0) -> str:
+    """A wrk script sending the same request on every connection; `done()` prints the results.
+    With `pause_ms`, each connection waits that long after an answer before its next request
+    (wrk starts a request's clock when it sends it, so the pause is not in its latency)."""
     lines = [f"wrk.method = {lua_string(method)}"]
     if body is not None:
         lines.append(f"wrk.body = {lua_string(body)}")
     lines += [f"wrk.headers[{lua_string(k)}] = {lua_string(v)}" for k, v in headers.items()]
     lines.append(f"HISTOGRAM = {'true' if histogram else 'false'}")
+    if pause_ms:
+        lines.append(f"function delay() return {int(pause_ms)} end")
     return "\n".join(lines) + "\n" + _DONE
 
 

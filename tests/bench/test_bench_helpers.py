@@ -87,7 +87,8 @@ def test_child_environment_carries_the_settings_and_drops_the_callers_airlock_va
     settings = Settings(home=tmp_path / "home", gateway_port=18123, engine_transport="tcp", worker_nice=10)
     env = settings_env(settings)
     assert env["AIRLOCK_HOME"] == str(tmp_path / "home")
-    assert (env["AIRLOCK_GATEWAY_PORT"], env["AIRLOCK_ENGINE_TRANSPORT"], env["AIRLOCK_WORKER_NICE"]) == ("18123", "tcp", "10")
+    assert env["AIRLOCK_GATEWAY_PORT"] == "18123"
+    assert (env["AIRLOCK_ENGINE_TRANSPORT"], env["AIRLOCK_WORKER_NICE"]) == ("tcp", "10")
     assert "AIRLOCK_DEFAULT_RPM" not in env
     assert "AIRLOCK_ENGINE_HOME" not in env  # unset settings are left to their defaults
 
@@ -104,6 +105,32 @@ def test_a_partial_rerun_replaces_its_sections_and_keeps_the_others():
     text = document([again], threads=1, command="python -m bench --only two", kept=kept)
     assert "first run of 1" in text and "first run of 3" in text
     assert "first run of 2" not in text and "second run of 2" in text
+    assert "the sections it did not run are kept from the run before" in text
+    assert "kept from the run before" not in old
     assert "Overall: 1. bench 1: PASS; 2. bench 2: PASS; 3. bench 3: PASS." in text
     assert "(`python -m bench --only two`," in text
     assert text.index("## 1.") < text.index("## 2.") < text.index("## 3.")
+
+
+def test_gateway_metrics_are_read_by_route_status_and_upstream_error():
+    from bench.procs import parse_metrics
+
+    text = "\n".join([
+        "# HELP airlock_gateway_requests_total Requests the gateway answered, by route and status.",
+        'airlock_gateway_requests_total{route="/v1/chat/completions",status="200"} 1600',
+        'airlock_gateway_requests_total{route="/v1/chat/completions",status="503"} 2',
+        "airlock_gateway_upstream_seconds_sum 26.3",
+        'airlock_gateway_upstream_errors_total{kind="unreachable"} 2',
+    ])
+    counts = parse_metrics(text)
+    assert counts["requests"] == {("/v1/chat/completions", "200"): 1600, ("/v1/chat/completions", "503"): 2}
+    assert counts["upstream_errors"] == {("unreachable",): 2}
+    assert counts["upstream"] == {("sum",): 26.3}
+
+
+def test_a_benchmark_stopped_by_an_error_is_reported_as_such_and_kept_as_such():
+    stopped = Section(title="3. Gateway overhead", what="", error="RuntimeError: 40 of 1600 requests failed")
+    assert stopped.outcome == "ERROR"
+    text = document([stopped], threads=1, command="python -m bench")
+    assert "**Stopped by an error:** RuntimeError: 40 of 1600 requests failed" in text
+    assert "3. Gateway overhead: ERROR" in document([], threads=1, command="x", kept=split_sections(text))

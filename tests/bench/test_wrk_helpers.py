@@ -101,3 +101,20 @@ def test_profile_charges_library_frames_to_their_layer_and_stdlib_to_its_caller(
     assert shares[LAYERS["starlette"]] == pytest.approx(2 / 12)
     assert shares[LOOP] == pytest.approx(1 / 12) and shares[OFF_LOOP] == pytest.approx(2 / 12)
     assert functions[0] == ("ClientSession._request (aiohttp/client.py)", pytest.approx(4 / 12))
+
+
+def test_vllm_running_gauge_is_read_from_its_metrics():
+    from bench.gateway_bench import running_requests
+
+    text = "\n".join([
+        "# HELP vllm:num_requests_running Number of requests in model execution batches.",
+        'vllm:num_requests_running{engine="0",model_name="airlock-tiny"} 3.0',
+        'vllm:num_requests_waiting{engine="0",model_name="airlock-tiny"} 9.0',
+    ])
+    assert running_requests(text) == 3.0
+    assert running_requests("# nothing here") is None
+
+
+def test_lua_script_can_pause_between_requests():
+    assert "function delay() return 45 end" in lua_script("GET", {}, histogram=True, pause_ms=45)
+    assert "function delay()" not in lua_script("GET", {}, histogram=True)
