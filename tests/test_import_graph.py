@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import ast
 import graphlib
-from pathlib import Path
 
 from airlock.config import REPO_ROOT
 

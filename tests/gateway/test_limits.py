@@ -186,7 +186,20 @@ def test_a_field_the_operator_allows_goes_through(tmp_path, start_gateway):
 
 
 def test_healthz_keeps_answering_while_abusive_requests_are_in_flight(offline_gateway):
-    gw = offline_gateway
+    latencies = probe_while_abused(offline_gateway, "/healthz", 200)
+    assert max(latencies) < 1.0 and statistics.median(latencies) < 0.25, latencies
+
+
+@pytest.mark.vllm
+@pytest.mark.slow
+def test_readyz_stays_200_while_abusive_requests_are_in_flight(live_gateway):
+    latencies = probe_while_abused(live_gateway, "/readyz", 200)
+    assert max(latencies) < 1.0, latencies
+
+
+def probe_while_abused(gw, path: str, status: int) -> list[float]:
+    """Probe `path` 30 times while every kind of abusive request is sent from other threads;
+    each probe must answer `status`; returns the probes' latencies."""
     stop = threading.Event()
     abuse_done = []
 
@@ -220,15 +233,18 @@ def test_healthz_keeps_answering_while_abusive_requests_are_in_flight(offline_ga
         with httpx.Client(timeout=5) as probe:
             for _ in range(30):
                 started = time.perf_counter()
-                assert probe.get(f"{gw.url}/healthz").json() == {"status": "ok"}
+                resp = probe.get(f"{gw.url}{path}")
                 latencies.append(time.perf_counter() - started)
+                assert resp.status_code == status, resp.text
+                if path == "/healthz":
+                    assert resp.json() == {"status": "ok"}
                 time.sleep(0.01)
     finally:
         stop.set()
         for thread in threads:
             thread.join(timeout=30)
     assert len(abuse_done) >= len(abusers)
-    assert max(latencies) < 1.0 and statistics.median(latencies) < 0.25, latencies
+    return latencies
 
 
 # check_completion_request on its own --------------------------------------------------------------

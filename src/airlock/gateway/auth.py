@@ -29,7 +29,8 @@ def permit(permission: str) -> Callable:
         try:
             require_permission(key, permission)
         except Forbidden:
-            request.app.state.recorder.refused(key["id"], permission, request.method, request.url.path)
+            request.app.state.recorder.refused(actor(key), key["id"], permission, request.method,
+                                               request.url.path)
             raise
         return key
 

@@ -36,8 +36,8 @@ class Recorder:
         with self._lock:
             self._last_used[key_id] = now()
 
-    def refused(self, key_id: str, permission: str, method: str, path: str) -> None:
-        self._audits.put((f"key:{key_id}", "request.refused", key_id,
+    def refused(self, actor: str, key_id: str, permission: str, method: str, path: str) -> None:
+        self._audits.put((actor, "request.refused", key_id,
                           {"permission": permission, "method": method, "path": path}))
         self._wake.set()
 

@@ -39,6 +39,12 @@ def list_base_models(settings: Settings) -> list[dict]:
     return models
 
 
+def base_model_names(settings: Settings) -> set[str]:
+    """The names of the folders under the models directory: cheap (no hashing), for checks that
+    only need to know what a model name would mean."""
+    return {folder.name for folder in _candidate_folders(settings.models_dir)}
+
+
 def refused_base_models(settings: Settings) -> list[dict]:
     """Folders under the models directory that are not usable, each with the reason."""
     refused = []

@@ -16,7 +16,7 @@ from airlock.gate.promote import latest_promotion
 from airlock.home import appliance_pid
 from airlock.meta.db import now
 from airlock.models.adapters import get_model
-from airlock.models.catalog import list_base_models
+from airlock.models.catalog import base_model_names
 from airlock.serve.engine import EngineClient, engine_client
 from airlock.serve.serving_copy import load_verified
 
@@ -27,7 +27,7 @@ def check_alias(alias: str, settings=None) -> str:
     if not ALIAS_RE.match(alias or ""):
         raise InvalidInput(f"alias {alias!r} is not valid: use letters, digits, '.', '_' and '-' (at most 64)")
     if settings is not None:
-        bases = {settings.serve_base_model} | {m["name"] for m in list_base_models(settings)}
+        bases = {settings.serve_base_model} | base_model_names(settings)
         if alias in bases:
             raise InvalidInput(f"alias {alias!r} is the name of a base model; choose another alias "
                                "(a base model's name always means the base model itself)")

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from airlock.config import Settings
 from airlock.errors import NotFound, NotReady
-from airlock.serve.engine import CONNECT_TIMEOUT_S, EngineClient
+from airlock.serve.engine import CONNECT_TIMEOUT_S, EngineClient, engine_client
 
 
 @functools.cache
@@ -85,7 +85,7 @@ class VllmServer:
 
     @property
     def client(self) -> EngineClient:
-        return EngineClient(self.settings)
+        return engine_client(self.settings)
 
     def command(self) -> list[str]:
         s = self.settings
@@ -153,14 +153,13 @@ class VllmServer:
         """Block until GET /health answers 200; fail fast if the process exits meanwhile."""
         timeout = self.settings.vllm_startup_timeout_s if timeout is None else timeout
         deadline = time.monotonic() + timeout
-        client = self.client
         while True:
             if self.proc is not None and self.proc.poll() is not None:
                 raise NotReady(
                     f"vLLM exited with code {self.proc.returncode} before it was ready "
                     f"(log: {self.log_path}); last lines:\n{self.log_tail()}"
                 )
-            if client.is_healthy(timeout=CONNECT_TIMEOUT_S):
+            if self.client.is_healthy(timeout=CONNECT_TIMEOUT_S):
                 return
             if time.monotonic() > deadline:
                 raise NotReady(

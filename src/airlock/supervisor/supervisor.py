@@ -19,7 +19,7 @@ import httpx
 
 from airlock.config import Settings
 from airlock.errors import NotReady
-from airlock.home import HomeLock
+from airlock.home import HomeLock, appliance_pid
 from airlock.serve.engine import EngineClient
 from airlock.serve.vllm_server import clear_engine_dir, log_tail
 from airlock.supervisor.services import NAMES, Service
@@ -143,8 +143,6 @@ class Supervisor:
 
 def read_status(settings: Settings) -> dict:
     """The running appliance's status; NotReady when none runs on this home."""
-    from airlock.home import appliance_pid
-
     pid = appliance_pid(settings)
     if pid is None:
         raise NotReady(f"no appliance is running on {settings.home}; start one with `airlock up`")
