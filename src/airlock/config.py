@@ -58,9 +58,15 @@ class Settings(BaseSettings):
     max_completion_tokens: int = 4096
     max_prompt_chars: int = 200_000
     max_guided_bytes: int = 16 * 1024
-    # Request fields that change server behaviour beyond a completion (chat_template, ...)
-    # are refused unless named here, comma-separated.
+    # Request fields that change server behaviour beyond a completion (chat_template, ...),
+    # and fields outside OpenAI's API and the engine's sampling extras, are refused unless named
+    # here, comma-separated; allow_unknown_request_fields passes every unknown field on.
     allow_request_fields: str = ""
+    allow_unknown_request_fields: bool = False
+    # Pooled connections to the engine idle longer than this are closed by the gateway, before
+    # the engine closes them (vLLM after its keep-alive of engine_keep_alive_s).
+    engine_pool_idle_s: float = 3.0
+    engine_keep_alive_s: int = 30
     # Per-key rate limits for keys created without their own (0: no limit).
     default_rpm: int = 0
     default_tpm: int = 0

@@ -81,6 +81,13 @@ def test_vllm_errors_pass_through(live_gateway):
     assert info.value.message
 
 
+def engine_text(vllm_server, lora_name: str, prompt: str, max_tokens: int) -> str:
+    """What the engine itself completes with `lora_name` at temperature 0: which adapter answered."""
+    resp = vllm_server.client.request("POST", "/v1/completions", json={
+        "model": lora_name, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0})
+    return resp.json()["choices"][0]["text"]
+
+
 def test_alias_resolves_to_its_adapter_and_switches_on_the_next_request(live_gateway, loaded_adapters,
                                                                        vllm_server):
     adapter_a, adapter_b = loaded_adapters
@@ -93,18 +100,21 @@ def test_alias_resolves_to_its_adapter_and_switches_on_the_next_request(live_gat
     via_alias = oa.chat.completions.create(model="support-bot", messages=CHAT, max_tokens=12,
                                            temperature=0)
     on_base = oa.chat.completions.create(model=base, messages=CHAT, max_tokens=12, temperature=0)
-    assert via_alias.model == adapter_a
+    # The answer names the alias asked for, never the adapter behind it.
+    assert via_alias.model == "support-bot"
     assert via_alias.choices[0].message.content != on_base.choices[0].message.content
 
     set_alias(live_gateway, "support-bot", adapter_b)
-    switched = oa.completions.create(model="support-bot", prompt="Hi", max_tokens=4)
-    assert switched.model == adapter_b
+    switched = oa.completions.create(model="support-bot", prompt="Hi", max_tokens=4, temperature=0)
+    assert switched.model == "support-bot"
+    assert switched.choices[0].text == engine_text(vllm_server, adapter_b, "Hi", 4)
+    assert switched.choices[0].text != engine_text(vllm_server, adapter_a, "Hi", 4)
     # The adapter's own name is not a public model: only aliases and the base model are.
     with pytest.raises(openai.NotFoundError):
         oa.completions.create(model=adapter_b, prompt="Hi", max_tokens=4)
 
 
-def test_request_in_flight_keeps_the_adapter_it_resolved(live_gateway, loaded_adapters):
+def test_request_in_flight_keeps_the_adapter_it_resolved(live_gateway, loaded_adapters, vllm_server):
     adapter_a, adapter_b = loaded_adapters
     set_alias(live_gateway, "canary", adapter_a)
     stream = client(live_gateway).completions.create(model="canary", prompt="Once", max_tokens=24,
@@ -112,9 +122,12 @@ def test_request_in_flight_keeps_the_adapter_it_resolved(live_gateway, loaded_ad
     first = next(iter(stream))
     set_alias(live_gateway, "canary", adapter_b)
     rest = list(stream)
-    assert {c.model for c in [first, *rest]} == {adapter_a}
-    after = client(live_gateway).completions.create(model="canary", prompt="Once", max_tokens=2)
-    assert after.model == adapter_b
+    assert {c.model for c in [first, *rest]} == {"canary"}
+    assert "".join(c.choices[0].text for c in [first, *rest] if c.choices) == \
+        engine_text(vllm_server, adapter_a, "Once", 24)
+    after = client(live_gateway).completions.create(model="canary", prompt="Once", max_tokens=24, temperature=0)
+    assert after.model == "canary"
+    assert after.choices[0].text == engine_text(vllm_server, adapter_b, "Once", 24)
 
 
 def test_metrics_record_upstream_latency(live_gateway):

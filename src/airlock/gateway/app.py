@@ -1,9 +1,11 @@
-"""The gateway: FastAPI app in front of the locked engine. `create_app(settings)` builds it,
-`serve_gateway` runs it as the gateway service.
+"""The gateway in front of the locked engine. `create_app(settings)` builds it, `serve_gateway`
+runs it as the gateway service.
 
-State lives on `app.state` (settings, the in-memory registry of keys and aliases, the engine
-session, the rate limiter, the recorder that writes off the event loop, metrics), so tests can
-build as many independent gateways as they like from different settings.
+The front (front.py) sends /v1 to the OpenAI API handler (v1.py) and everything else to the
+FastAPI app built here: the control API under /api and the operational routes. State lives on
+`app.state` (settings, the in-memory registry of keys and aliases, the engine session, the rate
+limiter, the recorder that writes off the event loop, metrics), so tests can build as many
+independent gateways as they like from different settings.
 """
 
 from __future__ import annotations
@@ -12,53 +14,28 @@ import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import aiohttp
-from fastapi import APIRouter, Depends, FastAPI, Request
-from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.responses import JSONResponse, PlainTextResponse
 
 from airlock.access.ratelimit import RateLimiter
 from airlock.config import Settings, get_settings
-from airlock.gateway.auth import permit
 from airlock.gateway.control import api
 from airlock.gateway.errors import install_error_handlers
+from airlock.gateway.front import Front
 from airlock.gateway.limits import RequestLimits
-from airlock.gateway.metrics import Metrics, MetricsMiddleware
-from airlock.gateway.proxy import Engine, forward
+from airlock.gateway.metrics import Metrics
+from airlock.gateway.proxy import Engine
 from airlock.gateway.recorder import Recorder
 from airlock.gateway.registry import Registry
+from airlock.gateway.v1 import OpenAIApi
 from airlock.meta import open_meta
 
 # /readyz must answer quickly even when vLLM hangs: a probe that hangs is a failed probe.
 _READY_TIMEOUT_S = 1.0
 # The worker beats every 2 s; a heartbeat older than this means it is down.
 _WORKER_ALIVE_S = 10.0
-
-
-v1 = APIRouter(prefix="/v1", dependencies=[Depends(permit("inference"))])
-
-
-@v1.get("/models")
-async def list_models(request: Request) -> dict[str, Any]:
-    state, key = request.app.state, request.state.api_key
-    scope = key.get("models")
-    base = state.settings.serve_base_model
-    data = [_model_card(base, state.started, None)] if scope is None or base in scope else []
-    data += [_model_card(name, _epoch(row["updated_at"], state.started), row["base_model"])
-             for name, row in sorted(request.state.snapshot.aliases.items())
-             if name != base and (scope is None or name in scope)]
-    return {"object": "list", "data": data}
-
-
-@v1.post("/chat/completions")
-async def chat_completions(request: Request) -> Response:
-    return await forward(request, "/v1/chat/completions", required="messages")
-
-
-@v1.post("/completions")
-async def completions(request: Request) -> Response:
-    return await forward(request, "/v1/completions", required="prompt")
 
 
 ops = APIRouter()
@@ -103,19 +80,7 @@ async def metrics(request: Request) -> PlainTextResponse:
                              media_type="text/plain; version=0.0.4")
 
 
-def _model_card(model_id: str, created: int, parent: str | None) -> dict[str, Any]:
-    return {"id": model_id, "object": "model", "created": created, "owned_by": "airlock",
-            "parent": parent}
-
-
-def _epoch(iso: str | None, default: int) -> int:
-    try:
-        return int(datetime.fromisoformat(iso).timestamp()) if iso else default
-    except ValueError:
-        return default
-
-
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None) -> Front:
     settings = settings or get_settings()
     settings.home.mkdir(parents=True, exist_ok=True)
     meta = open_meta(settings.db_path)
@@ -139,18 +104,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.registry = Registry(meta)
     app.state.limiter = RateLimiter()
     app.state.recorder = Recorder(meta, rate_state=app.state.limiter.changed_rows)
-    app.state.engine = Engine(settings)
     app.state.metrics = Metrics()
+    app.state.engine = Engine(settings, app.state.metrics)
     app.state.started = int(datetime.now().timestamp())
     install_error_handlers(app)
-    # Oversized headers and bodies never reach a route or a parser; the metrics, outermost,
-    # still count those refusals (under the route "unmatched").
+    # Oversized bodies never reach a route or a parser (the front bounds headers).
     app.add_middleware(RequestLimits, settings=settings)
-    app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     app.include_router(ops)
-    app.include_router(v1)
     app.include_router(api)
-    return app
+    return Front(app, OpenAIApi(app.state), settings, app.state.metrics)
 
 
 def serve_gateway(settings: Settings | None = None, *, log_level: str = "info") -> None:

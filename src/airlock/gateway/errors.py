@@ -18,12 +18,13 @@ from airlock.errors import AirlockError, InvalidInput, NotFound
 
 log = logging.getLogger("airlock.gateway")
 
-# The `type` values OpenAI's own API uses, by status.
+# The `type` values OpenAI's own API uses, by status (a 404 for a model or a URL is an
+# invalid_request_error there, with code model_not_found or null).
 _TYPES = {
     400: "invalid_request_error",
     401: "authentication_error",
     403: "permission_error",
-    404: "not_found_error",
+    404: "invalid_request_error",
     413: "invalid_request_error",
     409: "conflict_error",
     422: "invalid_request_error",

@@ -1,9 +1,10 @@
 """Bounded requests: every request the gateway accepts has a size, and every completion a cost.
 
-`RequestLimits` is a pure ASGI middleware, outermost, so oversized headers and bodies are
-refused before any route, key check or JSON parser sees them: a declared Content-Length over
-the cap is answered 413 without reading a byte of it, and a chunked body is counted as it
-arrives and answered 413 the moment it crosses the cap. `check_completion_request` bounds
+The front bounds headers for every request, and the OpenAI API reads its bodies with a cap
+(front.read_body). `RequestLimits`, a pure ASGI middleware around the FastAPI app, does the same
+for /api, whose uploads may be streamed: a declared Content-Length over the cap is answered 413
+without reading a byte of it, and a chunked body is counted as it arrives and answered 413 the
+moment it crosses the cap. `check_completion_request` bounds
 what one completion may cost vLLM (n, max tokens, prompt length, grammar sizes) and refuses
 the fields that change how the server works rather than what it completes. Every refusal says
 what the cap is and which AIRLOCK_ setting changes it.
@@ -153,7 +154,7 @@ def _prompt_chars(prompt: Any) -> int:
 
 
 class RequestLimits:
-    """Refuse oversized request headers (400) and bodies (413) before the app sees them."""
+    """Refuse oversized request bodies (413) before the app sees them."""
 
     def __init__(self, app: ASGIApp, settings: Settings) -> None:
         self.app = app
@@ -164,26 +165,15 @@ class RequestLimits:
             await self.app(scope, receive, send)
             return
         settings = self.settings
-        # The target counts too: the HTTP parser in use (httptools) bounds neither it nor headers.
-        size = len(scope.get("raw_path") or b"") + len(scope.get("query_string") or b"")
-        declared, chunked = b"", False
-        for name, value in scope["headers"]:
-            size += len(name) + len(value)
-            if name == b"content-length":
-                declared = value
-            elif name == b"transfer-encoding":
-                chunked = True
-        if size > settings.max_header_bytes:
-            await _refuse(scope, receive, send, _headers_too_large(scope, size, settings))
-            return
-
+        head = scope["airlock.head"]  # read by the front, which bounds the headers
+        declared, chunked = head.content_length, head.chunked
         if scope["method"] == "POST" and scope["path"] == UPLOAD_PATH:
             cap, setting = settings.max_upload_bytes, "AIRLOCK_MAX_UPLOAD_BYTES"
         else:
             cap, setting = settings.max_body_bytes, "AIRLOCK_MAX_BODY_BYTES"
-        if declared.isdigit() and int(declared) > cap:
+        if declared is not None and declared > cap:
             await _refuse(scope, receive, send, TooLarge(
-                f"the request body is {int(declared)} bytes; at most {cap} are accepted ({setting})"))
+                f"the request body is {declared} bytes; at most {cap} are accepted ({setting})"))
         elif chunked:
             await self._counted(scope, receive, send, cap, setting)
         else:
@@ -230,13 +220,6 @@ class RequestLimits:
                 raise
             if not started:
                 await _refuse(scope, receive, send, TooLarge(message))
-
-
-def _headers_too_large(scope: Scope, size: int, settings: Settings) -> InvalidInput:
-    name, value = max(scope["headers"], key=lambda h: len(h[0]) + len(h[1]), default=(b"", b""))
-    largest = f" (the largest, {name.decode('latin-1')[:64]}, is {len(value)} bytes)" if name else ""
-    return BadRequest(f"the request target and headers are {size} bytes{largest}; at most "
-                      f"{settings.max_header_bytes} are accepted (AIRLOCK_MAX_HEADER_BYTES)")
 
 
 async def _refuse(scope: Scope, receive: Receive, send: Send, exc: InvalidInput | TooLarge) -> None:

@@ -1,7 +1,6 @@
 """Prometheus text counters: requests by route and status, and time spent waiting on vLLM.
 
-A pure ASGI middleware (not BaseHTTPMiddleware) so streamed responses pass through untouched
-and the cost per request stays two dictionary updates.
+The gateway's front counts every request (front.py): two dictionary updates per request.
 """
 
 from __future__ import annotations
@@ -9,7 +8,6 @@ from __future__ import annotations
 import threading
 from collections import defaultdict
 
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 
 class Metrics:
@@ -61,28 +59,3 @@ class Metrics:
 
 def _label(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-
-
-class MetricsMiddleware:
-    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
-        self.app = app
-        self.metrics = metrics
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        status = 500
-
-        async def send_status(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_status)
-        finally:
-            # The route template, not the raw path: unknown paths must not grow the label set.
-            route = scope.get("route")
-            self.metrics.count_request(getattr(route, "path", "unmatched"), status)

@@ -112,6 +112,9 @@ class VllmServer:
         env = dict(os.environ)
         env["VLLM_API_KEY"] = secret
         env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] = "True"
+        # Idle connections stay open longer than the gateway keeps them pooled, so the gateway
+        # is always the side that closes one, never a request's race with the engine's close.
+        env["VLLM_HTTP_TIMEOUT_KEEP_ALIVE"] = str(self.settings.engine_keep_alive_s)
         if not self.gpu:
             # The CPU build reserves KV cache up front; 1 GiB is plenty for small models and
             # leaves memory for training beside it. An operator's own value is kept.

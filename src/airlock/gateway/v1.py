@@ -1,0 +1,279 @@
+"""The OpenAI API under /v1: models, chat completions and completions, as one plain ASGI handler.
+
+Every request that reaches it is bounded, authenticated from memory and checked for its role;
+a completion is checked field by field, its model resolved within the key's scope, its rate
+limit taken, and it is forwarded to the locked engine. The answer is relayed in OpenAI's shape
+under the name the client asked for. A client that hangs up cancels its generation in the
+engine, streaming or not.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import msgspec
+from starlette.types import Receive, Scope, Send
+
+from airlock.access.keys import check_key
+from airlock.access.roles import require_permission
+from airlock.errors import AirlockError, Forbidden, NotReady
+from airlock.gateway.auth import actor
+from airlock.gateway.errors import BadRequest, ModelNotFound, UpstreamError, error_body, from_airlock_error
+from airlock.gateway.fields import CHAT_ACCEPTED, COMPLETION_ACCEPTED, refuse_unknown_fields
+from airlock.gateway.front import Head, read_body, send_bytes
+from airlock.gateway.limits import check_completion_request
+from airlock.gateway.registry import Snapshot
+from airlock.gateway.shape import EventShaper, engine_error, shape_body
+
+log = logging.getLogger("airlock.gateway")
+
+_decode = msgspec.json.Decoder().decode
+_encode = msgspec.json.Encoder().encode
+
+CHAT, COMPLETIONS, MODELS, MODEL = ("/v1/chat/completions", "/v1/completions", "/v1/models",
+                                    "/v1/models/{model}")
+_ROUTES = {("POST", CHAT): CHAT, ("POST", COMPLETIONS): COMPLETIONS, ("GET", MODELS): MODELS}
+_STREAM_HEADERS = [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache")]
+
+
+def route_of(method: str, path: str) -> str | None:
+    if (route := _ROUTES.get((method, path))) is not None:
+        return route
+    if method == "GET" and path.startswith("/v1/models/") and len(path) > len("/v1/models/"):
+        return MODEL
+    return None
+
+
+class OpenAIApi:
+    """Called by the front for every /v1 request with the headers it already read."""
+
+    def __init__(self, state: Any) -> None:
+        self.state = state  # the FastAPI app's state: settings, registry, limiter, recorder, engine
+        self.settings = state.settings
+        self._bos: dict[str, int | None] = {}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send, head: Head) -> None:
+        method, path = scope["method"], scope["path"]
+        route = route_of(method, path)
+        if route is None:
+            await send_bytes(send, 404, _encode(error_body(f"Invalid URL ({method} {path})", 404, None)))
+            return
+        scope["airlock.route"] = route
+        try:
+            snapshot = await self.state.registry.current()
+            key = check_key(snapshot.keys, head.authorization)
+            self._permit(key, method, path)
+            if route == MODELS:
+                await send_bytes(send, 200, _encode({"object": "list", "data": self._cards(snapshot, key)}))
+            elif route == MODEL:
+                await send_bytes(send, 200, _encode(self._card(snapshot, key, path[len("/v1/models/"):])))
+            else:
+                await self._complete(scope, receive, send, head, route, key, snapshot)
+        except AirlockError as exc:
+            await from_airlock_error(exc)(scope, receive, send)
+        except Exception:
+            # The details go to the log only: they may hold paths or internals an app should not see.
+            log.exception("unhandled error in the gateway on %s %s", method, path)
+            body = error_body("internal error in the gateway; the operator can find it in its log", 500,
+                              "internal_error")
+            try:
+                await send_bytes(send, 500, _encode(body))
+            except RuntimeError:
+                pass  # the answer had already started: the server closes the connection
+
+    def _permit(self, key: dict[str, Any], method: str, path: str) -> None:
+        try:
+            require_permission(key, "inference")
+        except Forbidden:
+            self.state.recorder.refused(actor(key), key["id"], "inference", method, path)
+            raise
+
+    # --- models ------------------------------------------------------------------------------
+
+    def _cards(self, snapshot: Snapshot, key: dict[str, Any]) -> list[dict[str, Any]]:
+        scope, base = key.get("models"), self.settings.serve_base_model
+        cards = [self._base_card()] if scope is None or base in scope else []
+        return cards + [_alias_card(name, row, self.state.started) for name, row in sorted(snapshot.aliases.items())
+                        if name != base and (scope is None or name in scope)]
+
+    def _card(self, snapshot: Snapshot, key: dict[str, Any], name: str) -> dict[str, Any]:
+        scope = key.get("models")
+        if scope is None or name in scope:
+            if (row := snapshot.aliases.get(name)) is not None:
+                return _alias_card(name, row, self.state.started)
+            if name == self.settings.serve_base_model:
+                return self._base_card()
+        raise _not_found(name)
+
+    def _base_card(self) -> dict[str, Any]:
+        return {"id": self.settings.serve_base_model, "object": "model", "created": self.state.started,
+                "owned_by": "airlock"}
+
+    # --- completions -------------------------------------------------------------------------
+
+    async def _complete(self, scope: Scope, receive: Receive, send: Send, head: Head, route: str,
+                        key: dict[str, Any], snapshot: Snapshot) -> None:
+        state, settings = self.state, self.settings
+        raw = await read_body(receive, head, settings.max_body_bytes, "AIRLOCK_MAX_BODY_BYTES")
+        if raw is None:
+            return  # the client hung up while sending: nothing was forwarded, nobody to answer
+        body = self._parse(raw, route)
+        requested = body["model"]
+        upstream_model, base_model = resolve_model(snapshot, key, settings.serve_base_model, requested)
+        if route == COMPLETIONS and body["prompt"] is None:
+            # OpenAI: "if prompt is not specified the model will generate as if from the beginning
+            # of a new document", that is from the beginning-of-sequence token alone.
+            body["prompt"] = [self._bos_token(base_model)]
+            raw = b""
+        state.limiter.admit(key)
+        state.recorder.used(key["id"])
+        if upstream_model != requested or not raw:
+            body["model"] = upstream_model
+            raw = _encode(body)
+        charge = (lambda n: state.limiter.charge(key, n)) if key.get("tpm") else None
+        stream = body.get("stream") is True
+
+        task = asyncio.current_task()
+        watcher = asyncio.get_running_loop().create_task(_cancel_on_disconnect(receive, task))
+        try:
+            resp = await state.engine.post(route, raw, {"content-type": "application/json"})
+            try:
+                if resp.status == 404 and upstream_model != requested:
+                    # The alias exists but the engine does not have its adapter: it restarted and
+                    # the reconciler is still verifying and loading it, or verification failed.
+                    raise _not_loaded(requested)
+                if stream and resp.status == 200:
+                    await _relay_stream(resp, send, watcher, requested, charge, state.metrics)
+                    return
+                data = await resp.read()
+            finally:
+                resp.close()  # unread (a cancelled client) or not, the engine sees the close
+        except asyncio.CancelledError:
+            if watcher.done() and not watcher.cancelled():
+                return  # the client hung up: its generation was aborted by closing the upstream
+            raise
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            state.metrics.count_upstream_error("transport")
+            raise UpstreamError(f"the model server broke off its answer: {type(exc).__name__}") from None
+        finally:
+            watcher.cancel()
+        if resp.status != 200:
+            await send_bytes(send, resp.status, engine_error(resp.status, data))
+            return
+        data, tokens = shape_body(data, requested)
+        if charge is not None:
+            charge(tokens)
+        await send_bytes(send, 200, data)
+
+    def _parse(self, raw: bytes, route: str) -> dict[str, Any]:
+        """The request body, checked for what the gateway needs and bounds; vLLM checks the rest."""
+        try:
+            body = _decode(raw)
+        except msgspec.DecodeError as exc:
+            raise BadRequest(f"the request body is not valid JSON: {exc}") from None
+        if not isinstance(body, dict):
+            raise BadRequest("the request body must be a JSON object")
+        chat = route == CHAT
+        refuse_unknown_fields(body, CHAT_ACCEPTED if chat else COMPLETION_ACCEPTED, self.settings)
+        model = body.get("model")
+        if not isinstance(model, str) or not model:
+            raise BadRequest("you must provide a model parameter (a string)", param="model")
+        if chat and body.get("messages") is None:
+            raise BadRequest("you must provide a messages parameter", param="messages")
+        if chat and not isinstance(body["messages"], list):
+            raise BadRequest("messages must be a list of {role, content} objects", param="messages")
+        if not chat and "prompt" not in body:
+            raise BadRequest("you must provide a prompt parameter", param="prompt")
+        check_completion_request(body, route, self.settings)
+        return body
+
+    def _bos_token(self, base_model: str) -> int:
+        if base_model not in self._bos:
+            self._bos[base_model] = _read_bos(self.settings.models_dir / base_model)
+        if (token := self._bos[base_model]) is None:
+            raise BadRequest(f"prompt is null, and the model {base_model!r} names no beginning-of-sequence "
+                             "token to start from; send a prompt", param="prompt")
+        return token
+
+
+def resolve_model(snapshot: Snapshot, key: dict[str, Any], base: str, name: str) -> tuple[str, str]:
+    """(the model name the engine knows, its base model). A model outside the key's scope is
+    answered exactly like one that does not exist: no oracle for what is served."""
+    scope = key.get("models")
+    if scope is None or name in scope:
+        if (row := snapshot.aliases.get(name)) is not None:
+            return row["lora_name"], row["base_model"]
+        if name == base:
+            return name, name
+    raise _not_found(name)
+
+
+def _not_found(name: str) -> ModelNotFound:
+    return ModelNotFound(f"The model {name!r} does not exist or you do not have access to it; "
+                         "GET /v1/models lists the models you can call")
+
+
+def _not_loaded(name: str) -> NotReady:
+    exc = NotReady(f"the model {name!r} is not loaded in the engine right now (it is being verified "
+                   "and restored); retry shortly")
+    exc.retry_after = 2
+    return exc
+
+
+def _alias_card(name: str, row: dict[str, Any], default: int) -> dict[str, Any]:
+    try:
+        created = int(datetime.fromisoformat(row["updated_at"]).timestamp())
+    except (TypeError, ValueError):
+        created = default
+    return {"id": name, "object": "model", "created": created, "owned_by": "airlock",
+            "parent": row["base_model"]}
+
+
+def _read_bos(folder: Path) -> int | None:
+    for name in ("generation_config.json", "config.json"):
+        try:
+            token = json.loads((folder / name).read_text()).get("bos_token_id")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if type(token) is int:
+            return token
+    return None
+
+
+async def _cancel_on_disconnect(receive: Receive, task: asyncio.Task) -> bool:
+    """Cancel `task` when the client disconnects (the body has been read, so the next message
+    can only be the disconnect); the task's upstream response closes, and the engine aborts."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
+    task.cancel()
+    return True
+
+
+async def _relay_stream(resp: aiohttp.ClientResponse, send: Send, watcher: asyncio.Task, model: str,
+                        charge: Any, metrics: Any) -> None:
+    """The engine's events as they arrive, reshaped; a broken upstream ends the stream with an
+    error event. With a token limit, each event counts as one token (one event per token)."""
+    await send({"type": "http.response.start", "status": 200, "headers": _STREAM_HEADERS})
+    shaper = EventShaper(model)
+    try:
+        async for chunk in resp.content.iter_any():
+            if out := shaper.feed(chunk):
+                await send({"type": "http.response.body", "body": out, "more_body": True})
+    except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+        metrics.count_upstream_error("transport")
+        log.warning("stream from the engine broke off: %s", exc)
+        err = error_body(f"the model server broke off the stream: {type(exc).__name__}", 502, UpstreamError.code)
+        await send({"type": "http.response.body", "body": b"data: " + _encode(err) + b"\n\n", "more_body": True})
+    finally:
+        if charge is not None:
+            charge(shaper.events)
+    # Stop watching before the last message: once the response is complete, the server reports
+    # a disconnect to whoever still listens, and that must not cancel a finished request.
+    watcher.cancel()
+    await send({"type": "http.response.body", "body": shaper.flush(), "more_body": False})
