@@ -2,8 +2,9 @@
 
 Fine-tuning runs first, before any server is started, so nothing of ours competes with it for
 the CPU; then the gateway's capacity against a stand-in engine; the gateway-overhead and hand-off
-benchmarks share one vLLM (see bench.serving); the isolation benchmark starts a whole appliance
-of its own last. The gateway benchmarks drive wrk; without it they are reported as not run.
+and soak benchmarks share one vLLM (see bench.serving), the soak last of them because it is the
+longest; the isolation benchmark starts a whole appliance of its own last. The gateway benchmarks
+drive wrk; without it they are reported as not run (the soak drives the openai client instead).
 """
 
 from __future__ import annotations
@@ -25,23 +26,27 @@ from airlock.config import REPO_ROOT  # noqa: E402
 from bench.report import Section, document, split_sections  # noqa: E402
 from bench.wrk import WrkMissing, wrk_path  # noqa: E402
 
-NAMES = ("finetune", "capacity", "gateway", "handoff", "isolation")
+NAMES = ("finetune", "capacity", "gateway", "handoff", "isolation", "soak")
 NEEDS_WRK = ("capacity", "gateway", "isolation")
 TITLES = {"finetune": "1. Fine-tuning throughput", "capacity": "2. Gateway capacity",
           "gateway": "3. Gateway overhead against direct vLLM",
           "handoff": "4. Hand-off: gate pass to first token under the alias",
-          "isolation": "5. Serving beside a fine-tune"}
+          "isolation": "5. Serving beside a fine-tune",
+          "soak": "6. Soak: many clients through the official openai client"}
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="fewer repetitions and shorter runs (about 8 minutes)")
+    parser.add_argument("--quick", action="store_true", help="fewer repetitions and shorter runs (about 9 minutes)")
     parser.add_argument("--only", nargs="+", choices=NAMES, default=list(NAMES), help="run only these benchmarks")
     # One thread by default: the reference model's matrices are too small for a second thread to
     # help, and with two threads on a busy two-core machine OpenMP's spin-waiting slows every
     # step tenfold or more, whichever side happens to run then.
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads in this process, for both sides of the fine-tuning benchmark (default 1)")
+    parser.add_argument("--soak-seconds", type=float, default=None,
+                        help="seconds of load in the soak benchmark, idle gaps not counted (default 600; 30 with --quick)")
+    parser.add_argument("--soak-clients", type=int, default=None, help="concurrent clients in the soak benchmark (default 64)")
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "BENCHMARKS.md",
                         help="where to write the results; with --only, the other sections already there are kept")
     return parser.parse_args(argv)
@@ -114,13 +119,15 @@ def main(argv: list[str] | None = None) -> int:
         attempt("capacity", "gateway capacity: requests per second per gateway core, stand-in engine on the engine socket",
                 lambda: capacity_bench.run(args.quick))
 
-    serving = [n for n in ("gateway", "handoff") if n in wanted]
+    serving = [n for n in ("gateway", "handoff", "soak") if n in wanted]
     if serving:
-        from bench import gateway_bench, handoff_bench
+        from bench import gateway_bench, handoff_bench, soak_bench
         from bench.serving import serving_stack
 
-        prepare = handoff_bench.train_candidates if "handoff" in serving else None
-        say("starting vLLM and the gateway" + (" (training hand-off candidates meanwhile)" if prepare else ""))
+        # The soak serves the first hand-off candidate; alone it trains just that one.
+        prepare = (handoff_bench.train_candidates if "handoff" in serving
+                   else soak_bench.prepare if "soak" in serving else None)
+        say("starting vLLM and the gateway" + (" (training adapters meanwhile)" if prepare else ""))
         try:
             with serving_stack(prepare) as stack:
                 say(f"serving stack ready after {stack.boot_seconds:.0f} s")
@@ -130,7 +137,11 @@ def main(argv: list[str] | None = None) -> int:
                 if "handoff" in serving:
                     attempt("handoff", "hand-off: gate pass to first token under the alias",
                             lambda: handoff_bench.run(stack, args.quick))
-        except Exception as exc:  # noqa: BLE001 - vLLM did not start: say so in both sections
+                if "soak" in serving:
+                    attempt("soak", "soak: concurrent openai clients through the gateway, counting every error",
+                            lambda: soak_bench.run(stack, args.quick, args.soak_seconds,
+                                                   args.soak_clients or soak_bench.CLIENTS))
+        except Exception as exc:  # noqa: BLE001 - vLLM did not start: say so in each section
             traceback.print_exc()
             done = {s.title for s in sections}
             sections.extend(Section(title=TITLES[n], what="", error=f"the serving stack failed: {exc}")
@@ -143,6 +154,10 @@ def main(argv: list[str] | None = None) -> int:
                 lambda: isolation_bench.run(args.quick))
 
     command = "python -m bench" + (" --quick" if args.quick else "")
+    if args.soak_seconds is not None:
+        command += f" --soak-seconds {args.soak_seconds:g}"
+    if args.soak_clients is not None:
+        command += f" --soak-clients {args.soak_clients}"
     kept = None
     if set(args.only) != set(NAMES):
         command += " --only " + " ".join(args.only)

@@ -9,8 +9,9 @@
 
 from __future__ import annotations
 
+import itertools
+import os
 import re
-import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -25,6 +26,15 @@ from airlock.gateway.metrics import Metrics
 # A client's request id is echoed only when it is short and visible ASCII: it lands in logs.
 _MAX_REQUEST_ID = 128
 _VISIBLE = re.compile(rb"[\x21-\x7e]+")
+
+
+# Unique without a random draw per request: a random prefix per process and a counter.
+_ID_PREFIX = b"req_" + os.urandom(8).hex().encode()
+_ID_COUNTER = itertools.count(1)
+
+
+def new_request_id() -> bytes:
+    return b"%s%08x" % (_ID_PREFIX, next(_ID_COUNTER))
 
 
 @dataclass(slots=True)
@@ -52,7 +62,7 @@ def read_head(scope: Scope, max_bytes: int) -> Head | BadRequest:
         elif name == b"x-request-id" and len(value) <= _MAX_REQUEST_ID and _VISIBLE.fullmatch(value):
             head.request_id = value
     if not head.request_id:
-        head.request_id = b"req_" + uuid.uuid4().hex.encode()
+        head.request_id = new_request_id()
     if size > max_bytes:
         name, value = max(scope["headers"], key=lambda h: len(h[0]) + len(h[1]), default=(b"", b""))
         largest = f" (the largest, {name.decode('latin-1')[:64]}, is {len(value)} bytes)" if name else ""
@@ -84,7 +94,7 @@ class Front:
             await self.api(scope, receive, send)
             return
         head = read_head(scope, self.settings.max_header_bytes)
-        request_id = head.request_id if isinstance(head, Head) else b"req_" + uuid.uuid4().hex.encode()
+        request_id = head.request_id if isinstance(head, Head) else new_request_id()
         status = 0
 
         async def tagged_send(message: Message) -> None:

@@ -14,6 +14,7 @@ import logging
 import time
 
 import aiohttp
+from yarl import URL
 
 from airlock.config import Settings
 from airlock.errors import NotReady
@@ -40,12 +41,20 @@ class Engine:
         self.metrics = metrics
         self.session: aiohttp.ClientSession | None = None
         self.fresh: aiohttp.ClientSession | None = None  # new connection per request: retries
-        self.bearer = ""
+        self.headers: dict[str, str] = {}
+        self._urls: dict[str, URL] = {}
         self.reload_secret()
 
     def reload_secret(self) -> None:
         # A few bytes from a local file: cheaper than any SQLite call, and rare (engine restarts).
-        self.bearer = f"Bearer {read_secret(self.settings)}"
+        self.headers = {"content-type": "application/json",
+                        "authorization": f"Bearer {read_secret(self.settings)}"}
+
+    def url(self, path: str) -> URL:
+        """Absolute URLs, parsed once per path rather than joined to the base on every request."""
+        if (url := self._urls.get(path)) is None:
+            url = self._urls[path] = URL(self.settings.vllm_url + path)
+        return url
 
     def _session(self, *, pooled: bool) -> aiohttp.ClientSession:
         s = self.settings
@@ -60,6 +69,7 @@ class Engine:
             timeout=aiohttp.ClientTimeout(total=None, connect=CONNECT_TIMEOUT_S, sock_read=READ_TIMEOUT_S),
             trust_env=False,  # only the engine is ever reached: no proxies from the environment
             auto_decompress=False,
+            cookie_jar=aiohttp.DummyCookieJar(),  # the engine sets none; skip the per-request work
         )
 
     def open(self) -> None:
@@ -71,8 +81,8 @@ class Engine:
             if session is not None:
                 await session.close()
 
-    async def post(self, path: str, content: bytes, headers: dict[str, str]) -> aiohttp.ClientResponse:
-        """POST to the engine and return its response once the headers are in.
+    async def post(self, path: str, content: bytes) -> aiohttp.ClientResponse:
+        """POST JSON to the engine and return its response once the headers are in.
 
         A pooled connection the engine closed before reading the request on it fails before any
         answer byte; that request is sent once more, on a fresh connection (the engine never
@@ -83,16 +93,16 @@ class Engine:
         started = time.perf_counter()
         try:
             try:
-                resp = await self._send(self.session, path, content, headers)
+                resp = await self._send(self.session, path, content)
             except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
                 if not _closed_before_read(exc):
                     raise
                 self.metrics.count_upstream_error("stale_connection_retried")
-                resp = await self._send(self.fresh, path, content, headers)
+                resp = await self._send(self.fresh, path, content)
             if resp.status == 401:
                 resp.release()
                 self.reload_secret()
-                resp = await self._send(self.session, path, content, headers)
+                resp = await self._send(self.session, path, content)
             self.metrics.observe_upstream(time.perf_counter() - started)
             return resp
         except (aiohttp.ClientConnectionError, ConnectionError) as exc:
@@ -106,9 +116,8 @@ class Engine:
             self.metrics.count_upstream_error("transport")
             raise UpstreamError(f"the connection to the model server failed: {type(exc).__name__}") from None
 
-    async def _send(self, session: aiohttp.ClientSession, path: str, content: bytes,
-                    headers: dict[str, str]) -> aiohttp.ClientResponse:
-        return await session.post(path, data=content, headers={**headers, "authorization": self.bearer})
+    async def _send(self, session: aiohttp.ClientSession, path: str, content: bytes) -> aiohttp.ClientResponse:
+        return await session.post(self.url(path), data=content, headers=self.headers)
 
 
 def _closed_before_read(exc: Exception) -> bool:

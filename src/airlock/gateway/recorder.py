@@ -8,11 +8,12 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
+from datetime import UTC, datetime
 from collections.abc import Callable
 from typing import Any
 
 from airlock.meta import Meta
-from airlock.meta.db import now
 
 log = logging.getLogger("airlock.gateway")
 FLUSH_EVERY_S = 1.0
@@ -22,7 +23,7 @@ class Recorder:
     def __init__(self, meta: Meta, rate_state: Callable[[], list[dict[str, Any]]] | None = None) -> None:
         self.meta = meta
         self._rate_state = rate_state or (lambda: [])
-        self._last_used: dict[str, str] = {}
+        self._last_used: dict[str, float] = {}
         self._audits: queue.SimpleQueue = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._wake = threading.Event()
@@ -33,8 +34,9 @@ class Recorder:
         self._thread.start()
 
     def used(self, key_id: str) -> None:
+        at = time.time()  # formatted at the flush, not on every request
         with self._lock:
-            self._last_used[key_id] = now()
+            self._last_used[key_id] = at
 
     def refused(self, actor: str, key_id: str, permission: str, method: str, path: str) -> None:
         self._audits.put((actor, "request.refused", key_id,
@@ -64,7 +66,7 @@ class Recorder:
         if used or buckets:
             with self.meta.write() as db:
                 for key_id, at in used.items():
-                    db.execute("UPDATE api_keys SET last_used_at = ? WHERE id = ?", [at, key_id])
+                    db.execute("UPDATE api_keys SET last_used_at = ? WHERE id = ?", [_iso(at), key_id])
                 if buckets:
                     db["rate_buckets"].upsert_all(buckets, pk=("key_id", "kind"))
         while True:
@@ -73,3 +75,7 @@ class Recorder:
             except queue.Empty:
                 return
             self.meta.audit(actor, action, subject, **detail)
+
+
+def _iso(at: float) -> str:
+    return datetime.fromtimestamp(at, UTC).isoformat(timespec="milliseconds")

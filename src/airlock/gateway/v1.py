@@ -142,14 +142,16 @@ class OpenAIApi:
         task = asyncio.current_task()
         watcher = asyncio.get_running_loop().create_task(_cancel_on_disconnect(receive, task))
         try:
-            resp = await state.engine.post(route, raw, {"content-type": "application/json"})
+            resp = await state.engine.post(route, raw)
             try:
                 if resp.status == 404 and upstream_model != requested:
                     # The alias exists but the engine does not have its adapter: it restarted and
                     # the reconciler is still verifying and loading it, or verification failed.
                     raise _not_loaded(requested)
+                # Which adapter version answered an alias: for tracing an answer back to its run.
+                adapter = [(b"x-airlock-adapter", upstream_model.encode())] if upstream_model != requested else []
                 if stream and resp.status == 200:
-                    await _relay_stream(resp, send, watcher, requested, charge, state.metrics)
+                    await _relay_stream(resp, send, watcher, requested, adapter, charge, state.metrics)
                     return
                 data = await resp.read()
             finally:
@@ -169,7 +171,7 @@ class OpenAIApi:
         data, tokens = shape_body(data, requested)
         if charge is not None:
             charge(tokens)
-        await send_bytes(send, 200, data)
+        await send_bytes(send, 200, data, adapter)
 
     def _parse(self, raw: bytes, route: str) -> dict[str, Any]:
         """The request body, checked for what the gateway needs and bounds; vLLM checks the rest."""
@@ -256,10 +258,10 @@ async def _cancel_on_disconnect(receive: Receive, task: asyncio.Task) -> bool:
 
 
 async def _relay_stream(resp: aiohttp.ClientResponse, send: Send, watcher: asyncio.Task, model: str,
-                        charge: Any, metrics: Any) -> None:
+                        headers: list[tuple[bytes, bytes]], charge: Any, metrics: Any) -> None:
     """The engine's events as they arrive, reshaped; a broken upstream ends the stream with an
     error event. With a token limit, each event counts as one token (one event per token)."""
-    await send({"type": "http.response.start", "status": 200, "headers": _STREAM_HEADERS})
+    await send({"type": "http.response.start", "status": 200, "headers": _STREAM_HEADERS + headers})
     shaper = EventShaper(model)
     try:
         async for chunk in resp.content.iter_any():
