@@ -6,6 +6,7 @@ session's server and stays out of each other's way by using its own adapter and 
 
 from __future__ import annotations
 
+import json
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,12 +26,20 @@ def free_port() -> int:
 
 
 def ensure_reference_model() -> Path:
-    """The reference model folder; install.sh builds it, and so does this when it is missing."""
-    from airlock.models.reference import build_reference_model
+    """The reference model folder; install.sh builds it, and so does this when it is missing or
+    was built with another chat template (tests rely on the template the code now writes)."""
+    from airlock.models.reference import CHAT_TEMPLATE, build_reference_model
 
-    if not (REFERENCE_DIR / "config.json").is_file():
+    if not (REFERENCE_DIR / "config.json").is_file() or _chat_template(REFERENCE_DIR) != CHAT_TEMPLATE:
         build_reference_model(REFERENCE_DIR, overwrite=REFERENCE_DIR.exists())
     return REFERENCE_DIR
+
+
+def _chat_template(folder: Path) -> str | None:
+    try:
+        return json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8")).get("chat_template")
+    except (OSError, ValueError):
+        return None
 
 
 @pytest.fixture(scope="session")

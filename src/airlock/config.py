@@ -42,6 +42,9 @@ class Settings(BaseSettings):
     vllm_max_model_len: int = 512
     vllm_startup_timeout_s: float = 300.0
     vllm_extra_args: str = ""
+    # The served model's vLLM tool-call parser. Empty: the one its family uses (see
+    # airlock.models.tool_calls), or none; "none" turns tool calling off.
+    tool_call_parser: str = ""
 
     # The worker trains beside serving: its CPU threads and niceness confine it (torch and
     # OpenMP threads; 0 means torch's own default).

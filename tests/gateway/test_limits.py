@@ -156,6 +156,9 @@ def test_the_openai_client_surfaces_a_refused_n_cleanly(offline_gateway):
     ({"n": 0}, "n", "at least 1"),
     ({"messages": [{"role": "user", "content": "a" * 200_001}]}, "messages", "AIRLOCK_MAX_PROMPT_CHARS"),
     ({"guided_json": {"enum": ["x" * 100] * 200}}, "guided_json", "AIRLOCK_MAX_GUIDED_BYTES"),
+    ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {
+        "type": "object", "properties": {f"p{i}": {"type": "string"} for i in range(1000)}}}}]},
+     "tools", "AIRLOCK_MAX_GUIDED_BYTES"),
     ({"chat_template": "{{ messages }}"}, "chat_template", "AIRLOCK_ALLOW_REQUEST_FIELDS"),
 ])
 def test_costly_or_server_changing_completions_are_400_naming_the_field(offline_gateway, fields, param,

@@ -161,3 +161,27 @@ def test_the_operator_can_let_unknown_fields_through(tmp_path, start_gateway):
         body = body | {"chat_template": "{{ 1 }}"}
         assert "AIRLOCK_ALLOW_REQUEST_FIELDS" in error_of(call(gw, "POST", "/v1/chat/completions", json=body),
                                                           400)["message"]
+
+
+def _spec_properties(schemas: dict, name: str) -> set[str]:
+    schema = schemas[name]
+    found = set()
+    for part in schema.get("allOf", [schema]):
+        if "$ref" in part:
+            found |= _spec_properties(schemas, part["$ref"].rsplit("/", 1)[-1])
+        found |= set(part.get("properties", {}))
+    return found
+
+
+def test_the_accepted_fields_are_exactly_openais_request_properties():
+    """Against the pinned copy of OpenAI's API description the conformance suite uses."""
+    from pathlib import Path
+
+    import yaml
+
+    from airlock.gateway.fields import CHAT_FIELDS, COMPLETION_FIELDS
+
+    spec = yaml.safe_load((Path(__file__).parents[1] / "conformance" / "openai-openapi.yaml").read_text())
+    schemas = spec["components"]["schemas"]
+    assert _spec_properties(schemas, "CreateChatCompletionRequest") == CHAT_FIELDS
+    assert _spec_properties(schemas, "CreateCompletionRequest") == COMPLETION_FIELDS

@@ -98,6 +98,27 @@ def test_transformers_loads_it_and_renders_chats(built: dict[str, Path], arch: s
     assert out.shape[1] > ids["input_ids"].shape[1]
 
 
+def test_chat_template_renders_tools_in_llama3_json_style(built: dict[str, Path]) -> None:
+    from transformers import AutoTokenizer
+
+    from airlock.models.tool_calls import tool_call_parser
+
+    dest = built["llama"]
+    tok = AutoTokenizer.from_pretrained(dest)
+    # vLLM's llama3_json parser refuses a vocabulary without this token.
+    assert len(tok("<|python_tag|>", add_special_tokens=False)["input_ids"]) == 1
+    assert tool_call_parser(dest) == "llama3_json"
+    tools = [{"type": "function", "function": {"name": "get_time", "parameters": {"type": "object"}}}]
+    call = {"id": "c1", "type": "function", "function": {"name": "get_time", "arguments": {"zone": "UTC"}}}
+    chat = [{"role": "user", "content": "Time?"}, {"role": "assistant", "content": None, "tool_calls": [call]},
+            {"role": "tool", "tool_call_id": "c1", "content": "12:00"}]
+    text = tok.apply_chat_template(chat, tools=tools, tokenize=False, add_generation_prompt=True)
+    system, rest = text.split("<|user|>\n")
+    assert system.startswith("<|bos|><|system|>\n") and json.dumps(tools[0]["function"]) in system
+    assert rest == ('Time?\n<|assistant|>\n{"name": "get_time", "parameters": {"zone": "UTC"}}<|eos|>'
+                    "<|tool|>\n12:00\n<|assistant|>\n")
+
+
 def test_same_seed_builds_identical_bytes_and_another_seed_differs(tmp_path: Path) -> None:
     a = build(tmp_path / "a" / "tiny")
     b = build(tmp_path / "b" / "tiny")

@@ -63,7 +63,8 @@ def build_reference(
 @app.command("list")
 @command
 def list_cmd(json_out: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
-    """List base models (under the models folder) and fine-tuned adapters, with their aliases."""
+    """List base models (under the models folder) with the vLLM tool-call parser each is served
+    with, and fine-tuned adapters with their aliases."""
     from rich.table import Table
 
     from airlock.cli.common import open_airlock, print_json
@@ -74,11 +75,13 @@ def list_cmd(json_out: bool = typer.Option(False, "--json", help="Print JSON."))
     adapters = list_models(airlock)
     if json_out:
         return print_json(adapters)
-    table = Table("model", "kind", "base", "signed", "promoted", "aliases", "created")
+    # "tool calls" is the base model's vLLM tool-call parser; with "none", the engine refuses
+    # requests with tools unless tool_choice is "none". Adapters use their base model's.
+    table = Table("model", "kind", "base", "tool calls", "signed", "promoted", "aliases", "created")
     for base in list_base_models(airlock.settings):
-        table.add_row(base["name"], "base", "", "", "", "", "")
+        table.add_row(base["name"], "base", "", base["tool_call_parser"] or "none", "", "", "", "")
     for m in adapters:
-        table.add_row(m["id"], m["kind"], m["base_model"], "yes" if m["manifest_digest"] else "no",
+        table.add_row(m["id"], m["kind"], m["base_model"], "", "yes" if m["manifest_digest"] else "no",
                       str(m["promotions"]), m["aliases"] or "", m["created_at"])
     console.print(table)
 

@@ -22,7 +22,7 @@ CHAT_FIELDS = frozenset({
     "audio", "store", "stream", "stop", "logit_bias", "logprobs", "max_tokens", "n", "prediction",
     "seed", "stream_options", "tools", "tool_choice", "parallel_tool_calls", "function_call",
     "functions", "metadata", "temperature", "top_p", "user", "safety_identifier",
-    "prompt_cache_key", "prompt_cache_retention", "service_tier",
+    "prompt_cache_key", "prompt_cache_retention", "prompt_cache_options", "service_tier", "moderation",
 })
 
 COMPLETION_FIELDS = frozenset({

@@ -55,8 +55,9 @@ BEHAVIOUR_FIELDS = frozenset({
 
 # Grammars vLLM compiles before the first token: their cost grows with their size. The guided_*
 # names are ignored by vLLM 0.32 but still arrive from older clients, so they are bounded too.
+# Tools are grammars as well: a named, required or strict call is decoded against their schemas.
 GUIDED_FIELDS = ("structured_outputs", "response_format", "guided_json", "guided_regex",
-                 "guided_grammar", "guided_choice")
+                 "guided_grammar", "guided_choice", "tools", "functions")
 
 CHAT_PATH = "/v1/chat/completions"
 UPLOAD_PATH = "/api/datasets"

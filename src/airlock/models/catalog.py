@@ -16,6 +16,7 @@ from pathlib import Path
 
 from airlock.config import Settings
 from airlock.errors import InvalidInput, NotFound
+from airlock.models.tool_calls import tool_call_parser
 
 # Pickle-based weights can run code when loaded; they are named so the refusal can say why.
 UNSAFE_WEIGHT_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
@@ -32,8 +33,10 @@ def list_base_models(settings: Settings) -> list[dict]:
     """
     models = []
     for folder in _candidate_folders(settings.models_dir):
+        # The override is the served model's: the engine serves one base model.
+        override = settings.tool_call_parser if folder.name == settings.serve_base_model else ""
         try:
-            models.append(describe_model(folder))
+            models.append(describe_model(folder, tool_call_parser_override=override))
         except InvalidInput:
             continue
     return models
@@ -100,8 +103,9 @@ def check_model_dir(folder: Path) -> None:
     raise InvalidInput(f"{folder} has no *.safetensors weights")
 
 
-def describe_model(folder: Path) -> dict:
-    """Name, path, architecture, parameter count and digest of one usable model folder."""
+def describe_model(folder: Path, *, tool_call_parser_override: str = "") -> dict:
+    """Name, path, architecture, parameter count, digest and vLLM tool-call parser (None: no
+    tool calling) of one usable model folder."""
     folder = Path(folder)
     check_model_dir(folder)
     config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
@@ -112,6 +116,7 @@ def describe_model(folder: Path) -> dict:
         "architecture": architectures[0] if architectures else None,
         "model_type": config.get("model_type"),
         "parameters": count_parameters(folder),
+        "tool_call_parser": tool_call_parser(folder, tool_call_parser_override),
         "digest": model_digest(folder),
     }
 

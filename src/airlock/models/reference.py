@@ -22,7 +22,10 @@ ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM"}
 
 BOS, EOS, PAD, UNK = "<|bos|>", "<|eos|>", "<|pad|>", "<|unk|>"
 ROLES = ("system", "user", "assistant")
-SPECIAL_TOKENS = [PAD, BOS, EOS, UNK, *(f"<|{role}|>" for role in ROLES)]
+# Tool results get their own turn marker. vLLM's llama3_json tool-call parser (the one for the
+# llama family, see tool_calls.py) refuses a vocabulary without Llama 3's <|python_tag|>.
+TOOL, PYTHON_TAG = "<|tool|>", "<|python_tag|>"
+SPECIAL_TOKENS = [PAD, BOS, EOS, UNK, *(f"<|{role}|>" for role in ROLES), TOOL, PYTHON_TAG]
 
 # transformers 5 ignores tokenizer_config.json's class for model_type qwen2 and rebuilds the
 # pipeline as Qwen2Tokenizer does: NFC, this split, then byte-level without its own regex. Using
@@ -37,13 +40,33 @@ PRETOKENIZE_REGEX = (
 # Assistant turns end with EOS and nothing after it, so rendering [..., user] with a generation
 # prompt and appending "answer<|eos|>" gives exactly the rendering of [..., user, assistant]:
 # training code can mask the prompt by length, and vLLM stops at EOS on its own.
+# Tools follow Llama 3's JSON style, so the llama3_json parser reads what an adapter trained on
+# these renders writes: the tools are listed in a system turn first, an assistant's calls are
+# {"name": ..., "parameters": ...} objects joined by "; ", and results come in <|tool|> turns.
+# A chat without tools renders as it did before tools were supported.
 CHAT_TEMPLATE = (
     "{{- bos_token -}}"
+    "{%- if tools -%}"
+    "{{- '<|system|>\\nYou can call these functions. To call one, answer with only a JSON object: "
+    "{\"name\": function name, \"parameters\": object of argument names and values}.' -}}"
+    "{%- for tool in tools -%}"
+    "{{- '\\n' + ((tool['function'] if tool['function'] is defined else tool) | tojson) -}}"
+    "{%- endfor -%}"
+    "{{- '\\n' -}}"
+    "{%- endif -%}"
     "{%- for message in messages -%}"
-    "{%- if message['role'] not in ['system', 'user', 'assistant'] -%}"
+    "{%- if message['role'] not in ['system', 'user', 'assistant', 'tool'] -%}"
     "{{- raise_exception('unsupported role: ' + message['role']) -}}"
     "{%- endif -%}"
-    "{{- '<|' + message['role'] + '|>\\n' + (message['content'] | trim) -}}"
+    "{{- '<|' + message['role'] + '|>\\n' + ((message['content'] or '') | trim) -}}"
+    "{%- if message['role'] == 'assistant' and message['tool_calls'] -%}"
+    "{%- for call in message['tool_calls'] -%}"
+    "{%- set function = call['function'] if call['function'] is defined else call -%}"
+    "{%- set arguments = function['arguments'] if function['arguments'] is defined else {} -%}"
+    "{{- ('; ' if not loop.first else '') + '{\"name\": ' + (function['name'] | tojson) -}}"
+    "{{- ', \"parameters\": ' + (arguments if arguments is string else arguments | tojson) + '}' -}}"
+    "{%- endfor -%}"
+    "{%- endif -%}"
     "{%- if message['role'] == 'assistant' -%}{{- eos_token -}}{%- else -%}{{- '\\n' -}}{%- endif -%}"
     "{%- endfor -%}"
     "{%- if add_generation_prompt -%}{{- '<|assistant|>\\n' -}}{%- endif -%}"
@@ -323,7 +346,10 @@ rendered with the chat template below, so the model ends assistant turns with `{
 
 The chat template (in `tokenizer_config.json`) renders each turn as `<|role|>` and a newline,
 then the content; user and system turns end with a newline, assistant turns with `{EOS}`. It
-emits `{BOS}` itself, so encode a rendered chat without adding special tokens.
+emits `{BOS}` itself, so encode a rendered chat without adding special tokens. Tools, when a
+request has them, are listed in a first system turn; an assistant's tool calls are rendered in
+Llama 3's JSON style (`{{"name": ..., "parameters": {{...}}}}`, several joined by `; `), which is
+what vLLM's `llama3_json` tool-call parser reads; tool results are `{TOOL}` turns.
 
 Rebuild it byte for byte (same software versions, same processor family) with:
 

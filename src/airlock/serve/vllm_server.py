@@ -23,6 +23,7 @@ from pathlib import Path
 
 from airlock.config import Settings
 from airlock.errors import NotFound, NotReady
+from airlock.models.tool_calls import tool_call_parser
 from airlock.serve.engine import CONNECT_TIMEOUT_S, EngineClient, engine_client
 
 
@@ -106,6 +107,11 @@ class VllmServer:
         # choice (the checkpoint's dtype) is right. An explicit --dtype in the extra args wins.
         if not self.gpu and not any(a == "--dtype" or a.startswith("--dtype=") for a in extra):
             cmd += ["--dtype", "float32"]
+        # Without a parser vLLM refuses requests with tools unless their tool_choice is "none".
+        # A parser named in the extra args wins.
+        parser = tool_call_parser(self.model_dir, s.tool_call_parser)
+        if parser and not any(a.startswith("--tool-call-parser") for a in extra):
+            cmd += ["--enable-auto-tool-choice", "--tool-call-parser", parser]
         return cmd + extra
 
     def environment(self, secret: str) -> dict[str, str]:
