@@ -125,6 +125,11 @@ class OpenAIApi:
             return  # the client hung up while sending: nothing was forwarded, nobody to answer
         body = self._parse(raw, route)
         requested = body["model"]
+        if None in body.values():
+            # OpenAI's nullable parameters mean "the default" when null; the engine refuses some
+            # nulls (n, best_of), so they are left out, as if not sent.
+            body = {k: v for k, v in body.items() if v is not None or k == "prompt"}
+            raw = b""
         upstream_model, base_model = resolve_model(snapshot, key, settings.serve_base_model, requested)
         if route == COMPLETIONS and body["prompt"] is None:
             # OpenAI: "if prompt is not specified the model will generate as if from the beginning
