@@ -2,14 +2,15 @@
 
 The gateway runs as the service does (`python -m airlock gateway`, configured by AIRLOCK_*
 variables) with everything a production request meets: an `inference` key checked from memory,
-its role, its per-key rate limits (generous, so they are checked and charged but never hit) and
-the metrics middleware. Its upstream is `bench.stub_engine`, an instant stand-in listening on the
+its role, its per-key rate limits (generous, so they are checked and charged but never hit),
+request ids and metrics. Its upstream is `bench.stub_engine`, an instant stand-in listening on the
 engine's Unix socket and checking the engine secret, so what runs out is the gateway, not vLLM.
 
 The gateway is pinned to one core, wrk and the stub to the other. Its CPU time (utime + stime of
 the whole process from /proc, every thread included) over each run gives requests per CPU
 second, which is requests per second per core: rps / (cpu seconds / wall seconds). The baseline
-is the same process answering GET /healthz (uvicorn, FastAPI and the metrics middleware alone).
+is the same process answering GET /healthz (uvicorn, the gateway's front and FastAPI alone; /v1
+bypasses FastAPI).
 Runs of the three routes alternate, so a change in the machine's load lands on all of them.
 """
 
@@ -73,10 +74,12 @@ class Route:
 
 def routes() -> list[Route]:
     return [
-        Route("GET /healthz", "uvicorn, FastAPI and the metrics middleware", "GET", "/healthz"),
-        Route("GET /v1/models", "plus the key check, its role and the registry's freshness check", "GET", "/v1/models"),
+        Route("GET /healthz", "uvicorn, the front (request id, header bound, metrics) and FastAPI", "GET", "/healthz"),
+        Route("GET /v1/models", "the front and the OpenAI handler (no FastAPI): the key check, its role and the "
+              "registry's freshness check", "GET", "/v1/models"),
         Route("POST /v1/chat/completions", "plus body checks, model resolution, rate limits, the recorder, the "
-              "proxy to the engine socket and the relay", "POST", "/v1/chat/completions", json.dumps(CHAT)),
+              "proxy to the engine socket, reshaping the answer and the relay", "POST", "/v1/chat/completions",
+              json.dumps(CHAT)),
     ]
 
 
@@ -236,8 +239,9 @@ def run(quick: bool) -> Section:
     section.notes += [
         f"The chat route costs the gateway {extra_us:.0f} us "
         "of CPU more per request than /healthz: what a proxied chat request adds to the bare server (key, role, "
-        "limits, recorder, body checks, dependency injection, one HTTP exchange with the engine over its socket, "
-        "the relay); the rest is the server and framework every route pays.",
+        "limits, recorder, body checks, one HTTP exchange with the engine over its socket, reshaping the answer "
+        "to OpenAI's schema, the relay) beyond what /healthz costs in FastAPI; the rest is the server every route "
+        "pays.",
         "The stand-in engine spends the CPU per request in the last column, a small fraction of the gateway's, so "
         "it is never what limits the rate. The gateway's CPU column near 1.00 means its core was saturated; below "
         "1.00 the rate was bounded elsewhere (wrk and the stub sharing the other core) and the per-core figure "
