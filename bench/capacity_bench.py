@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import tempfile
@@ -36,6 +37,9 @@ from bench.stats import Latency
 from bench.wrk import WrkResult, lua_script, run_wrk, wrk_path
 
 TARGET_PER_CORE = 1500
+DIRECT = "the stand-in engine, straight (TCP)"
+MIN_PROXY = "a minimal Python proxy (bench/min_proxy.py)"
+GATEWAY = "airlock's gateway"
 BASE_MODEL = "airlock-tiny"
 CONNECTIONS = 16
 PACE_MS = 45  # about the one-client request rate of the gateway-overhead benchmark with vLLM
@@ -83,22 +87,41 @@ def routes() -> list[Route]:
     ]
 
 
-def start_stub(settings: Settings, cpus: set[int] | None) -> subprocess.Popen:
-    """The stand-in engine on the engine's socket, with a fresh engine secret, as `airlock engine` would."""
-    prepare_engine_dir(settings)
-    log = open(settings.run_dir / "bench-stub.log", "wb")  # noqa: SIM115 - the child keeps it
-    proc = subprocess.Popen([sys.executable, "-m", "bench.stub_engine", "--uds", str(settings.engine_socket),
+def start_stub(settings: Settings, cpus: set[int] | None, port: int | None = None) -> subprocess.Popen:
+    """The stand-in engine on the engine's socket (or on a TCP port, for wrk to reach it straight),
+    checking the engine secret, as `airlock engine` would."""
+    where = ["--port", str(port)] if port else ["--uds", str(settings.engine_socket)]
+    log_path = settings.run_dir / f"bench-stub-{port or 'uds'}.log"
+    log = open(log_path, "wb")  # noqa: SIM115 - the child keeps it
+    proc = subprocess.Popen([sys.executable, "-m", "bench.stub_engine", *where,
                              "--secret-file", str(settings.engine_secret_path)], cwd=REPO_ROOT,
                             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                             start_new_session=True, preexec_fn=pinned(cpus))
     log.close()
     deadline = time.monotonic() + 30
-    while not settings.engine_socket.exists():
+    while not (settings.engine_socket.exists() if not port else _listening(port)):
         if proc.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError("the stub engine did not start: "
-                               + (settings.run_dir / "bench-stub.log").read_text(errors="replace")[-2000:])
+            raise RuntimeError("the stub engine did not start: " + log_path.read_text(errors="replace")[-2000:])
         time.sleep(0.05)
     return proc
+
+
+def start_min_proxy(settings: Settings, port: int, cpus: set[int] | None) -> subprocess.Popen:
+    """bench/min_proxy.py in front of the stand-in engine's socket, on the gateway's CPU."""
+    proc = subprocess.Popen([sys.executable, "-m", "bench.min_proxy", "--port", str(port),
+                             "--upstream-uds", str(settings.engine_socket)], cwd=REPO_ROOT,
+                            stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=pinned(cpus))
+    deadline = time.monotonic() + 30
+    while not _listening(port):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError("the minimal proxy did not start")
+        time.sleep(0.05)
+    return proc
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as probe:
+        return probe.connect_ex(("127.0.0.1", port)) == 0
 
 
 def cpu_split() -> tuple[set[int] | None, set[int] | None, str]:
@@ -109,24 +132,54 @@ def cpu_split() -> tuple[set[int] | None, set[int] | None, str]:
     return {cpus[0]}, set(cpus[1:]), f"gateway on CPU {cpus[0]}, wrk and the stub on CPU {','.join(map(str, cpus[1:]))}"
 
 
-def one_client(gateway: GatewayProcess, chat: Route, key: str, scratch: Path, cpus: set[int] | None,
+@dataclass
+class Target:
+    """Something one client's chat requests are sent to: its URL, bearer and process."""
+
+    name: str
+    url: str
+    bearer: str
+    pid: int
+
+
+def one_client(targets: list[Target], chat: Route, scratch: Path, cpus: set[int] | None,
                seconds: int) -> list[list[object]]:
     """One client, back to back and paced like the one-client vLLM benchmark (an answer about every
-    45 ms): the gateway's own latency and CPU per request with an upstream that takes no time."""
+    45 ms), against each target: its latency and the CPU its process spends per request, with an
+    upstream that takes no time."""
     rows = []
-    headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
-    for pause in (0, PACE_MS):
-        script = scratch / f"one-client-{pause}.lua"
-        script.write_text(lua_script("POST", headers, chat.body, histogram=True, pause_ms=pause))
-        user0, system0 = cpu_times(gateway.proc.pid)
-        result = run_wrk(gateway.url + chat.path, script, connections=1, seconds=seconds, cpus=cpus)
-        user1, system1 = cpu_times(gateway.proc.pid)
-        user, cpu = user1 - user0, user1 - user0 + system1 - system0
-        lat = Latency.of(result.latencies_ms())
-        rows.append(["back to back" if not pause else f"{pause} ms pause after each answer", result.requests,
-                     f"{result.rps:,.0f}", f"{lat.p50_ms:.2f}", f"{lat.p99_ms:.2f}", f"{1e6 * cpu / result.requests:.0f}",
-                     f"{100 * user / cpu:.0f}%" if cpu else ""])
+    for target in targets:
+        headers = {"Authorization": target.bearer, "Content-Type": "application/json"}
+        for pause in (0, PACE_MS):
+            script = scratch / f"one-client-{pause}.lua"
+            script.write_text(lua_script("POST", headers, chat.body, histogram=True, pause_ms=pause))
+            user0, system0 = cpu_times(target.pid)
+            result = run_wrk(target.url + chat.path, script, connections=1, seconds=seconds, cpus=cpus)
+            user1, system1 = cpu_times(target.pid)
+            user, cpu = user1 - user0, user1 - user0 + system1 - system0
+            lat = Latency.of(result.latencies_ms())
+            rows.append([target.name, "back to back" if not pause else f"{pause} ms pause after each answer",
+                         result.requests, f"{result.rps:,.0f}", f"{lat.p50_ms:.2f}", f"{lat.p99_ms:.2f}",
+                         f"{1e6 * cpu / result.requests:.0f}", f"{100 * user / cpu:.0f}%" if cpu else ""])
     return rows
+
+
+def paced_note(rows: list[list[object]]) -> str:
+    """What one client's rows say: the per-wake cost of this machine, and the gateway beyond the
+    floor of any Python proxy."""
+    def number(row: list[object], column: int) -> float:
+        return float(str(row[column]).replace(",", ""))
+
+    by = {(row[0], row[1] != "back to back"): row for row in rows}
+    growth = ", ".join(f"{name} {number(by[name, True], 6) / number(by[name, False], 6):.1f}x"
+                       for name in (DIRECT, MIN_PROXY, GATEWAY))
+    direct, floor, gateway = (number(by[name, True], 4) for name in (DIRECT, MIN_PROXY, GATEWAY))
+    return (f"Paced like benchmark 3's one-client runs, every process spends several times the CPU per request it "
+            f"spends back to back ({growth}): on this machine a process woken after 45 ms idle runs the same code "
+            "slower, whatever the code. That CPU lies on the request's path. Paced p50: straight to the stand-in "
+            f"{direct:.2f} ms, through the minimal Python proxy {floor:.2f} ms (+{floor - direct:.2f} ms: the floor of "
+            f"any Python process in the path here), through the gateway {gateway:.2f} ms (+{gateway - direct:.2f} ms, "
+            f"{gateway - floor:.2f} ms beyond that floor).")
 
 
 def profile_chat(gateway: GatewayProcess, url: str, script: Path, cpus: set[int] | None, scratch: Path,
@@ -166,7 +219,11 @@ def run(quick: bool) -> Section:
         settings.ensure_dirs()
         airlock = Airlock.open(settings)
         key_id, key = create_key(airlock.meta, "bench-capacity", role="inference", rpm=RPM, tpm=TPM, actor="bench")
+        prepare_engine_dir(settings)  # a fresh engine secret, which both stand-ins check
         stub = start_stub(settings, load_cpus)
+        direct_port, proxy_port = free_port(), free_port()
+        direct = start_stub(settings, load_cpus, port=direct_port)
+        min_proxy = start_min_proxy(settings, proxy_port, gateway_cpus)
         gateway = GatewayProcess(settings, cpus=gateway_cpus)
         try:
             gateway.start()
@@ -190,12 +247,17 @@ def run(quick: bool) -> Section:
                     route.runs.append((result, gateway.cpu_seconds - g0, cpu_seconds(stub.pid) - s0))
             limiter_rows = airlock.meta.query("SELECT kind FROM rate_buckets WHERE key_id = ?", (key_id,))
             chat = items[-1]
-            paced = one_client(gateway, chat, key, scratch, load_cpus, seconds=4 if quick else 10)
+            engine_bearer = f"Bearer {settings.engine_secret_path.read_text().strip()}"
+            targets = [Target(DIRECT, f"http://127.0.0.1:{direct_port}", engine_bearer, direct.pid),
+                       Target(MIN_PROXY, f"http://127.0.0.1:{proxy_port}", engine_bearer, min_proxy.pid),
+                       Target(GATEWAY, gateway.url, f"Bearer {key}", gateway.proc.pid)]
+            paced = one_client(targets, chat, scratch, load_cpus, seconds=4 if quick else 10)
             profiled = profile_chat(gateway, gateway.url + chat.path, scripts[chat.name], load_cpus, scratch,
                                     seconds=5 if quick else 10)
         finally:
             gateway.stop()
-            stop_group(stub)
+            for proc in (stub, direct, min_proxy):
+                stop_group(proc)
 
     healthz, _, chat = items
     section.add("chat completions per second per gateway core", f"{healthz.per_core:,.0f} (GET /healthz)",
@@ -214,9 +276,9 @@ def run(quick: bool) -> Section:
     section.details.append(("Each run: requests per gateway CPU second",
                             ("route", *(f"run {n + 1}" for n in range(rounds))),
                             [[r.name, *(f"{w.requests / c:,.0f}" if c else "n/a" for w, c, _ in r.runs)] for r in items]))
-    section.details.append(("One client on the chat route: the gateway's own latency and CPU per request (the "
-                            "stand-in engine answers at once)",
-                            ("pace", "requests", "req/s", "p50 ms", "p99 ms", "gateway CPU us/request",
+    section.details.append(("One client on the chat route: latency and the CPU per request of the process "
+                            "answering (the stand-in engine answers at once)",
+                            ("sent to", "pace", "requests", "req/s", "p50 ms", "p99 ms", "its CPU us/request",
                              "of it user time"), paced))
     if isinstance(profiled, str):
         section.notes.append(f"No CPU breakdown: {profiled}.")
@@ -229,13 +291,7 @@ def run(quick: bool) -> Section:
                                 ("function", "share"), [[k, f"{100 * v:.1f}%"] for k, v in functions]))
     extra_us = 1e6 * (chat.gateway_cpu / chat.requests - healthz.gateway_cpu / healthz.requests)
     charged = sorted(r["kind"] for r in limiter_rows)
-    busy_us, paced_us = float(paced[0][5].replace(",", "")), float(paced[1][5].replace(",", ""))
-    section.notes.append(
-        f"One client paced like benchmark 3's one-client runs costs the gateway {paced_us:,.0f} us of CPU per request, "
-        f"{paced_us / busy_us:.1f} times what it costs back to back ({busy_us:,.0f} us), {paced[1][6]} of it user "
-        "time: the same Python code runs slower when each request wakes the process on its own, likely from cold "
-        "caches after 45 ms idle. That CPU lies on the request's path, so it is the gateway's own latency at one client "
-        f"(p50 {paced[1][3]} ms with an engine that takes no time).")
+    section.notes.append(paced_note(paced))
     section.notes += [
         f"The chat route costs the gateway {extra_us:.0f} us "
         "of CPU more per request than /healthz: what a proxied chat request adds to the bare server (key, role, "
