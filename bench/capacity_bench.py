@@ -39,6 +39,7 @@ from bench.wrk import WrkResult, lua_script, run_wrk, wrk_path
 TARGET_PER_CORE = 1500
 DIRECT = "the stand-in engine, straight (TCP)"
 MIN_PROXY = "a minimal Python proxy (bench/min_proxy.py)"
+AIOHTTP_PROXY = "the same, its upstream call made with aiohttp"
 GATEWAY = "airlock's gateway"
 BASE_MODEL = "airlock-tiny"
 CONNECTIONS = 16
@@ -106,9 +107,9 @@ def start_stub(settings: Settings, cpus: set[int] | None, port: int | None = Non
     return proc
 
 
-def start_min_proxy(settings: Settings, port: int, cpus: set[int] | None) -> subprocess.Popen:
+def start_min_proxy(settings: Settings, port: int, cpus: set[int] | None, client: str = "raw") -> subprocess.Popen:
     """bench/min_proxy.py in front of the stand-in engine's socket, on the gateway's CPU."""
-    proc = subprocess.Popen([sys.executable, "-m", "bench.min_proxy", "--port", str(port),
+    proc = subprocess.Popen([sys.executable, "-m", "bench.min_proxy", "--port", str(port), "--upstream-client", client,
                              "--upstream-uds", str(settings.engine_socket)], cwd=REPO_ROOT,
                             stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=pinned(cpus))
     deadline = time.monotonic() + 30
@@ -172,14 +173,15 @@ def paced_note(rows: list[list[object]]) -> str:
 
     by = {(row[0], row[1] != "back to back"): row for row in rows}
     growth = ", ".join(f"{name} {number(by[name, True], 6) / number(by[name, False], 6):.1f}x"
-                       for name in (DIRECT, MIN_PROXY, GATEWAY))
-    direct, floor, gateway = (number(by[name, True], 4) for name in (DIRECT, MIN_PROXY, GATEWAY))
+                       for name in (DIRECT, MIN_PROXY, AIOHTTP_PROXY, GATEWAY))
+    direct, floor, client, gateway = (number(by[name, True], 4) for name in (DIRECT, MIN_PROXY, AIOHTTP_PROXY, GATEWAY))
     return (f"Paced like benchmark 3's one-client runs, every process spends several times the CPU per request it "
             f"spends back to back ({growth}): on this machine a process woken after 45 ms idle runs the same code "
             "slower, whatever the code. That CPU lies on the request's path. Paced p50: straight to the stand-in "
             f"{direct:.2f} ms, through the minimal Python proxy {floor:.2f} ms (+{floor - direct:.2f} ms: the floor of "
-            f"any Python process in the path here), through the gateway {gateway:.2f} ms (+{gateway - direct:.2f} ms, "
-            f"{gateway - floor:.2f} ms beyond that floor).")
+            f"any Python process in the path here), through it with aiohttp as its upstream client {client:.2f} ms "
+            f"(+{client - floor:.2f} ms for the client library), through the gateway {gateway:.2f} ms "
+            f"(+{gateway - direct:.2f} ms, {gateway - floor:.2f} ms beyond the floor).")
 
 
 def profile_chat(gateway: GatewayProcess, url: str, script: Path, cpus: set[int] | None, scratch: Path,
@@ -221,9 +223,10 @@ def run(quick: bool) -> Section:
         key_id, key = create_key(airlock.meta, "bench-capacity", role="inference", rpm=RPM, tpm=TPM, actor="bench")
         prepare_engine_dir(settings)  # a fresh engine secret, which both stand-ins check
         stub = start_stub(settings, load_cpus)
-        direct_port, proxy_port = free_port(), free_port()
+        direct_port, proxy_port, aiohttp_port = free_port(), free_port(), free_port()
         direct = start_stub(settings, load_cpus, port=direct_port)
         min_proxy = start_min_proxy(settings, proxy_port, gateway_cpus)
+        aiohttp_proxy = start_min_proxy(settings, aiohttp_port, gateway_cpus, client="aiohttp")
         gateway = GatewayProcess(settings, cpus=gateway_cpus)
         try:
             gateway.start()
@@ -250,13 +253,14 @@ def run(quick: bool) -> Section:
             engine_bearer = f"Bearer {settings.engine_secret_path.read_text().strip()}"
             targets = [Target(DIRECT, f"http://127.0.0.1:{direct_port}", engine_bearer, direct.pid),
                        Target(MIN_PROXY, f"http://127.0.0.1:{proxy_port}", engine_bearer, min_proxy.pid),
+                       Target(AIOHTTP_PROXY, f"http://127.0.0.1:{aiohttp_port}", engine_bearer, aiohttp_proxy.pid),
                        Target(GATEWAY, gateway.url, f"Bearer {key}", gateway.proc.pid)]
             paced = one_client(targets, chat, scratch, load_cpus, seconds=4 if quick else 10)
             profiled = profile_chat(gateway, gateway.url + chat.path, scripts[chat.name], load_cpus, scratch,
                                     seconds=5 if quick else 10)
         finally:
             gateway.stop()
-            for proc in (stub, direct, min_proxy):
+            for proc in (stub, direct, min_proxy, aiohttp_proxy):
                 stop_group(proc)
 
     healthz, _, chat = items
