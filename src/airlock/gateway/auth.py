@@ -26,15 +26,19 @@ def permit(permission: str) -> Callable:
 
     async def dependency(request: Request) -> dict[str, Any]:
         key = await require_key(request)
-        try:
-            require_permission(key, permission)
-        except Forbidden:
-            request.app.state.recorder.refused(actor(key), key["id"], permission, request.method,
-                                               request.url.path)
-            raise
+        check_permission(request.app.state.recorder, key, permission, request.method, request.url.path)
         return key
 
     return dependency
+
+
+def check_permission(recorder: Any, key: dict[str, Any], permission: str, method: str, path: str) -> None:
+    """Forbidden naming `permission` unless the key's role carries it; a refusal is audited."""
+    try:
+        require_permission(key, permission)
+    except Forbidden:
+        recorder.refused(actor(key), key["id"], permission, method, path)
+        raise
 
 
 def actor(key: dict[str, Any]) -> str:

@@ -21,8 +21,9 @@ from airlock.gateway.errors import error_body
 
 log = logging.getLogger("airlock.gateway")
 
-_decode = msgspec.json.Decoder().decode
-_encode = msgspec.json.Encoder().encode
+# One decoder and encoder for the gateway (v1.py uses them for request bodies too).
+decode_json = msgspec.json.Decoder().decode
+encode_json = msgspec.json.Encoder().encode
 
 _CHOICE_NULLABLE = frozenset({"logprobs", "finish_reason"})
 _MESSAGE_NULLABLE = frozenset({"content", "refusal"})
@@ -58,14 +59,14 @@ def shape_result(data: dict[str, Any], model: str) -> dict[str, Any]:
 def shape_body(raw: bytes, model: str) -> tuple[bytes, int]:
     """(the reshaped body, its usage.total_tokens); a body that is not a JSON object passes as is."""
     try:
-        data = _decode(raw)
+        data = decode_json(raw)
     except msgspec.DecodeError:
         return raw, 0
     if not isinstance(data, dict):
         return raw, 0
     usage = data.get("usage")
     tokens = usage.get("total_tokens") if isinstance(usage, dict) else 0
-    return _encode(shape_result(data, model)), tokens if type(tokens) is int else 0
+    return encode_json(shape_result(data, model)), tokens if type(tokens) is int else 0
 
 
 class EventShaper:
@@ -95,21 +96,21 @@ class EventShaper:
             return event + b"\n\n"
         self.events += 1
         try:
-            data = _decode(event[6:])
+            data = decode_json(event[6:])
         except msgspec.DecodeError:
             return event + b"\n\n"
         if isinstance(data, dict):
             data = engine_error_body(data, 500) if "error" in data else shape_result(data, self.model)
-        return b"data: " + _encode(data) + b"\n\n"
+        return b"data: " + encode_json(data) + b"\n\n"
 
 
 def engine_error(status: int, raw: bytes) -> bytes:
     """An error body from the engine, in OpenAI's shape."""
     try:
-        data = _decode(raw)
+        data = decode_json(raw)
     except msgspec.DecodeError:
         data = None
-    return _encode(engine_error_body(data if isinstance(data, dict) else {}, status))
+    return encode_json(engine_error_body(data if isinstance(data, dict) else {}, status))
 
 
 def engine_error_body(data: dict[str, Any], status: int) -> dict[str, Any]:

@@ -21,20 +21,16 @@ import msgspec
 from starlette.types import Receive, Scope, Send
 
 from airlock.access.keys import check_key
-from airlock.access.roles import require_permission
-from airlock.errors import AirlockError, Forbidden, NotReady
-from airlock.gateway.auth import actor
+from airlock.errors import AirlockError, NotReady
+from airlock.gateway.auth import check_permission
 from airlock.gateway.errors import BadRequest, ModelNotFound, UpstreamError, error_body, from_airlock_error
 from airlock.gateway.fields import CHAT_ACCEPTED, COMPLETION_ACCEPTED, refuse_unknown_fields
 from airlock.gateway.front import Head, read_body, send_bytes
 from airlock.gateway.limits import check_completion_request
 from airlock.gateway.registry import Snapshot
-from airlock.gateway.shape import EventShaper, engine_error, shape_body
+from airlock.gateway.shape import EventShaper, decode_json, encode_json, engine_error, shape_body
 
 log = logging.getLogger("airlock.gateway")
-
-_decode = msgspec.json.Decoder().decode
-_encode = msgspec.json.Encoder().encode
 
 CHAT, COMPLETIONS, MODELS, MODEL = ("/v1/chat/completions", "/v1/completions", "/v1/models",
                                     "/v1/models/{model}")
@@ -62,17 +58,17 @@ class OpenAIApi:
         method, path = scope["method"], scope["path"]
         route = route_of(method, path)
         if route is None:
-            await send_bytes(send, 404, _encode(error_body(f"Invalid URL ({method} {path})", 404, None)))
+            await send_bytes(send, 404, encode_json(error_body(f"Invalid URL ({method} {path})", 404, None)))
             return
         scope["airlock.route"] = route
         try:
             snapshot = await self.state.registry.current()
             key = check_key(snapshot.keys, head.authorization)
-            self._permit(key, method, path)
+            check_permission(self.state.recorder, key, "inference", method, path)
             if route == MODELS:
-                await send_bytes(send, 200, _encode({"object": "list", "data": self._cards(snapshot, key)}))
+                await send_bytes(send, 200, encode_json({"object": "list", "data": self._cards(snapshot, key)}))
             elif route == MODEL:
-                await send_bytes(send, 200, _encode(self._card(snapshot, key, path[len("/v1/models/"):])))
+                await send_bytes(send, 200, encode_json(self._card(snapshot, key, path[len("/v1/models/"):])))
             else:
                 await self._complete(scope, receive, send, head, route, key, snapshot)
         except AirlockError as exc:
@@ -83,16 +79,9 @@ class OpenAIApi:
             body = error_body("internal error in the gateway; the operator can find it in its log", 500,
                               "internal_error")
             try:
-                await send_bytes(send, 500, _encode(body))
+                await send_bytes(send, 500, encode_json(body))
             except RuntimeError:
                 pass  # the answer had already started: the server closes the connection
-
-    def _permit(self, key: dict[str, Any], method: str, path: str) -> None:
-        try:
-            require_permission(key, "inference")
-        except Forbidden:
-            self.state.recorder.refused(actor(key), key["id"], "inference", method, path)
-            raise
 
     # --- models ------------------------------------------------------------------------------
 
@@ -140,7 +129,7 @@ class OpenAIApi:
         state.recorder.used(key["id"])
         if upstream_model != requested or not raw:
             body["model"] = upstream_model
-            raw = _encode(body)
+            raw = encode_json(body)
         charge = (lambda n: state.limiter.charge(key, n)) if key.get("tpm") else None
         stream = body.get("stream") is True
 
@@ -181,7 +170,7 @@ class OpenAIApi:
     def _parse(self, raw: bytes, route: str) -> dict[str, Any]:
         """The request body, checked for what the gateway needs and bounds; vLLM checks the rest."""
         try:
-            body = _decode(raw)
+            body = decode_json(raw)
         except msgspec.DecodeError as exc:
             raise BadRequest(f"the request body is not valid JSON: {exc}") from None
         if not isinstance(body, dict):
@@ -253,13 +242,12 @@ def _read_bos(folder: Path) -> int | None:
     return None
 
 
-async def _cancel_on_disconnect(receive: Receive, task: asyncio.Task) -> bool:
+async def _cancel_on_disconnect(receive: Receive, task: asyncio.Task) -> None:
     """Cancel `task` when the client disconnects (the body has been read, so the next message
     can only be the disconnect); the task's upstream response closes, and the engine aborts."""
     while (await receive())["type"] != "http.disconnect":
         pass
     task.cancel()
-    return True
 
 
 async def _relay_stream(resp: aiohttp.ClientResponse, send: Send, watcher: asyncio.Task, model: str,
@@ -276,7 +264,7 @@ async def _relay_stream(resp: aiohttp.ClientResponse, send: Send, watcher: async
         metrics.count_upstream_error("transport")
         log.warning("stream from the engine broke off: %s", exc)
         err = error_body(f"the model server broke off the stream: {type(exc).__name__}", 502, UpstreamError.code)
-        await send({"type": "http.response.body", "body": b"data: " + _encode(err) + b"\n\n", "more_body": True})
+        await send({"type": "http.response.body", "body": b"data: " + encode_json(err) + b"\n\n", "more_body": True})
     finally:
         if charge is not None:
             charge(shaper.events)
