@@ -25,7 +25,7 @@ import httpx
 from bench.procs import gateway_trouble, upstream_wait
 from bench.report import Section
 from bench.serving import BASE_MODEL, Stack
-from bench.stats import Latency, ratio
+from bench.stats import Latency, median, percentile, ratio
 from bench.wrk import WrkResult, lua_script, run_wrk, wrk_path
 
 TARGET_ADDED_MS = 1.0
@@ -129,6 +129,9 @@ def measure(stack: Stack, plan: Plan, scratch: Path) -> dict:
             raise RuntimeError(f"{plan.label}, {path}: {out[path]['failed']} of {out[path]['latency'].n} requests "
                                f"failed; the gateway reports: {gateway_trouble(stack.gateway.url) or 'nothing'}")
     out["gateway_cpu_ms"] = 1000 * gateway_cpu / out["gateway"]["latency"].n
+    # Round r's two runs were taken back to back: the difference of their p50s is one paired sample.
+    out["paired_p50"] = [percentile(g.latencies_ms(), 50) - percentile(d.latencies_ms(), 50)
+                         for d, g in zip(runs["direct"], runs["gateway"], strict=True)]
     out["upstream_ms"] = 1000 * waited / waits if waits else 0.0
     return out
 
@@ -154,12 +157,17 @@ def run(stack: Stack, quick: bool) -> Section:
               "loopback TCP here (wrk cannot open a Unix socket); production uses the engine's Unix socket. "
               f"{chosen[0].rounds} runs of {chosen[0].seconds} s per path and configuration, the paths alternating. "
               f"Target: at most +{TARGET_ADDED_MS:.0f} ms at p50 with one client; the ratio is gateway / direct."))
-    rows, cpu, failed, stalls, upstream = [], {}, 0, {}, {}
+    rows, cpu, failed, stalls, upstream, paired = [], {}, 0, {}, {}, []
     with tempfile.TemporaryDirectory(prefix="airlock-bench-gw-") as tmp:
         for plan in chosen:
             m = measure(stack, plan, Path(tmp))
             d, g = m["direct"]["latency"], m["gateway"]["latency"]
             cpu[(plan.clients, plan.stream)] = m["gateway_cpu_ms"]
+            if plan.clients == 1:
+                diffs = sorted(m["paired_p50"])
+                per_run = (m["direct"]["latency"].n + m["gateway"]["latency"].n) / (2 * plan.rounds)
+                paired.append(f"{plan.label} (about {per_run:.0f} requests per run): median {median(diffs):+.2f} ms, middle half {percentile(diffs, 25):+.2f} "
+                              f"to {percentile(diffs, 75):+.2f} ms, range {diffs[0]:+.2f} to {diffs[-1]:+.2f} ms")
             for q in ("p50", "p99"):
                 added = g.get(q) - d.get(q)
                 judged = plan.clients == 1 and q == "p50"
@@ -211,6 +219,9 @@ def run(stack: Stack, quick: bool) -> Section:
         f"A streamed answer here is {events} SSE events, each relayed as its own message; with one client a "
         f"streamed request costs the gateway {cpu[(1, True)] - cpu[(1, False)]:+.2f} ms of CPU more than a plain "
         f"one, about {per_event:.2f} ms per relayed event.",
+        f"Run by run: each round's direct and gateway runs were taken back to back, so the difference of their "
+        f"p50s is a paired sample of what the gateway adds at one client ({chosen[0].rounds} rounds): " + "; ".join(paired) + ". The verdict above is on the pooled "
+        "p50s; the spread says how far one run's figure can stray on this shared 2-core machine.",
         "p99 from a few hundred requests is one of the slowest few: read it as a tail indication, not a precise figure.",
     ]
     section.seconds, section.load = time.perf_counter() - started, (load0, os.getloadavg()[0])
