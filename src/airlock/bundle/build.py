@@ -1,0 +1,150 @@
+"""`airlock bundle build`: everything a target host needs, in one signed, split, verifiable bundle.
+
+On a connected host: the target's wheels (binary only, hash-locked), airlock's own wheel, the chosen
+models (safetensors only), the playbooks, the service images when asked, an SBOM, one
+deterministic tar split into media-sized parts, and beside the parts the stand-alone verifier, the
+installer, the trust root and the manifest with its DSSE envelope signed by the `bundle` role.
+The signing keys are checked against the root before anything is downloaded, and the finished
+bundle is verified exactly as a target host will before the build reports success.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Callable
+
+from airlock import __version__
+from airlock.bundle import manifest as bm
+from airlock.bundle.check import read_json, verify_bundle
+from airlock.bundle.parts import write_parts
+from airlock.bundle.payload import copy_models, file_entries, sha256_file, write_tar
+from airlock.bundle.sbom import build_sbom
+from airlock.bundle.target_spec import TARGETS, bundle_target
+from airlock.bundle.verifier import NAME as VERIFIER_NAME, build_verifier
+from airlock.bundle.wheels import build_own_wheel, fetch_wheels
+from airlock.errors import InvalidInput
+from airlock.trust.ceremony import load_signing_key, sign_envelope
+from airlock.trust.root import canonical_json, parse_root, verify_envelope
+
+INSTALLER = "install.sh"
+
+
+@dataclass
+class BuildRequest:
+    target: str
+    out: Path
+    root: Path
+    keys: list[Path]
+    passphrase: Callable[[Path], bytes]
+    repo: Path
+    models_dir: Path
+    part_size: int
+    models: list[str] = field(default_factory=lambda: ["airlock-tiny"])
+    images: bool = True
+    sequence: int | None = None
+    expires_days: int = 90
+    now: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+
+def _check_request(req: BuildRequest) -> None:
+    problems = []
+    if req.target not in TARGETS:
+        problems.append(f"--target {req.target!r}: expected one of {', '.join(TARGETS)}")
+    if req.out.exists() and any(req.out.iterdir()):
+        problems.append(f"--out {req.out}: exists and is not empty; a bundle is written into a new directory")
+    if not req.keys:
+        problems.append("--key: at least one key of the trust root's `bundle` role is needed to sign")
+    if not 1 <= req.expires_days <= 3650:
+        problems.append(f"--expires-days {req.expires_days}: expected 1 to 3650")
+    if req.images:
+        problems.append("images: building the service images needs `--no-images` for now "
+                        "(the image builder is not part of this version)")
+    if problems:
+        raise InvalidInput("cannot build the bundle", problems=problems)
+
+
+def _signers(req: BuildRequest) -> tuple[list, dict]:
+    """The bundle keys, loaded (passphrases asked now, not after an hour of downloads) and checked
+    against the root: each in the `bundle` role, together meeting its threshold."""
+    root_doc = read_json(req.root, "the trust root")
+    root = parse_root(root_doc, source=str(req.root))
+    keys = [load_signing_key(path, req.passphrase) for path in req.keys]
+    probe = sign_envelope(b"{}", bm.PAYLOAD_TYPE, keys)
+    verify_envelope(probe, root, "bundle", payload_type=bm.PAYLOAD_TYPE, now=req.now)
+    return keys, root_doc
+
+
+def _payload(req: BuildRequest, payload: Path) -> tuple[list[dict], dict]:
+    wheels_dir = payload / "wheels"
+    wheels = fetch_wheels(req.repo / "wheels" / f"requirements-{req.target}.lock", wheels_dir, target=req.target)
+    own = build_own_wheel(req.repo, wheels_dir)
+    lock = (req.repo / "wheels" / f"requirements-{req.target}.lock").read_text()
+    (wheels_dir / "requirements.lock").write_text(
+        lock.rstrip("\n") + f"\nairlock=={own['version']} --hash=sha256:{own['sha256']}\n")
+    wheels.append(own)
+    models = copy_models(req.models_dir, req.models, payload / "models")
+    if (req.repo / "playbooks").is_dir():
+        shutil.copytree(req.repo / "playbooks", payload / "playbooks")
+    return wheels, {"models": models}
+
+
+def _write_parts(payload: Path, files: dict, out: Path, part_size: int) -> list[dict]:
+    """Tar the payload straight into parts through a pipe: no whole-tar copy on disk."""
+    read_fd, write_fd = os.pipe()
+    failure: list[BaseException] = []
+
+    def produce() -> None:
+        try:
+            with os.fdopen(write_fd, "wb") as w:
+                write_tar(payload, files, w)
+        except BaseException as exc:  # noqa: BLE001 - handed to the reading side
+            failure.append(exc)
+
+    writer = threading.Thread(target=produce, name="bundle-tar", daemon=True)
+    writer.start()
+    with os.fdopen(read_fd, "rb") as r:
+        parts = write_parts(r, out, part_size=part_size)
+    writer.join()
+    if failure:
+        raise failure[0]
+    return parts
+
+
+def build(req: BuildRequest) -> dict:
+    _check_request(req)
+    keys, root_doc = _signers(req)
+    req.out.mkdir(parents=True, exist_ok=True)
+    staging = req.out / ".payload"
+    try:
+        wheels, contents = _payload(req, staging)
+        files_so_far = file_entries(staging)
+        sbom = build_sbom(version=__version__, created=req.now,
+                          wheels=[{**w, "file": Path(w["path"]).name} for w in wheels],
+                          models=req.models, files=files_so_far, image_packages={})
+        (staging / "sbom.cdx.json").write_bytes(canonical_json(sbom))
+        files = file_entries(staging)
+        parts = _write_parts(staging, files, req.out, req.part_size)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    build_verifier(req.out / VERIFIER_NAME)
+    shutil.copy2(req.repo / INSTALLER, req.out / INSTALLER)
+    (req.out / bm.ROOT_NAME).write_bytes(canonical_json(root_doc))
+    outside = {name: {"size": (req.out / name).stat().st_size, "sha256": sha256_file(req.out / name)}
+               for name in (VERIFIER_NAME, INSTALLER, bm.ROOT_NAME)}
+    manifest = bm.new_manifest(
+        version=__version__, sequence=req.sequence or int(req.now.strftime("%Y%m%d%H%M%S")),
+        target=bundle_target(req.target, wheels), files=files, parts=parts, outside=outside,
+        contents={**contents, "wheels": len(wheels), "images": []},
+        created=req.now, expires=req.now + timedelta(days=req.expires_days))
+    payload_bytes = canonical_json(manifest)
+    (req.out / bm.MANIFEST_NAME).write_bytes(payload_bytes)
+    (req.out / bm.ENVELOPE_NAME).write_bytes(canonical_json(sign_envelope(payload_bytes, bm.PAYLOAD_TYPE, keys)))
+    # The target check is the host's business; here only the signature, the parts and the files.
+    verify_bundle(req.out, now=req.now, pinned=parse_root(root_doc, source=str(req.root)),
+                  host={**manifest["target"], "gpus": 1})
+    return {"out": str(req.out), "manifest": manifest}

@@ -1,0 +1,160 @@
+"""Installing a verified bundle as a release beside the current one, switching only when healthy.
+
+    PREFIX/trust/root.json          the pinned trust root (earlier versions in trust/N.root.json)
+    PREFIX/releases/VERSION-SEQ/    one per installed bundle: bundle/ (unpacked), venv/, airlock.env
+    PREFIX/current -> releases/...  what runs; replaced atomically, only after the health checks
+    PREFIX/state.json               current and previous release, the highest sequence ever installed
+
+A release is unpacked and set up in a staging folder; any failure removes it and leaves the
+current release running. Nothing here touches AIRLOCK_HOME: the appliance's data stays as it is.
+
+Standard library only: a first install runs this from the stand-alone verifier with a bare python3.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+
+from airlock.bundle.check import Verified, read_json, unpack, verify_bundle
+from airlock.errors import AirlockError, InvalidInput
+from airlock.trust.root import canonical_json, parse_root
+
+HEALTH_TIMEOUT_S = 300
+# The modules every service imports; a release whose venv cannot import them never becomes current.
+HEALTH_IMPORTS = "import airlock.cli.main, airlock.gateway.app, airlock.train, torch, vllm"
+
+
+class InstallFailed(AirlockError):
+    code = "install_failed"
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def read_state(prefix: Path) -> dict:
+    path = prefix / "state.json"
+    return read_json(path, "the install state") if path.exists() else {}
+
+
+def pinned_root(prefix: Path):
+    path = prefix / "trust" / "root.json"
+    return parse_root(read_json(path, "the pinned trust root"), source=str(path)) if path.exists() else None
+
+
+def _pin(prefix: Path, verified: Verified, pinned) -> None:
+    """Pin the first root, or the newer root the bundle rotated to; keep each earlier version."""
+    trust = prefix / "trust"
+    trust.mkdir(parents=True, exist_ok=True)
+    if pinned is not None and verified.root.version <= pinned.version:
+        return
+    if pinned is not None:
+        _write_atomic(trust / f"{pinned.version}.root.json", canonical_json(pinned.document))
+    _write_atomic(trust / "root.json", canonical_json(verified.root_doc))
+
+
+def _pip_env() -> dict[str, str]:
+    # No pip configuration of this host may add an index, a find-links folder or a constraint:
+    # what installs is exactly the bundle's wheels.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PIP_")}
+    env.update(PIP_CONFIG_FILE=os.devnull, PIP_NO_INPUT="1", PIP_DISABLE_PIP_VERSION_CHECK="1")
+    return env
+
+
+def _run(cmd: list[str], what: str, **kwargs) -> None:
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=HEALTH_TIMEOUT_S, **kwargs)
+    if done.returncode != 0:
+        tail = (done.stderr or done.stdout).strip()[-2000:]
+        raise InstallFailed(f"{what} failed (exit {done.returncode}): {tail}")
+
+
+def _set_up(release: Path, python: str, prefix: Path) -> None:
+    wheels = release / "bundle" / "wheels"
+    _run([python, "-m", "venv", str(release / "venv")], "creating the virtual environment")
+    _run([str(release / "venv" / "bin" / "python"), "-m", "pip", "install", "--quiet", "--no-index", "--no-deps",
+          "--require-hashes", "--find-links", str(wheels), "-r", str(wheels / "requirements.lock")],
+         "installing the bundle's wheels (no index, hashes required)", env=_pip_env())
+    (release / "airlock.env").write_text(f"AIRLOCK_MODELS_DIR={prefix / 'current' / 'bundle' / 'models'}\n")
+
+
+def _health(release: Path) -> None:
+    venv = release / "venv" / "bin"
+    _run([str(venv / "airlock"), "--help"], "health check `airlock --help`")
+    _run([str(venv / "python"), "-c", HEALTH_IMPORTS], "health check (importing the services, torch, vLLM)")
+
+
+def _switch(prefix: Path, name: str) -> None:
+    link = prefix / ".current.new"
+    if link.is_symlink() or link.exists():
+        link.unlink()
+    link.symlink_to(Path("releases") / name)
+    os.replace(link, prefix / "current")
+
+
+@contextmanager
+def _exclusive(prefix: Path) -> Iterator[None]:
+    """One install or rollback at a time per prefix."""
+    with (prefix / ".install.lock").open("w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise InvalidInput(f"{prefix}: another install or rollback is running") from None
+        yield
+
+
+def install(bundle_dir: Path, prefix: Path, *, now: datetime, fingerprint: str | None = None,
+            python: str = sys.executable, health: bool = True) -> dict:
+    prefix.mkdir(parents=True, exist_ok=True)
+    with _exclusive(prefix):
+        state, pinned = read_state(prefix), pinned_root(prefix)
+        verified = verify_bundle(bundle_dir, now=now, pinned=pinned, fingerprint=fingerprint,
+                                 installed_sequence=state.get("highest_sequence"), space_at=prefix)
+        m = verified.manifest
+        name = f"{m['version']}-{m['sequence']}"
+        releases = prefix / "releases"
+        if (releases / name).exists():
+            raise InvalidInput(f"{releases / name}: this bundle is installed already; `airlock bundle rollback` "
+                               "switches between installed releases")
+        releases.mkdir(exist_ok=True)
+        staging = releases / f".staging-{name}"
+        shutil.rmtree(staging, ignore_errors=True)  # left by an install that was killed
+        staging.mkdir(mode=0o755)
+        try:
+            unpack(bundle_dir, verified, staging / "bundle")
+            _set_up(staging, python, prefix)
+            if health:
+                _health(staging)
+            os.rename(staging, releases / name)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        _pin(prefix, verified, pinned)
+        _switch(prefix, name)
+        new_state = {"current": name, "previous": state.get("current"),
+                     "highest_sequence": max(m["sequence"], state.get("highest_sequence") or 0)}
+        _write_atomic(prefix / "state.json", json.dumps(new_state, indent=2).encode())
+        return new_state
+
+
+def rollback(prefix: Path) -> dict:
+    """Make the previous release current again (and the current one previous)."""
+    with _exclusive(prefix):
+        state = read_state(prefix)
+        previous = state.get("previous")
+        if not previous or not (prefix / "releases" / previous).is_dir():
+            raise InvalidInput(f"{prefix}: no previous release to roll back to")
+        _switch(prefix, previous)
+        new_state = {**state, "current": previous, "previous": state["current"]}
+        _write_atomic(prefix / "state.json", json.dumps(new_state, indent=2).encode())
+        return new_state

