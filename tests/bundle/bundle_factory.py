@@ -7,7 +7,9 @@ only the payload is a handful of small files instead of gigabytes of wheels.
 from __future__ import annotations
 
 import base64
+import hashlib
 import os
+import zipfile
 import threading
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -62,9 +64,27 @@ def envelope(payload: bytes, signers: list, payload_type: str = bm.PAYLOAD_TYPE)
             "signatures": [{"keyid": kid(k), "sig": base64.b64encode(k.sign(message)).decode()} for k in signers]}
 
 
+def tiny_wheel(folder: Path, name: str = "airlock_demo", version: str = "1.0") -> Path:
+    """A real, installable pure-Python wheel (with random ballast so parts split)."""
+    dist = f"{name}-{version}.dist-info"
+    files = {f"{name}/__init__.py": f"VERSION = {version!r}\n".encode(),
+             f"{name}/ballast.bin": os.urandom(200_000),
+             f"{dist}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n".encode(),
+             f"{dist}/WHEEL": b"Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n"}
+    record = "".join(f"{path},sha256={base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b'=').decode()},"
+                     f"{len(data)}\n" for path, data in files.items()) + f"{dist}/RECORD,,\n"
+    files[f"{dist}/RECORD"] = record.encode()
+    path = folder / f"{name}-{version}-py3-none-any.whl"
+    with zipfile.ZipFile(path, "w") as zf:
+        for arc, data in files.items():
+            zf.writestr(arc, data)
+    return path
+
+
 def payload_tree(root: Path) -> None:
     (root / "wheels").mkdir(parents=True)
-    (root / "wheels" / "demo-1.0-py3-none-any.whl").write_bytes(os.urandom(200_000))
+    wheel = tiny_wheel(root / "wheels")
+    (root / "wheels" / "requirements.lock").write_text(f"airlock-demo==1.0 --hash=sha256:{sha256_file(wheel)}\n")
     (root / "models" / "tiny").mkdir(parents=True)
     (root / "models" / "tiny" / "model.safetensors").write_bytes(os.urandom(300_000))
     (root / "models" / "tiny" / "config.json").write_text('{"model_type": "llama"}')

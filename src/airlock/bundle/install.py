@@ -73,7 +73,10 @@ def _pip_env() -> dict[str, str]:
 
 
 def _run(cmd: list[str], what: str, **kwargs) -> None:
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=HEALTH_TIMEOUT_S, **kwargs)
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=HEALTH_TIMEOUT_S, **kwargs)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise InstallFailed(f"{what} failed: {exc}") from None
     if done.returncode != 0:
         tail = (done.stderr or done.stdout).strip()[-2000:]
         raise InstallFailed(f"{what} failed (exit {done.returncode}): {tail}")

@@ -1,0 +1,105 @@
+"""Releases installed beside each other, switched only when healthy, rolled back; and the stand-alone
+verifier run by a bare `python3` with no third-party package at all."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from airlock.bundle import install as installer
+from airlock.bundle.verifier import build_verifier
+from airlock.errors import AirlockError, IntegrityFailure
+from bundle_factory import NOW, Keys, kid, make_bundle
+
+
+@pytest.fixture(scope="module")
+def keys() -> Keys:
+    return Keys()
+
+
+def run_install(bundle: Path, prefix: Path, keys: Keys, **kw) -> dict:
+    # The bundles here carry one small wheel, not the appliance: its health checks do not apply.
+    return installer.install(bundle, prefix, now=NOW, fingerprint=kid(keys.root[0]), health=False, **kw)
+
+
+def current(prefix: Path) -> str:
+    return os.readlink(prefix / "current")
+
+
+def test_install_upgrade_and_rollback(tmp_path: Path, keys: Keys) -> None:
+    prefix = tmp_path / "opt"
+    make_bundle(tmp_path / "b5", keys, sequence=5)
+    make_bundle(tmp_path / "b6", keys, sequence=6)
+    state = run_install(tmp_path / "b5", prefix, keys)
+    assert state == {"current": "0.1.0-5", "previous": None, "highest_sequence": 5}
+    venv_python = prefix / "current" / "venv" / "bin" / "python"
+    assert subprocess.run([venv_python, "-c", "import airlock_demo"], check=False).returncode == 0
+    assert (prefix / "trust" / "root.json").exists()
+    home = tmp_path / "airlock-home"
+    home.mkdir()
+    (home / "airlock.db").write_text("data")  # AIRLOCK_HOME is never touched
+    run_install(tmp_path / "b6", prefix, keys)
+    assert current(prefix) == "releases/0.1.0-6"
+    assert installer.rollback(prefix)["current"] == "0.1.0-5"
+    assert current(prefix) == "releases/0.1.0-5"
+    # the highest sequence installed stays the floor: b5 again, or anything older, is refused
+    make_bundle(tmp_path / "b4", keys, sequence=4)
+    with pytest.raises(IntegrityFailure, match="sequence 4 is below the installed bundle's 6"):
+        run_install(tmp_path / "b4", prefix, keys)
+    assert (home / "airlock.db").read_text() == "data"
+
+
+def test_a_failing_install_leaves_the_current_release(tmp_path: Path, keys: Keys) -> None:
+    prefix = tmp_path / "opt"
+    make_bundle(tmp_path / "b5", keys, sequence=5)
+    run_install(tmp_path / "b5", prefix, keys)
+    make_bundle(tmp_path / "b6", keys, sequence=6)
+    with pytest.raises(AirlockError, match="health check"):
+        # the real health checks: this bundle has no airlock in it, so they fail after the unpack
+        installer.install(tmp_path / "b6", prefix, now=NOW)
+    assert current(prefix) == "releases/0.1.0-5"
+    assert sorted(p.name for p in (prefix / "releases").iterdir()) == ["0.1.0-5"]
+    assert json.loads((prefix / "state.json").read_text())["highest_sequence"] == 5
+
+
+def test_a_bundle_refused_at_verification_writes_nothing(tmp_path: Path, keys: Keys) -> None:
+    m = make_bundle(tmp_path / "b", keys)
+    part = tmp_path / "b" / m["parts"][0]["name"]
+    part.write_bytes(b"\0" + part.read_bytes()[1:])
+    with pytest.raises(IntegrityFailure, match=m["parts"][0]["name"]):
+        run_install(tmp_path / "b", tmp_path / "opt", keys)
+    assert sorted(p.name for p in (tmp_path / "opt").iterdir()) == [".install.lock"]
+
+
+@pytest.mark.parametrize("backend", ["openssl", "cryptography"])
+def test_the_standalone_verifier_runs_on_a_bare_python(tmp_path: Path, keys: Keys, backend: str) -> None:
+    m = make_bundle(tmp_path / "b", keys)
+    pyz = build_verifier(tmp_path / "b" / "airlock-verify.pyz")
+    python = shutil.which("python3") or sys.executable
+    env = {"PATH": os.environ["PATH"], "AIRLOCK_ED25519_BACKEND": backend}
+    # -I -S: no site-packages at all, so nothing but the standard library can be imported
+    bare = [python, "-I", "-S"] if backend == "openssl" else [sys.executable]
+
+    def verifier(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([*bare, str(pyz), *args], capture_output=True, text=True, env=env, timeout=120)
+
+    ok = verifier("verify", str(tmp_path / "b"), "--fingerprint", kid(keys.root[2]), "--json")
+    assert ok.returncode == 0, ok.stderr
+    assert json.loads(ok.stdout)["sequence"] == m["sequence"]
+    shown = verifier("show-root", str(tmp_path / "b"))
+    assert kid(keys.root[2])[:4] in shown.stdout
+    part = tmp_path / "b" / m["parts"][-1]["name"]
+    part.write_bytes(part.read_bytes() + b"x")
+    bad = verifier("verify", str(tmp_path / "b"), "--fingerprint", kid(keys.root[2]))
+    assert bad.returncode != 0 and m["parts"][-1]["name"] in bad.stderr
+
+
+def test_the_verifier_zipapp_is_reproducible(tmp_path: Path) -> None:
+    a, b = build_verifier(tmp_path / "a.pyz"), build_verifier(tmp_path / "b.pyz")
+    assert a.read_bytes() == b.read_bytes()
