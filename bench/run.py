@@ -26,13 +26,14 @@ from airlock.config import REPO_ROOT  # noqa: E402
 from bench.report import Section, document, split_sections  # noqa: E402
 from bench.wrk import WrkMissing, wrk_path  # noqa: E402
 
-NAMES = ("finetune", "capacity", "gateway", "handoff", "isolation", "soak")
+NAMES = ("finetune", "capacity", "gateway", "handoff", "isolation", "soak", "verify")
 NEEDS_WRK = ("capacity", "gateway", "isolation")
 TITLES = {"finetune": "1. Fine-tuning throughput", "capacity": "2. Gateway capacity",
           "gateway": "3. Gateway overhead against direct vLLM",
           "handoff": "4. Hand-off: gate pass to first token under the alias",
           "isolation": "5. Serving beside a fine-tune",
-          "soak": "6. Soak: many clients through the official openai client"}
+          "soak": "6. Soak: many clients through the official openai client",
+          "verify": "7. Bundle verification throughput"}
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -112,6 +113,12 @@ def main(argv: list[str] | None = None) -> int:
 
         attempt("finetune", "fine-tuning throughput: airlock's finetune.lora stage vs a plain PEFT loop",
                 lambda: finetune_bench.run(args.quick))
+
+    if "verify" in wanted:
+        from bench import verify_bench
+
+        attempt("verify", "bundle verification: bytes hashed per second against sha256sum",
+                lambda: verify_bench.run(args.quick))
 
     if "capacity" in wanted:
         from bench import capacity_bench
