@@ -59,7 +59,8 @@ def safe_relpath(name: object) -> str | None:
     if "" in components:
         return "an empty component in the path (a doubled or trailing '/')"
     if unicodedata.normalize("NFC", name) != name:
-        return "not in Unicode normal form NFC"
+        # Decomposed and composed forms print alike, so show the code points too.
+        return f"not in Unicode normal form NFC (code points: {name!a})"
     return None
 
 

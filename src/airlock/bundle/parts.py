@@ -34,7 +34,7 @@ def human_bytes(count: int) -> str:
     if count < 1024:
         return f"{count} B"
     size, unit = float(count), "B"
-    for unit in ("KiB", "MiB", "GiB", "TiB"):
+    for unit in ("KiB", "MiB", "GiB", "TiB", "PiB", "EiB"):
         size /= 1024
         if size < 1024:
             break
