@@ -23,23 +23,12 @@ from airlock.errors import IntegrityFailure, InvalidInput, NotFound
 from airlock.meta.db import now
 from airlock.store.base import DIGEST_RE, sha256_file
 from airlock.trust.keys import public_key_id
+from airlock.trust.root import canonical_json, pae
 
 PAYLOAD_TYPE = "application/vnd.airlock.manifest+json"
 MANIFEST_KIND = "airlock.manifest/v1"
 REQUIRED_FIELDS = ("kind", "model_id", "base_model", "dataset_digest", "files", "training_config",
                    "eval_results")
-
-
-def canonical_json(obj: Any) -> bytes:
-    """One byte sequence per value: sorted keys, no spaces, UTF-8, no NaN or Infinity."""
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
-                      allow_nan=False).encode("utf-8")
-
-
-def pae(payload_type: str, payload: bytes) -> bytes:
-    """DSSE v1 pre-authentication encoding: lengths are byte counts, in ASCII decimal."""
-    t = payload_type.encode("utf-8")
-    return b"DSSEv1 %d %s %d %s" % (len(t), t, len(payload), payload)
 
 
 def _b64decode(value: Any, what: str) -> bytes:
