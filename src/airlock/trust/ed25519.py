@@ -63,7 +63,8 @@ def _with_openssl(public_raw: bytes, signature: bytes, message: bytes) -> bool:
     openssl = shutil.which("openssl")
     if openssl is None:
         raise IntegrityFailure("cannot check Ed25519 signatures: neither the Python package `cryptography` "
-                               "nor the `openssl` command is available")
+                               "nor the `openssl` command is available on this host")
+    # A private directory (0700): no other local user can swap the key or the message under openssl.
     with tempfile.TemporaryDirectory(prefix="airlock-ed25519-") as tmp:
         key, msg, sig = (Path(tmp) / n for n in ("key.pem", "msg", "sig"))
         key.write_bytes(public_pem(public_raw))
@@ -71,23 +72,42 @@ def _with_openssl(public_raw: bytes, signature: bytes, message: bytes) -> bool:
         sig.write_bytes(signature)
         done = subprocess.run([openssl, "pkeyutl", "-verify", "-pubin", "-inkey", str(key), "-rawin",
                                "-in", str(msg), "-sigfile", str(sig)], capture_output=True, timeout=60)
-    return done.returncode == 0
+    if done.returncode == 0:
+        return True
+    if b"Signature Verification Failure" in done.stdout + done.stderr:
+        return False
+    # Anything else (OpenSSL 1.1 has no -rawin, a broken install) must not pass for a bad signature.
+    detail = (done.stderr or done.stdout).decode("utf-8", "replace").strip()[-500:]
+    raise IntegrityFailure(f"`{openssl} pkeyutl -verify` cannot check Ed25519 signatures (OpenSSL 3 is "
+                           f"needed; exit {done.returncode}): {detail}")
 
 
-def _backend() -> str:
-    chosen = os.environ.get(BACKEND_ENV, "")
-    if chosen in ("openssl", "cryptography"):
-        return chosen
+def _has_cryptography() -> bool:
     try:
         import cryptography  # noqa: F401
     except ImportError:
-        return "openssl"
-    return "cryptography"
+        return False
+    return True
+
+
+def backend() -> str:
+    """`cryptography` when it imports, else `openssl`; AIRLOCK_ED25519_BACKEND forces one."""
+    chosen = os.environ.get(BACKEND_ENV, "")
+    if chosen == "openssl":
+        return chosen
+    if chosen == "cryptography":
+        if not _has_cryptography():
+            raise IntegrityFailure(f"{BACKEND_ENV}=cryptography, but the Python package `cryptography` "
+                                   "does not import here; unset it to use `openssl`")
+        return chosen
+    if chosen:
+        raise IntegrityFailure(f"{BACKEND_ENV}={chosen!r}: expected `openssl` or `cryptography`")
+    return "cryptography" if _has_cryptography() else "openssl"
 
 
 def verify(public_raw: bytes, signature: bytes, message: bytes) -> bool:
     """True when `signature` is the Ed25519 signature of `message` by `public_raw`."""
     if len(public_raw) != 32 or len(signature) != 64:
         return False
-    check = _with_openssl if _backend() == "openssl" else _with_cryptography
+    check = _with_openssl if backend() == "openssl" else _with_cryptography
     return check(public_raw, signature, message)

@@ -29,6 +29,7 @@ from airlock.trust.ed25519 import key_id, verify
 ROOT_TYPE = "airlock.root/v1"
 ROLES = ("root", "bundle", "model")
 HEX64 = re.compile(r"^[0-9a-f]{64}$")
+TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"  # RFC 3339, UTC, to the second: the one time format of a root
 
 
 def canonical_json(obj: Any) -> bytes:
@@ -58,9 +59,13 @@ class Root:
     document: dict
 
 
-def _time(value: Any) -> datetime | None:
+def utc_text(when: datetime) -> str:
+    return when.astimezone(UTC).strftime(TIME_FORMAT)
+
+
+def parse_utc(value: Any) -> datetime | None:
     try:
-        return datetime.strptime(value, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+        return datetime.strptime(value, TIME_FORMAT).replace(tzinfo=UTC)
     except (TypeError, ValueError):
         return None
 
@@ -71,6 +76,9 @@ def _keys(keys: Any, problems: list[str]) -> dict[str, bytes]:
         problems.append("signed.keys: expected an object of key id to key")
         return out
     for kid, key in keys.items():
+        if not HEX64.match(kid):
+            problems.append(f"signed.keys[{kid}]: a key id is the sha256 of the key, 64 lowercase hex digits")
+            continue
         if not isinstance(key, dict) or set(key) != {"keytype", "public"} or key.get("keytype") != "ed25519":
             problems.append(f"signed.keys[{kid}]: expected {{keytype: ed25519, public: HEX}}")
             continue
@@ -89,17 +97,26 @@ def _keys(keys: Any, problems: list[str]) -> dict[str, bytes]:
 
 def _roles(roles: Any, keys: dict[str, bytes], problems: list[str]) -> dict[str, Role]:
     out: dict[str, Role] = {}
-    if not isinstance(roles, dict) or set(roles) != set(ROLES):
-        problems.append(f"signed.roles: expected exactly the roles {list(ROLES)}")
+    if not isinstance(roles, dict):
+        problems.append(f"signed.roles: expected an object with the roles {', '.join(ROLES)}")
         return out
-    for name, role in roles.items():
-        ids, threshold = (role.get("keyids"), role.get("threshold")) if isinstance(role, dict) else (None, None)
+    missing, unknown_roles = [r for r in ROLES if r not in roles], sorted(set(roles) - set(ROLES))
+    if missing:
+        problems.append(f"signed.roles: role(s) {', '.join(missing)} missing")
+    if unknown_roles:
+        problems.append(f"signed.roles: unknown role(s) {', '.join(unknown_roles)}; the roles are {', '.join(ROLES)}")
+    for name in (r for r in ROLES if r in roles):
+        role = roles[name]
+        if not isinstance(role, dict) or set(role) != {"keyids", "threshold"}:
+            problems.append(f"signed.roles.{name}: expected exactly {{keyids, threshold}}")
+            continue
+        ids, threshold = role["keyids"], role["threshold"]
         if not isinstance(ids, list) or not ids or len(set(ids)) != len(ids):
             problems.append(f"signed.roles.{name}.keyids: expected a non-empty list of distinct key ids")
             continue
         unknown = [k for k in ids if k not in keys]
         if unknown:
-            problems.append(f"signed.roles.{name}: unknown key ids {unknown}")
+            problems.append(f"signed.roles.{name}: key id(s) {', '.join(map(str, unknown))} not in signed.keys")
         if not isinstance(threshold, int) or isinstance(threshold, bool) or not 1 <= threshold <= len(ids):
             problems.append(f"signed.roles.{name}.threshold: {threshold!r} is not between 1 and {len(ids)}")
             continue
@@ -114,41 +131,49 @@ def parse_root(doc: Any, *, source: str) -> Root:
         raise IntegrityFailure(f"{source}: a root is {{signed, signatures}}")
     signed = doc["signed"]
     if set(signed) != {"_type", "version", "expires", "keys", "roles"}:
-        problems.append(f"signed: fields {sorted(signed)}, expected _type, expires, keys, roles, version")
+        problems.append(f"signed: fields {', '.join(sorted(signed))}; expected exactly _type, expires, keys, "
+                        "roles, version")
     if signed.get("_type") != ROOT_TYPE:
         problems.append(f"signed._type: {signed.get('_type')!r}, expected {ROOT_TYPE!r}")
     version = signed.get("version")
     if not isinstance(version, int) or isinstance(version, bool) or version < 1:
         problems.append(f"signed.version: {version!r} is not a positive integer")
-    expires = _time(signed.get("expires"))
+    expires = parse_utc(signed.get("expires"))
     if expires is None:
         problems.append(f"signed.expires: {signed.get('expires')!r} is not a UTC time like 2027-11-23T00:00:00Z")
     keys = _keys(signed.get("keys"), problems)
     roles = _roles(signed.get("roles"), keys, problems)
     if not isinstance(doc["signatures"], list):
         problems.append("signatures: expected a list")
+    else:
+        for i, sig in enumerate(doc["signatures"]):
+            if not isinstance(sig, dict) or set(sig) != {"keyid", "sig"} or not all(
+                    isinstance(v, str) for v in sig.values()):
+                problems.append(f"signatures[{i}]: expected exactly {{keyid, sig}}, both strings")
     if problems:
         raise IntegrityFailure(f"{source}: the trust root is malformed", problems=problems)
     return Root(version, expires, keys, roles, doc)
 
 
 def _count(root: Root, role: str, signatures: list, message: bytes, decode) -> tuple[set[str], list[str]]:
-    """The distinct keys of `role` whose signature over `message` verifies, and why others did not."""
+    """The distinct keys of `role` whose signature over `message` verifies, and why the others did not."""
     good: set[str] = set()
+    failed: list[str] = []
     notes: list[str] = []
-    allowed = root.roles[role].keyids
     for sig in signatures:
         kid = sig.get("keyid") if isinstance(sig, dict) else None
         if kid not in root.keys:
-            notes.append(f"key {str(kid)[:16]} is not in the root")
-        elif kid not in allowed:
-            notes.append(f"key {kid[:16]} is not a key of role {role}")
-        elif kid not in good:
+            notes.append(f"key {kid} is not in the root")
+        elif kid not in root.roles[role].keyids:
+            owners = [name for name, r in sorted(root.roles.items()) if kid in r.keyids]
+            notes.append(f"key {kid} is not a key of role {role} (role {', '.join(owners) or 'none'})")
+        elif kid not in good:  # a key that signs twice still counts once
             raw = decode(sig.get("sig"))
             if raw is not None and verify(root.keys[kid], raw, message):
                 good.add(kid)
             else:
-                notes.append(f"the signature of key {kid[:16]} does not verify")
+                failed.append(kid)
+    notes += [f"the signature of key {kid} does not verify" for kid in dict.fromkeys(failed) if kid not in good]
     return good, notes
 
 
@@ -193,9 +218,13 @@ def verify_root_self(doc: Any, *, now: datetime, source: str) -> Root:
 def verify_rotation(trusted: Root, doc: Any, *, now: datetime, source: str) -> Root:
     """Root N+1, accepted only with version N+1 and the root thresholds of both N and N+1."""
     new = parse_root(doc, source=source)
+    if new.version <= trusted.version:
+        raise IntegrityFailure(f"{source}: version {new.version} is not newer than the trusted root's version "
+                               f"{trusted.version}; a root is only ever replaced by the next version")
     if new.version != trusted.version + 1:
         raise IntegrityFailure(f"{source}: version {new.version} cannot follow the trusted root's "
-                               f"version {trusted.version} (only {trusted.version + 1} can)")
+                               f"version {trusted.version}: only {trusted.version + 1} can (carry every "
+                               "version in between)")
     message = canonical_json(doc["signed"])
     _require(trusted, "root", doc["signatures"], message, _hex, f"{source} (by the trusted root version "
              f"{trusted.version})")
@@ -204,9 +233,10 @@ def verify_rotation(trusted: Root, doc: Any, *, now: datetime, source: str) -> R
     return new
 
 
-def update_chain(trusted: Root, docs: list, *, now: datetime) -> Root:
-    for i, doc in enumerate(docs):
-        trusted = verify_rotation(trusted, doc, now=now, source=f"root version {trusted.version + 1} (chain {i})")
+def update_chain(trusted: Root, docs: list, *, now: datetime, source: str = "new root") -> Root:
+    """Walk from `trusted` through `docs` in order, each a rotation of the one before; the last wins."""
+    for i, doc in enumerate(docs, 1):
+        trusted = verify_rotation(trusted, doc, now=now, source=f"{source} {i} of {len(docs)}")
     return trusted
 
 
