@@ -23,6 +23,7 @@ from airlock.bundle.extract import extract_verified
 from airlock.bundle.parts import open_payload, verify_parts
 from airlock.bundle.target import check_free_space, check_target, host_target
 from airlock.errors import IntegrityFailure, NotFound
+from airlock.trust.pinned import check_fingerprints
 from airlock.trust.root import Root, parse_root, update_chain, verify_envelope, verify_root_self
 
 ROOTS_DIR = "roots"  # earlier root versions, N.root.json, so a pinned root can walk up to the bundle's
@@ -32,7 +33,7 @@ ROOTS_DIR = "roots"  # earlier root versions, N.root.json, so a pinned root can 
 class Verified:
     manifest: dict
     root: Root  # the root that verified the bundle: the pinned one, or its rotation carried in the bundle
-    root_doc: dict
+    chain: list[dict]  # root documents after the pinned one, in order (a first install: none)
 
 
 def read_json(path: Path, what: str) -> dict:
@@ -44,8 +45,9 @@ def read_json(path: Path, what: str) -> dict:
         raise IntegrityFailure(f"{path}: {what} is not JSON: {exc}") from None
 
 
-def bundle_root(bundle_dir: Path, *, pinned: Root | None, fingerprint: str | None, now: datetime) -> tuple[Root, dict]:
-    """The root to verify the bundle with.
+def bundle_root(bundle_dir: Path, *, pinned: Root | None, fingerprint: str | None,
+                now: datetime) -> tuple[Root, list[dict]]:
+    """The root to verify the bundle with, and the root documents it rotated through to get there.
 
     A first install (nothing pinned) takes the bundle's own root.json, self-signed by its root
     threshold, only when the fingerprint the operator got out of band is one of its root keys. An
@@ -60,17 +62,14 @@ def bundle_root(bundle_dir: Path, *, pinned: Root | None, fingerprint: str | Non
                 "no trust root is pinned here: give the root key fingerprint you received out of band "
                 "(--fingerprint), compared by you, never read from the bundle itself")
         root = verify_root_self(doc, now=now, source=str(path))
-        wanted = fingerprint.replace(" ", "").replace(":", "").lower()
-        if wanted not in root.roles["root"].keyids:
-            raise IntegrityFailure(f"{path}: no root key of this root has the fingerprint {fingerprint}; "
-                                   f"its root keys are {', '.join(root.roles['root'].keyids)}")
-        return root, doc
+        check_fingerprints(root, fingerprint, source=str(path))
+        return root, []
     candidate = parse_root(doc, source=str(path))
     if candidate.version <= pinned.version:
-        return pinned, pinned.document
+        return pinned, []
     chain = [read_json(bundle_dir / ROOTS_DIR / f"{v}.root.json", f"root version {v}")
-             for v in range(pinned.version + 1, candidate.version)]
-    return update_chain(pinned, [*chain, doc], now=now), doc
+             for v in range(pinned.version + 1, candidate.version)] + [doc]
+    return update_chain(pinned, chain, now=now), chain
 
 
 def check_outside(bundle_dir: Path, manifest: dict) -> None:
@@ -93,7 +92,7 @@ def verify_bundle(bundle_dir: Path | str, *, now: datetime, pinned: Root | None 
     bundle_dir = Path(bundle_dir)
     if not bundle_dir.is_dir():
         raise NotFound(f"{bundle_dir}: no bundle directory here")
-    root, root_doc = bundle_root(bundle_dir, pinned=pinned, fingerprint=fingerprint, now=now)
+    root, chain = bundle_root(bundle_dir, pinned=pinned, fingerprint=fingerprint, now=now)
     envelope_path = bundle_dir / bundle_manifest.ENVELOPE_NAME
     envelope = read_json(envelope_path, "the manifest's signature envelope")
     payload = verify_envelope(envelope, root, "bundle", payload_type=bundle_manifest.PAYLOAD_TYPE, now=now)
@@ -108,7 +107,7 @@ def verify_bundle(bundle_dir: Path | str, *, now: datetime, pinned: Root | None 
     check_target(manifest["target"], host if host is not None else host_target())
     if space_at is not None:
         check_free_space(space_at, bundle_manifest.payload_size(manifest), what="the unpacked bundle")
-    return Verified(manifest, root, root_doc)
+    return Verified(manifest, root, chain)
 
 
 def unpack(bundle_dir: Path | str, verified: Verified, dest: Path | str) -> Path:

@@ -26,7 +26,9 @@ from pathlib import Path
 
 from airlock.bundle.check import Verified, read_json, unpack, verify_bundle
 from airlock.errors import AirlockError, InvalidInput
-from airlock.trust.root import canonical_json, parse_root
+from airlock.trust.atomic import write_atomic
+from airlock.trust.pinned import ROOT_FILE, accept_new_roots, load_pinned, pin_first
+from airlock.trust.root import Root
 
 HEALTH_TIMEOUT_S = 300
 # The modules every service imports; a release whose venv cannot import them never becomes current.
@@ -37,31 +39,21 @@ class InstallFailed(AirlockError):
     code = "install_failed"
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 def read_state(prefix: Path) -> dict:
     path = prefix / "state.json"
     return read_json(path, "the install state") if path.exists() else {}
 
 
-def pinned_root(prefix: Path):
-    path = prefix / "trust" / "root.json"
-    return parse_root(read_json(path, "the pinned trust root"), source=str(path)) if path.exists() else None
+def pinned_root(prefix: Path) -> Root | None:
+    return load_pinned(prefix / "trust") if (prefix / "trust" / ROOT_FILE).exists() else None
 
 
-def _pin(prefix: Path, verified: Verified, pinned) -> None:
-    """Pin the first root, or the newer root the bundle rotated to; keep each earlier version."""
-    trust = prefix / "trust"
-    trust.mkdir(parents=True, exist_ok=True)
-    if pinned is not None and verified.root.version <= pinned.version:
-        return
-    if pinned is not None:
-        _write_atomic(trust / f"{pinned.version}.root.json", canonical_json(pinned.document))
-    _write_atomic(trust / "root.json", canonical_json(verified.root_doc))
+def _pin(prefix: Path, verified: Verified, pinned: Root | None, fingerprint: str | None, now: datetime) -> None:
+    """Pin the first root, or move the pinned one along the rotation the bundle carried."""
+    if pinned is None:
+        pin_first(prefix / "trust", verified.root.document, fingerprint or "", now=now)
+    elif verified.chain:
+        accept_new_roots(prefix / "trust", verified.chain, now=now)
 
 
 def _pip_env() -> dict[str, str]:
@@ -142,11 +134,11 @@ def install(bundle_dir: Path, prefix: Path, *, now: datetime, fingerprint: str |
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
-        _pin(prefix, verified, pinned)
+        _pin(prefix, verified, pinned, fingerprint, now)
         _switch(prefix, name)
         new_state = {"current": name, "previous": state.get("current"),
                      "highest_sequence": max(m["sequence"], state.get("highest_sequence") or 0)}
-        _write_atomic(prefix / "state.json", json.dumps(new_state, indent=2).encode())
+        write_atomic(prefix / "state.json", json.dumps(new_state, indent=2).encode(), 0o644)
         return new_state
 
 
@@ -159,5 +151,5 @@ def rollback(prefix: Path) -> dict:
             raise InvalidInput(f"{prefix}: no previous release to roll back to")
         _switch(prefix, previous)
         new_state = {**state, "current": previous, "previous": state["current"]}
-        _write_atomic(prefix / "state.json", json.dumps(new_state, indent=2).encode())
+        write_atomic(prefix / "state.json", json.dumps(new_state, indent=2).encode(), 0o644)
         return new_state

@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import json
 import re
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from airlock.bundle.extract import safe_relpath
 from airlock.errors import IntegrityFailure, InvalidInput
+from airlock.trust.root import parse_utc, utc_text
 
 KIND = "airlock.bundle/v1"
 PAYLOAD_TYPE = "application/vnd.airlock.bundle+json"
@@ -32,19 +33,11 @@ FIELDS = {"kind", "name", "version", "sequence", "created", "expires", "target",
           "outside", "contents"}
 
 
-def utc_text(when: datetime) -> str:
-    """RFC 3339 in UTC to the second, the one time format of a manifest."""
-    return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 def parse_time(value: Any, what: str, problems: list[str]) -> datetime | None:
-    if isinstance(value, str):
-        try:
-            return datetime.strptime(value, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
-        except ValueError:
-            pass
-    problems.append(f"{what}: {value!r} is not a UTC time like 2026-11-23T12:00:00Z")
-    return None
+    when = parse_utc(value)
+    if when is None:
+        problems.append(f"{what}: {value!r} is not a UTC time like 2026-11-23T12:00:00Z")
+    return when
 
 
 def _check_entry(where: str, entry: Any, problems: list[str], *, mode: bool) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
-from airlock.bundle.manifest import utc_text
+from airlock.trust.root import utc_text
 
 SPEC = "1.5"
 
