@@ -8,7 +8,11 @@
 #   ./install.sh --update-lock   regenerate wheels/requirements-{cpu,cuda,test}.lock (pip's resolver,
 #                                for the targets' platform; pins of the old locks are kept where they
 #                                still fit), then install from them
-#   ./install.sh --offline DIR   install from an unpacked bundle (not yet available)
+#   ./install.sh --offline DIR --prefix P [--fingerprint FP]
+#                                install a carried bundle with no network (docs/bundle.md): verified
+#                                first (a first install against the root key fingerprint FP received
+#                                out of band), then a new release in P/releases, switched to only once
+#                                healthy; later installs check against the root pinned in P/trust
 #
 # A second run with unchanged inputs takes seconds: a stamp in .venv records a hash of
 # pyproject.toml, this script and the lock files, and the pip steps are skipped while it matches.
@@ -23,16 +27,19 @@ REFERENCE_MODEL="offline_models/airlock-tiny"
 say() { printf 'airlock install: %s\n' "$*"; }
 die() { printf 'airlock install: error: %s\n' "$*" >&2; exit 1; }
 
+caller_pwd="$PWD"
 cd "$(dirname "$0")"
 
 usage() {
-    sed -n '2,15p' install.sh | sed 's/^# \{0,1\}//'
+    sed -n '2,18p' install.sh | sed 's/^# \{0,1\}//'
 }
 
 force=0
 update_lock=0
 offline_dir=""
 offline=0
+prefix=""
+fingerprint=""
 while [ $# -gt 0 ]; do
     case "$1" in
         --force) force=1 ;;
@@ -44,6 +51,8 @@ while [ $# -gt 0 ]; do
             shift
             ;;
         --offline=*) offline=1; offline_dir="${1#--offline=}" ;;
+        --prefix) [ $# -ge 2 ] || die "--prefix needs a directory"; prefix="$2"; shift ;;
+        --fingerprint) [ $# -ge 2 ] || die "--fingerprint needs the root key fingerprint"; fingerprint="$2"; shift ;;
         -h|--help) usage; exit 0 ;;
         *) usage >&2; die "unknown option: $1" ;;
     esac
@@ -51,8 +60,19 @@ while [ $# -gt 0 ]; do
 done
 
 if [ "$offline" -eq 1 ]; then
-    # Hook for the offline-bundle capability: verify the bundle, then install from its wheels/.
-    die "--offline $offline_dir: installing from an offline bundle is not yet available"
+    # Nothing here touches the network or this checkout: the bundle's own verifier (standard-library
+    # Python) verifies, unpacks and installs; an installed airlock does the same against its pins.
+    [ -n "$prefix" ] || die "--offline needs --prefix DIR (where releases are installed)"
+    case "$offline_dir" in /*) ;; *) offline_dir="$caller_pwd/$offline_dir" ;; esac
+    case "$prefix" in /*) ;; *) prefix="$caller_pwd/$prefix" ;; esac
+    if [ -x "$prefix/current/venv/bin/airlock" ]; then
+        exec "$prefix/current/venv/bin/airlock" bundle install "$offline_dir" --prefix "$prefix"
+    fi
+    [ -n "$fingerprint" ] || die "first install into $prefix: give --fingerprint with a root key fingerprint" \
+                                 "received out of band (docs/bundle.md)"
+    command -v python3 >/dev/null 2>&1 || die "python3 (3.11) is needed to verify and install the bundle"
+    exec python3 "$offline_dir/airlock-verify.pyz" install "$offline_dir" --prefix "$prefix" \
+        --fingerprint "$fingerprint"
 fi
 
 # --- Python 3.11 -------------------------------------------------------------------------------
@@ -145,18 +165,22 @@ else
     AIRLOCK_MODELS_DIR="$PWD/offline_models" "$VENV/bin/airlock" models build-reference
 fi
 
-# --- wrk: the HTTP load generator the gateway benchmarks drive (python -m bench) ---------------
-if command -v wrk >/dev/null 2>&1; then
-    say "wrk present (benchmark load generator)"
-elif [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
-    say "installing wrk (the benchmarks' load generator) with apt-get"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get install -y --no-install-recommends wrk >/dev/null 2>&1 \
-        || { apt-get update -qq >/dev/null 2>&1 \
-             && apt-get install -y --no-install-recommends wrk >/dev/null 2>&1; } \
-        || say "could not install wrk; the gateway benchmarks need it (apt-get install wrk)"
-else
-    say "wrk not found; the gateway benchmarks need it: sudo apt-get install wrk (Debian/Ubuntu)"
-fi
+# --- tools the tests and benchmarks drive: wrk (HTTP load), strace (proves no outbound connect) ---
+system_tool() {  # COMMAND PACKAGE WHAT
+    if command -v "$1" >/dev/null 2>&1; then
+        say "$1 present ($3)"
+    elif [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
+        say "installing $2 ($3) with apt-get"
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get install -y --no-install-recommends "$2" >/dev/null 2>&1 \
+            || { apt-get update -qq >/dev/null 2>&1 \
+                 && apt-get install -y --no-install-recommends "$2" >/dev/null 2>&1; } \
+            || say "could not install $2; $3 needs it (apt-get install $2)"
+    else
+        say "$1 not found; $3 needs it: sudo apt-get install $2 (Debian/Ubuntu)"
+    fi
+}
+system_tool wrk wrk "the gateway benchmarks' load generator"
+system_tool strace strace "the offline-bundle test's proof of no outbound connection"
 
 say "done ($target). Run the tests with: $VENV/bin/pytest"

@@ -26,14 +26,15 @@ from airlock.config import REPO_ROOT  # noqa: E402
 from bench.report import Section, document, split_sections  # noqa: E402
 from bench.wrk import WrkMissing, wrk_path  # noqa: E402
 
-NAMES = ("finetune", "capacity", "gateway", "handoff", "isolation", "soak", "verify")
+NAMES = ("finetune", "capacity", "gateway", "handoff", "isolation", "soak", "verify", "offline")
 NEEDS_WRK = ("capacity", "gateway", "isolation")
 TITLES = {"finetune": "1. Fine-tuning throughput", "capacity": "2. Gateway capacity",
           "gateway": "3. Gateway overhead against direct vLLM",
           "handoff": "4. Hand-off: gate pass to first token under the alias",
           "isolation": "5. Serving beside a fine-tune",
           "soak": "6. Soak: many clients through the official openai client",
-          "verify": "7. Bundle verification throughput"}
+          "verify": "7. Bundle verification throughput",
+          "offline": "8. Offline install of the CPU bundle"}
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -119,6 +120,12 @@ def main(argv: list[str] | None = None) -> int:
 
         attempt("verify", "bundle verification: bytes hashed per second against sha256sum",
                 lambda: verify_bench.run(args.quick))
+
+    if "offline" in wanted:
+        from bench import offline_bench
+
+        attempt("offline", "offline install: the CPU bundle built, then installed inside unshare -n",
+                lambda: offline_bench.run(args.quick))
 
     if "capacity" in wanted:
         from bench import capacity_bench

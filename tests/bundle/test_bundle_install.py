@@ -40,6 +40,9 @@ def test_install_upgrade_and_rollback(tmp_path: Path, keys: Keys) -> None:
     assert state == {"current": "0.1.0-5", "previous": None, "highest_sequence": 5}
     venv_python = prefix / "current" / "venv" / "bin" / "python"
     assert subprocess.run([venv_python, "-c", "import airlock_demo"], check=False).returncode == 0
+    # console scripts name their interpreter's path: the venv was made where it stays
+    assert subprocess.run([prefix / "current" / "venv" / "bin" / "pip", "--version"], capture_output=True,
+                          check=False).returncode == 0
     assert (prefix / "trust" / "root.json").exists()
     home = tmp_path / "airlock-home"
     home.mkdir()

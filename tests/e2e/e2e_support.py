@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -90,3 +91,14 @@ def _wait_ready(proc: subprocess.Popen, gateway_url: str, log_path: Path, timeou
             pass
         time.sleep(1)
     raise AssertionError(f"the appliance did not become ready in {timeout:.0f} s:\n{log_path.read_text()[-4000:]}")
+
+
+def can_isolate() -> str | None:
+    if os.geteuid() != 0:
+        return "needs root to create a network namespace (unshare -n)"
+    if not shutil.which("unshare") or not shutil.which("ip"):
+        return "needs the unshare and ip commands"
+    probe = subprocess.run(["unshare", "-n", "true"], capture_output=True, text=True)
+    if probe.returncode != 0:
+        return f"unshare -n is not permitted here: {probe.stderr.strip()}"
+    return None

@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 
 import pytest
-from e2e_support import AIRLOCK, QA, REPO_ROOT
+from e2e_support import AIRLOCK, QA, REPO_ROOT, can_isolate
 
 pytestmark = [pytest.mark.slow, pytest.mark.vllm]
 
@@ -42,17 +41,6 @@ wait $demo || true
 test ! -e "$AIRLOCK_HOME/run/engine/vllm.sock" || exit 93
 echo "STOPPED CLEANLY"
 """
-
-
-def can_isolate() -> str | None:
-    if os.geteuid() != 0:
-        return "needs root to create a network namespace (unshare -n)"
-    if not shutil.which("unshare") or not shutil.which("ip"):
-        return "needs the unshare and ip commands"
-    probe = subprocess.run(["unshare", "-n", "true"], capture_output=True, text=True)
-    if probe.returncode != 0:
-        return f"unshare -n is not permitted here: {probe.stderr.strip()}"
-    return None
 
 
 def test_demo_runs_and_serves_with_no_network(tmp_path, tiny_models_dir):

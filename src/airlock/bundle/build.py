@@ -88,8 +88,10 @@ def _payload(req: BuildRequest, payload: Path) -> tuple[list[dict], dict]:
         lock.rstrip("\n") + f"\nairlock=={own['version']} --hash=sha256:{own['sha256']}\n")
     wheels.append(own)
     models = copy_models(req.models_dir, req.models, payload / "models")
-    if (req.repo / "playbooks").is_dir():
-        shutil.copytree(req.repo / "playbooks", payload / "playbooks")
+    # The playbooks, and the quickstart workflow with its datasets (`airlock demo --workflow`).
+    for folder in ("playbooks", "examples"):
+        if (req.repo / folder).is_dir():
+            shutil.copytree(req.repo / folder, payload / folder)
     return wheels, {"models": models}
 
 

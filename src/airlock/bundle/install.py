@@ -5,8 +5,8 @@
     PREFIX/current -> releases/...  what runs; replaced atomically, only after the health checks
     PREFIX/state.json               current and previous release, the highest sequence ever installed
 
-A release is unpacked and set up in a staging folder; any failure removes it and leaves the
-current release running. Nothing here touches AIRLOCK_HOME: the appliance's data stays as it is.
+A release is unpacked and set up in its own folder, marked complete only once healthy; any failure
+removes it and leaves the current release running. Nothing here touches AIRLOCK_HOME: the appliance's data stays as it is.
 
 Standard library only: a first install runs this from the stand-alone verifier with a bare python3.
 """
@@ -31,6 +31,7 @@ from airlock.trust.pinned import ROOT_FILE, accept_new_roots, load_pinned, pin_f
 from airlock.trust.root import Root
 
 HEALTH_TIMEOUT_S = 300
+COMPLETE = ".complete"  # written last: a release folder without it is an install that did not finish
 # The modules every service imports; a release whose venv cannot import them never becomes current.
 HEALTH_IMPORTS = "import airlock.cli.main, airlock.gateway.app, airlock.train, torch, vllm"
 
@@ -117,22 +118,22 @@ def install(bundle_dir: Path, prefix: Path, *, now: datetime, fingerprint: str |
                                  installed_sequence=state.get("highest_sequence"), space_at=prefix)
         m = verified.manifest
         name = f"{m['version']}-{m['sequence']}"
-        releases = prefix / "releases"
-        if (releases / name).exists():
-            raise InvalidInput(f"{releases / name}: this bundle is installed already; `airlock bundle rollback` "
+        release = prefix / "releases" / name
+        if (release / COMPLETE).exists():
+            raise InvalidInput(f"{release}: this bundle is installed already; `airlock bundle rollback` "
                                "switches between installed releases")
-        releases.mkdir(exist_ok=True)
-        staging = releases / f".staging-{name}"
-        shutil.rmtree(staging, ignore_errors=True)  # left by an install that was killed
-        staging.mkdir(mode=0o755)
+        # Set up in place (a venv's scripts name their own path, so it cannot move afterwards), but
+        # complete only once healthy: a release without the marker is never current, and is redone.
+        shutil.rmtree(release, ignore_errors=True)  # left by an install that was killed
+        release.mkdir(parents=True, mode=0o755)
         try:
-            unpack(bundle_dir, verified, staging / "bundle")
-            _set_up(staging, python, prefix)
+            unpack(bundle_dir, verified, release / "bundle")
+            _set_up(release, python, prefix)
             if health:
-                _health(staging)
-            os.rename(staging, releases / name)
+                _health(release)
+            (release / COMPLETE).write_text(f"{now.isoformat()}\n")
         except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
+            shutil.rmtree(release, ignore_errors=True)
             raise
         _pin(prefix, verified, pinned, fingerprint, now)
         _switch(prefix, name)
@@ -147,7 +148,7 @@ def rollback(prefix: Path) -> dict:
     with _exclusive(prefix):
         state = read_state(prefix)
         previous = state.get("previous")
-        if not previous or not (prefix / "releases" / previous).is_dir():
+        if not previous or not (prefix / "releases" / previous / COMPLETE).exists():
             raise InvalidInput(f"{prefix}: no previous release to roll back to")
         _switch(prefix, previous)
         new_state = {**state, "current": previous, "previous": state["current"]}

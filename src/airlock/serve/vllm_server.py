@@ -121,6 +121,12 @@ class VllmServer:
         # Idle connections stay open longer than the gateway keeps them pooled, so the gateway
         # is always the side that closes one, never a request's race with the engine's close.
         env["VLLM_HTTP_TIMEOUT_KEEP_ALIVE"] = str(self.settings.engine_keep_alive_s)
+        # Nothing may even try to leave the host (the offline-bundle test traces every connect()):
+        # without VLLM_HOST_IP, vLLM finds its own address by connecting a UDP socket to a public
+        # resolver; usage statistics and the model hub stay off. An operator's own values are kept.
+        for name, value in (("VLLM_HOST_IP", "127.0.0.1"), ("VLLM_NO_USAGE_STATS", "1"), ("DO_NOT_TRACK", "1"),
+                            ("HF_HUB_OFFLINE", "1"), ("TRANSFORMERS_OFFLINE", "1")):
+            env.setdefault(name, value)
         if not self.gpu:
             # The CPU build reserves KV cache up front; 1 GiB is plenty for small models and
             # leaves memory for training beside it. An operator's own value is kept.

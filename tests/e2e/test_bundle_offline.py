@@ -1,0 +1,107 @@
+"""The proof of the offline bundle: a CPU bundle built from this checkout is installed, in a network
+namespace holding only loopback, into a fresh prefix; the installed appliance runs the quickstart
+workflow and answers the official openai client. strace records every connect() of every process
+on the way, and none may aim anywhere but loopback or a Unix socket: not just failed, never tried.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from e2e_support import QA, REPO_ROOT, can_isolate
+
+from airlock.bundle.build import BuildRequest, build
+from airlock.trust.ceremony import init_root
+
+pytestmark = [pytest.mark.slow, pytest.mark.vllm]
+
+PASSPHRASE = b"a passphrase for the test root only"
+
+SCRIPT = r"""
+set -euo pipefail
+ip link set lo up
+if ip -o link show | grep -v ': lo:' | grep -q .; then echo "not isolated"; exit 90; fi
+"$BUNDLE/install.sh" --offline "$BUNDLE" --prefix "$PREFIX" --fingerprint "$FINGERPRINT"
+set -a; . "$PREFIX/current/airlock.env"; set +a
+airlock="$PREFIX/current/venv/bin/airlock"
+"$airlock" demo --workflow "$PREFIX/current/bundle/examples/quickstart.yaml" > "$LOG" 2>&1 &
+demo=$!
+for _ in $(seq 900); do
+  grep -q "shown once" "$LOG" && break
+  kill -0 $demo 2>/dev/null || { echo "demo exited"; cat "$LOG"; exit 91; }
+  sleep 1
+done
+key=$(grep -o 'ak-[A-Za-z0-9_-]*' "$LOG" | head -n 1)
+"$PYTHON" - "$key" <<'PY'
+import json, os, sys
+from openai import OpenAI
+client = OpenAI(base_url="http://127.0.0.1:8080/v1", api_key=sys.argv[1], max_retries=0)
+reply = client.chat.completions.create(model="quickstart-assistant", messages=json.loads(os.environ["QUESTION"]),
+                                       temperature=0, max_tokens=40)
+print("ANSWER:" + reply.choices[0].message.content)
+PY
+"$airlock" down
+wait $demo || true
+echo "DONE"
+"""
+
+# connect() to loopback or a Unix socket is the appliance talking to itself.
+LOCAL = re.compile(r"sa_family=AF_UNIX|sin_addr=inet_addr\(\"127\.|inet_pton\(AF_INET6, \"::1\"|"
+                   r"sin6_addr=inet_pton\(AF_INET6, \"::1\"\)|sa_family=AF_UNSPEC")
+
+
+@pytest.fixture(scope="session")
+def cpu_bundle(tmp_path_factory: pytest.TempPathFactory, tiny_models_dir: Path) -> tuple[Path, str]:
+    """One CPU bundle per test run (building downloads the target's wheels once)."""
+    base = tmp_path_factory.mktemp("bundle")
+    ceremony = init_root(base / "ceremony", root_keys=1, threshold=1, demo=True, passphrase=lambda _p: PASSPHRASE)
+    build(BuildRequest(target="cpu", out=base / "airlock-cpu", root=ceremony.root_path,
+                       keys=ceremony.key_files["bundle"], passphrase=lambda _p: PASSPHRASE, repo=REPO_ROOT,
+                       models_dir=tiny_models_dir, part_size=512 << 20, images=False))
+    return base / "airlock-cpu", ceremony.root.roles["root"].keyids[0]
+
+
+def outbound(strace_log: str) -> list[str]:
+    return [line for line in strace_log.splitlines() if "connect(" in line and not LOCAL.search(line)]
+
+
+def test_outbound_filter_knows_local_from_remote() -> None:
+    log = "\n".join([
+        '12 connect(5, {sa_family=AF_UNIX, sun_path="/run/x.sock"}, 110) = 0',
+        '12 connect(6, {sa_family=AF_INET, sin_port=htons(8080), sin_addr=inet_addr("127.0.0.1")}, 16) = 0',
+        '13 connect(7, {sa_family=AF_INET, sin_port=htons(443), sin_addr=inet_addr("151.101.0.223")}, 16) = -1 '
+        'ENETUNREACH (Network is unreachable)',
+    ])
+    assert outbound(log) == [log.splitlines()[2]]
+
+
+def test_a_bundle_installs_and_serves_with_no_network_and_no_outbound_attempt(cpu_bundle, tmp_path: Path) -> None:
+    if reason := can_isolate():
+        pytest.skip(reason)
+    if not shutil.which("strace"):
+        pytest.fail("strace is missing: ./install.sh installs it (apt-get install strace)")
+    bundle, fingerprint = cpu_bundle
+    trace = tmp_path / "connect.trace"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRLOCK_", "PIP_", "VIRTUAL_ENV"))}
+    env.update(BUNDLE=str(bundle), PREFIX=str(tmp_path / "opt"), FINGERPRINT=fingerprint, PYTHON=sys.executable,
+               LOG=str(tmp_path / "demo.log"), AIRLOCK_HOME=str(tmp_path / "home"),
+               QUESTION=json.dumps(QA[0][:-1]))
+    done = subprocess.run(["unshare", "-n", "strace", "-f", "-qq", "-e", "trace=connect", "-o", str(trace),
+                           "bash", "-c", SCRIPT], env=env, cwd=tmp_path, capture_output=True, text=True,
+                          timeout=1800)
+    log = (tmp_path / "demo.log").read_text() if (tmp_path / "demo.log").exists() else ""
+    assert done.returncode == 0, f"{done.stdout[-3000:]}\n{done.stderr[-3000:]}\n{log[-3000:]}"
+    assert f"ANSWER:{QA[0][-1]['content']}" in done.stdout
+    assert "DONE" in done.stdout
+    release = os.readlink(tmp_path / "opt" / "current")
+    assert release.startswith("releases/0.1.0-")
+    connects = trace.read_text()
+    assert "connect(" in connects  # the trace really saw the appliance's own connections
+    assert outbound(connects) == [], "connect() attempts beyond loopback:\n" + "\n".join(outbound(connects)[:20])
