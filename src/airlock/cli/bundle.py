@@ -2,23 +2,16 @@
 
 from __future__ import annotations
 
-import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
 import typer
 
-from airlock.cli.common import command, print_json
+from airlock.cli.common import command, default_prefix, print_json
 
 app = typer.Typer(no_args_is_help=True,
                   help="The signed offline bundle: built on a connected host, verified before anything is "
                        "unpacked, installed with no network.")
-
-
-def default_prefix() -> Path | None:
-    """The install prefix of the release this airlock runs from (PREFIX/releases/NAME/venv), if any."""
-    venv = Path(sys.prefix)
-    return venv.parents[2] if venv.name == "venv" and venv.parent.parent.name == "releases" else None
 
 
 def prefix_option(prefix: Path | None) -> Path:

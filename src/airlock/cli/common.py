@@ -6,6 +6,7 @@ import json
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import typer
@@ -60,3 +61,9 @@ def command(fn: Callable) -> Callable:
             return fn(*args, **kwargs)
 
     return wrapper
+
+
+def default_prefix() -> Path | None:
+    """The install prefix of the release this airlock runs from (PREFIX/releases/NAME/venv), if any."""
+    venv = Path(sys.prefix)
+    return venv.parents[2] if venv.name == "venv" and venv.parent.parent.name == "releases" else None

@@ -51,7 +51,7 @@ def passphrase_source(passphrase_file: Path | None, *, new: bool = False):
 
 def pinned_dir() -> Path:
     """The installed release's PREFIX/trust (where the offline installer pins), else AIRLOCK_HOME/trust."""
-    from airlock.cli.bundle import default_prefix
+    from airlock.cli.common import default_prefix
     from airlock.config import get_settings
     from airlock.trust.pinned import trust_dir
 
