@@ -165,7 +165,8 @@ else
     AIRLOCK_MODELS_DIR="$PWD/offline_models" "$VENV/bin/airlock" models build-reference
 fi
 
-# --- tools the tests and benchmarks drive: wrk (HTTP load), strace (proves no outbound connect) ---
+# --- tools the tests and benchmarks drive: wrk (HTTP load), strace (proves no outbound connect),
+#     podman, runc and debootstrap (the service images) ---
 system_tool() {  # COMMAND PACKAGE WHAT
     if command -v "$1" >/dev/null 2>&1; then
         say "$1 present ($3)"
@@ -182,5 +183,10 @@ system_tool() {  # COMMAND PACKAGE WHAT
 }
 system_tool wrk wrk "the gateway benchmarks' load generator"
 system_tool strace strace "the offline-bundle test's proof of no outbound connection"
+# podman with runc (crun refuses some kernels' cgroup modes; images/containers.conf selects runc) and
+# debootstrap, which makes the service images' Debian base without a registry.
+system_tool podman podman "the service images: building, loading and running them"
+system_tool runc runc "podman's container runtime"
+system_tool debootstrap debootstrap "the service images' Debian base"
 
 say "done ($target). Run the tests with: $VENV/bin/pytest"

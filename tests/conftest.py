@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,9 @@ from airlock.context import Airlock
 pytest_plugins = ["vllm_fixtures"]
 
 EXAMPLES = REPO_ROOT / "examples"
+# podman on hosts such as CI's (no systemd as PID 1, a cgroup mode crun refuses, no CAP_SYS_RESOURCE)
+# needs the repository's settings for it (docs/bundle.md), unless the environment names others.
+os.environ.setdefault("CONTAINERS_CONF", str(REPO_ROOT / "images" / "containers.conf"))
 
 
 @pytest.fixture

@@ -88,6 +88,8 @@ def payload_tree(root: Path) -> None:
     (root / "models" / "tiny").mkdir(parents=True)
     (root / "models" / "tiny" / "model.safetensors").write_bytes(os.urandom(300_000))
     (root / "models" / "tiny" / "config.json").write_text('{"model_type": "llama"}')
+    (root / "images").mkdir()
+    (root / "images" / "airlock-gateway.oci.tar").write_bytes(os.urandom(200_000))  # the signed file's bytes
     (root / "sbom.cdx.json").write_text("{}")
 
 

@@ -37,7 +37,7 @@ def test_install_upgrade_and_rollback(tmp_path: Path, keys: Keys) -> None:
     make_bundle(tmp_path / "b5", keys, sequence=5)
     make_bundle(tmp_path / "b6", keys, sequence=6)
     state = run_install(tmp_path / "b5", prefix, keys)
-    assert state == {"current": "0.1.0-5", "previous": None, "highest_sequence": 5}
+    assert state == {"current": "0.1.0-5", "previous": None, "highest_sequence": 5, "images": [], "images_skipped": 0}
     venv_python = prefix / "current" / "venv" / "bin" / "python"
     assert subprocess.run([venv_python, "-c", "import airlock_demo"], check=False).returncode == 0
     # console scripts name their interpreter's path: the venv was made where it stays

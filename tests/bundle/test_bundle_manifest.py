@@ -130,13 +130,29 @@ def test_the_payload_listing_refuses_links(tmp_path: Path) -> None:
         file_entries(tmp_path / "p")
 
 
-def test_the_sbom_lists_wheels_models_and_image_packages() -> None:
-    files = {"models/m/model.safetensors": {"size": 1, "sha256": HEX, "mode": "0644"}}
+def test_the_sbom_lists_wheels_models_images_and_image_packages() -> None:
+    files = {"models/m/model.safetensors": {"size": 1, "sha256": HEX, "mode": "0644"},
+             "images/airlock-gateway.oci.tar": {"size": 1, "sha256": "ab" * 32, "mode": "0644"},
+             "images/airlock-worker.oci.tar": {"size": 1, "sha256": "cd" * 32, "mode": "0644"}}
+    libc = {"name": "libc6", "version": "2.36-9", "arch": "amd64"}
     sbom = build_sbom(version="0.1.0", created=NOW, models=["m"], files=files,
                       wheels=[{"name": "PyYAML", "version": "6.0.3", "sha256": HEX, "file": "PyYAML-6.0.3.whl"}],
-                      image_packages={"gateway": [{"name": "libc6", "version": "2.36-9", "arch": "amd64"}]})
+                      images=[{"service": "gateway", "tag": "localhost/airlock-gateway:0.1.0-5", "python": ["pyyaml"],
+                               "file": "images/airlock-gateway.oci.tar", "debian": [libc]},
+                              {"service": "worker", "tag": "localhost/airlock-worker:0.1.0-5", "python": ["torch"],
+                               "file": "images/airlock-worker.oci.tar", "debian": [libc]}])
     assert sbom["bomFormat"] == "CycloneDX" and sbom["specVersion"] == "1.5"
     purls = [c.get("purl") for c in sbom["components"]]
-    assert "pkg:pypi/pyyaml@6.0.3" in purls and "pkg:deb/debian/libc6@2.36-9?arch=amd64" in purls
+    assert "pkg:pypi/pyyaml@6.0.3" in purls
+    assert purls.count("pkg:deb/debian/libc6@2.36-9?arch=amd64") == 1  # one component, both images named
+    libc6 = next(c for c in sbom["components"] if c["name"] == "libc6")
+    assert [p["value"] for p in libc6["properties"]] == ["localhost/airlock-gateway:0.1.0-5",
+                                                        "localhost/airlock-worker:0.1.0-5"]
+    wheel = next(c for c in sbom["components"] if c["name"] == "pyyaml")
+    assert [p["value"] for p in wheel["properties"] if p["name"] == "airlock:image"] == [
+        "localhost/airlock-gateway:0.1.0-5"]
+    gateway = next(c for c in sbom["components"] if c["type"] == "container" and "gateway" in c["name"])
+    assert gateway["name"] == "localhost/airlock-gateway" and gateway["version"] == "0.1.0-5"
+    assert gateway["hashes"] == [{"alg": "SHA-256", "content": "ab" * 32}]
     model = next(c for c in sbom["components"] if c["type"] == "machine-learning-model")
     assert model["properties"] == [{"name": "airlock:file:model.safetensors", "value": HEX}]

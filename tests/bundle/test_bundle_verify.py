@@ -66,7 +66,8 @@ def test_a_flipped_bit_in_a_part_names_the_part(tmp_path: Path, keys: Keys, pinn
         check(tmp_path / "b", pinned)
 
 
-@pytest.mark.parametrize("victim", ["wheels/airlock_demo-1.0-py3-none-any.whl", "models/tiny/model.safetensors"])
+@pytest.mark.parametrize("victim", ["wheels/airlock_demo-1.0-py3-none-any.whl", "models/tiny/model.safetensors",
+                                    "images/airlock-gateway.oci.tar"])
 def test_a_file_that_differs_from_its_signed_digest_is_named(tmp_path: Path, keys: Keys, pinned, victim: str,
                                                              monkeypatch: pytest.MonkeyPatch) -> None:
     """A bit flipped in a file before it was tarred (parts then match, the file does not)."""

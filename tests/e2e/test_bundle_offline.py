@@ -2,6 +2,7 @@
 namespace holding only loopback, into a fresh prefix; the installed appliance runs the quickstart
 workflow and answers the official openai client. strace records every connect() of every process
 on the way, and none may aim anywhere but loopback or a Unix socket: not just failed, never tried.
+The install also loads the bundle's service images into podman (test_service_images.py runs them).
 """
 
 from __future__ import annotations
@@ -15,14 +16,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from e2e_support import QA, REPO_ROOT, can_isolate
+from e2e_support import QA, can_isolate
 
-from airlock.bundle.build import BuildRequest, build
-from airlock.trust.ceremony import init_root
 
 pytestmark = [pytest.mark.slow, pytest.mark.vllm]
-
-PASSPHRASE = b"a passphrase for the test root only"
 
 SCRIPT = r"""
 set -euo pipefail
@@ -57,17 +54,6 @@ LOCAL = re.compile(r"sa_family=AF_UNIX|sin_addr=inet_addr\(\"127\.|inet_pton\(AF
                    r"sin6_addr=inet_pton\(AF_INET6, \"::1\"\)|sa_family=AF_UNSPEC")
 
 
-@pytest.fixture(scope="session")
-def cpu_bundle(tmp_path_factory: pytest.TempPathFactory, tiny_models_dir: Path) -> tuple[Path, str]:
-    """One CPU bundle per test run (building downloads the target's wheels once)."""
-    base = tmp_path_factory.mktemp("bundle")
-    ceremony = init_root(base / "ceremony", root_keys=1, threshold=1, demo=True, passphrase=lambda _p: PASSPHRASE)
-    build(BuildRequest(target="cpu", out=base / "airlock-cpu", root=ceremony.root_path,
-                       keys=ceremony.key_files["bundle"], passphrase=lambda _p: PASSPHRASE, repo=REPO_ROOT,
-                       models_dir=tiny_models_dir, part_size=512 << 20, images=False))
-    return base / "airlock-cpu", ceremony.root.roles["root"].keyids[0]
-
-
 def outbound(strace_log: str) -> list[str]:
     return [line for line in strace_log.splitlines() if "connect(" in line and not LOCAL.search(line)]
 
@@ -100,6 +86,11 @@ def test_a_bundle_installs_and_serves_with_no_network_and_no_outbound_attempt(cp
     assert done.returncode == 0, f"{done.stdout[-3000:]}\n{done.stderr[-3000:]}\n{log[-3000:]}"
     assert f"ANSWER:{QA[0][-1]['content']}" in done.stdout
     assert "DONE" in done.stdout
+    # podman loaded the service images from their verified archives, with no network either
+    tags = [image["tag"] for image in json.loads((bundle / "manifest.json").read_bytes())["contents"]["images"]]
+    assert len(tags) == 3 and f"loaded into podman: {', '.join(tags)}" in done.stdout
+    for tag in tags:
+        assert subprocess.run(["podman", "image", "exists", tag], check=False).returncode == 0, tag
     release = os.readlink(tmp_path / "opt" / "current")
     assert release.startswith("releases/0.1.0-")
     connects = trace.read_text()

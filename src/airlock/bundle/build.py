@@ -21,8 +21,10 @@ from typing import Callable
 from airlock import __version__
 from airlock.bundle import manifest as bm
 from airlock.bundle.check import read_json, verify_bundle
+from airlock.bundle.images import build_images
 from airlock.bundle.parts import write_parts
 from airlock.bundle.payload import copy_models, file_entries, sha256_file, write_tar
+from airlock.bundle.podman import debian_mirror, require_tools
 from airlock.bundle.sbom import build_sbom
 from airlock.bundle.target_spec import TARGETS, bundle_target
 from airlock.bundle.verifier import NAME as VERIFIER_NAME, build_verifier
@@ -46,6 +48,7 @@ class BuildRequest:
     part_size: int
     models: list[str] = field(default_factory=lambda: ["airlock-tiny"])
     images: bool = True
+    debian_mirror: str | None = None  # where debootstrap fetches the images' base (default: this host's apt)
     sequence: int | None = None
     expires_days: int = 90
     now: datetime = field(default_factory=lambda: datetime.now(UTC))
@@ -61,9 +64,6 @@ def _check_request(req: BuildRequest) -> None:
         problems.append("--key: at least one key of the trust root's `bundle` role is needed to sign")
     if not 1 <= req.expires_days <= 3650:
         problems.append(f"--expires-days {req.expires_days}: expected 1 to 3650")
-    if req.images:
-        problems.append("images: building the service images needs `--no-images` for now "
-                        "(the image builder is not part of this version)")
     if problems:
         raise InvalidInput("cannot build the bundle", problems=problems)
 
@@ -79,7 +79,7 @@ def _signers(req: BuildRequest) -> tuple[list, dict]:
     return keys, root_doc
 
 
-def _payload(req: BuildRequest, payload: Path) -> tuple[list[dict], dict]:
+def _payload(req: BuildRequest, payload: Path, sequence: int) -> tuple[list[dict], dict, list[dict]]:
     wheels_dir = payload / "wheels"
     wheels = fetch_wheels(req.repo / "wheels" / f"requirements-{req.target}.lock", wheels_dir, target=req.target)
     own = build_own_wheel(req.repo, wheels_dir)
@@ -92,7 +92,9 @@ def _payload(req: BuildRequest, payload: Path) -> tuple[list[dict], dict]:
     for folder in ("playbooks", "examples"):
         if (req.repo / folder).is_dir():
             shutil.copytree(req.repo / folder, payload / folder)
-    return wheels, {"models": models}
+    images = build_images(req.repo, wheels_dir, payload / "images", target=req.target, release=f"{__version__}-{sequence}",
+                          version=__version__, mirror=debian_mirror(req.debian_mirror)) if req.images else []
+    return wheels, {"models": models}, images
 
 
 def _write_parts(payload: Path, files: dict, out: Path, part_size: int) -> list[dict]:
@@ -120,14 +122,17 @@ def _write_parts(payload: Path, files: dict, out: Path, part_size: int) -> list[
 def build(req: BuildRequest) -> dict:
     _check_request(req)
     keys, root_doc = _signers(req)
+    if req.images:  # before an hour of downloads, not after
+        require_tools("podman")
+    sequence = req.sequence or int(req.now.strftime("%Y%m%d%H%M%S"))
     req.out.mkdir(parents=True, exist_ok=True)
     staging = req.out / ".payload"
     try:
-        wheels, contents = _payload(req, staging)
+        wheels, contents, images = _payload(req, staging, sequence)
         files_so_far = file_entries(staging)
         sbom = build_sbom(version=__version__, created=req.now,
                           wheels=[{**w, "file": Path(w["path"]).name} for w in wheels],
-                          models=req.models, files=files_so_far, image_packages={})
+                          models=req.models, files=files_so_far, images=images)
         (staging / "sbom.cdx.json").write_bytes(canonical_json(sbom))
         files = file_entries(staging)
         parts = _write_parts(staging, files, req.out, req.part_size)
@@ -139,9 +144,10 @@ def build(req: BuildRequest) -> dict:
     outside = {name: {"size": (req.out / name).stat().st_size, "sha256": sha256_file(req.out / name)}
                for name in (VERIFIER_NAME, INSTALLER, bm.ROOT_NAME)}
     manifest = bm.new_manifest(
-        version=__version__, sequence=req.sequence or int(req.now.strftime("%Y%m%d%H%M%S")),
+        version=__version__, sequence=sequence,
         target=bundle_target(req.target, wheels), files=files, parts=parts, outside=outside,
-        contents={**contents, "wheels": len(wheels), "images": []},
+        contents={**contents, "wheels": len(wheels),
+                  "images": [{k: image[k] for k in ("service", "tag", "file")} for image in images]},
         created=req.now, expires=req.now + timedelta(days=req.expires_days))
     payload_bytes = canonical_json(manifest)
     (req.out / bm.MANIFEST_NAME).write_bytes(payload_bytes)

@@ -1,7 +1,8 @@
 """Installing a verified bundle as a release beside the current one, switching only when healthy.
 
     PREFIX/trust/root.json          the pinned trust root (earlier versions in trust/N.root.json)
-    PREFIX/releases/VERSION-SEQ/    one per installed bundle: bundle/ (unpacked), venv/, airlock.env
+    PREFIX/releases/VERSION-SEQ/    one per installed bundle: bundle/ (unpacked), venv/, airlock.env;
+                                    its images, where podman is present, as localhost/airlock-SERVICE:VERSION-SEQ
     PREFIX/current -> releases/...  what runs; replaced atomically, only after the health checks
     PREFIX/state.json               current and previous release, the highest sequence ever installed
 
@@ -25,6 +26,8 @@ from datetime import datetime
 from pathlib import Path
 
 from airlock.bundle.check import Verified, read_json, unpack, verify_bundle
+from airlock.bundle.pip_run import sealed_pip_env
+from airlock.bundle.podman_load import load_images, podman_present
 from airlock.errors import AirlockError, InvalidInput
 from airlock.trust.atomic import write_atomic
 from airlock.trust.pinned import ROOT_FILE, accept_new_roots, load_pinned, pin_first
@@ -57,14 +60,6 @@ def _pin(prefix: Path, verified: Verified, pinned: Root | None, fingerprint: str
         accept_new_roots(prefix / "trust", verified.chain, now=now)
 
 
-def _pip_env() -> dict[str, str]:
-    # No pip configuration of this host may add an index, a find-links folder or a constraint:
-    # what installs is exactly the bundle's wheels.
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PIP_")}
-    env.update(PIP_CONFIG_FILE=os.devnull, PIP_NO_INPUT="1", PIP_DISABLE_PIP_VERSION_CHECK="1")
-    return env
-
-
 def _run(cmd: list[str], what: str, **kwargs) -> None:
     try:
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=HEALTH_TIMEOUT_S, **kwargs)
@@ -80,7 +75,7 @@ def _set_up(release: Path, python: str, prefix: Path) -> None:
     _run([python, "-m", "venv", str(release / "venv")], "creating the virtual environment")
     _run([str(release / "venv" / "bin" / "python"), "-m", "pip", "install", "--quiet", "--no-index", "--no-deps",
           "--require-hashes", "--find-links", str(wheels), "-r", str(wheels / "requirements.lock")],
-         "installing the bundle's wheels (no index, hashes required)", env=_pip_env())
+         "installing the bundle's wheels (no index, hashes required)", env=sealed_pip_env())
     (release / "airlock.env").write_text(f"AIRLOCK_MODELS_DIR={prefix / 'current' / 'bundle' / 'models'}\n")
 
 
@@ -129,6 +124,8 @@ def install(bundle_dir: Path, prefix: Path, *, now: datetime, fingerprint: str |
         try:
             unpack(bundle_dir, verified, release / "bundle")
             _set_up(release, python, prefix)
+            images = m.get("contents", {}).get("images") or []
+            loaded = load_images(release / "bundle", images, InstallFailed) if images and podman_present() else []
             if health:
                 _health(release)
             (release / COMPLETE).write_text(f"{now.isoformat()}\n")
@@ -140,7 +137,21 @@ def install(bundle_dir: Path, prefix: Path, *, now: datetime, fingerprint: str |
         new_state = {"current": name, "previous": state.get("current"),
                      "highest_sequence": max(m["sequence"], state.get("highest_sequence") or 0)}
         write_atomic(prefix / "state.json", json.dumps(new_state, indent=2).encode(), 0o644)
-        return new_state
+        # Said, not stored: whether podman held the images is this host's fact, not the release's.
+        return {**new_state, "images": loaded,
+                "images_skipped": len(images) if images and not loaded else 0}
+
+
+def installed_text(prefix: Path, state: dict) -> str:
+    """What an install says it did, the same from the installed airlock and the stand-alone verifier."""
+    said = f"installed: {prefix / 'releases' / state['current']} is current"
+    said += f" (previous: {state['previous']})" if state.get("previous") else ""
+    if state.get("images"):
+        said += "\nloaded into podman: " + ", ".join(state["images"])
+    elif state.get("images_skipped"):
+        said += (f"\n{state['images_skipped']} service images not loaded: podman is not installed here "
+                 "(the services run from the release's venv)")
+    return said
 
 
 def rollback(prefix: Path) -> dict:

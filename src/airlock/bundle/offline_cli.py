@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from airlock.bundle.check import read_json, unpack, verify_bundle
-from airlock.bundle.install import install, rollback
+from airlock.bundle.install import install, installed_text, rollback
 from airlock.bundle.manifest import ROOT_NAME
 from airlock.errors import AirlockError
 from airlock.trust.root import parse_root
@@ -90,8 +90,7 @@ def main(argv: list[str] | None = None) -> int:
             verify(args)
         elif args.command == "install":
             state = install(args.bundle, args.prefix, now=datetime.now(UTC), fingerprint=args.fingerprint)
-            print(f"installed: {args.prefix / 'releases' / state['current']} is current"
-                  + (f" (previous: {state['previous']})" if state["previous"] else ""))
+            print(installed_text(args.prefix, state))
         else:
             state = rollback(args.prefix)
             print(f"rolled back: {state['current']} is current (previous: {state['previous']})")

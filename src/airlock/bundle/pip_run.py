@@ -25,13 +25,22 @@ def pip_env() -> dict[str, str]:
     return env
 
 
+def sealed_pip_env() -> dict[str, str]:
+    """No pip configuration of this host (an index, a find-links folder, a constraint) applies: what
+    pip sees is exactly the bundle's wheels. Standard library only (the offline installer uses it)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PIP_")}
+    env.update(PIP_CONFIG_FILE=os.devnull, PIP_NO_INPUT="1", PIP_DISABLE_PIP_VERSION_CHECK="1")
+    return env
+
+
 def run_pip(args: list[str], *, what: str, extra_env: dict[str, str] | None = None,
-            timeout_s: float = PIP_TIMEOUT_S) -> str:
+            timeout_s: float = PIP_TIMEOUT_S, sealed: bool = False) -> str:
     """pip's stdout; on failure an error naming `what` with the end of pip's own explanation."""
     cmd = [sys.executable, "-m", "pip", *args]
+    env = sealed_pip_env() if sealed else pip_env()
     try:
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s,
-                              env={**pip_env(), **(extra_env or {})}, check=False)
+                              env={**env, **(extra_env or {})}, check=False)
     except subprocess.TimeoutExpired:
         raise InvalidInput(f"{what}: pip did not finish within {timeout_s} s") from None
     if done.returncode == 0:

@@ -39,12 +39,13 @@ class Pick:
         return unquote(urlsplit(self.url).path.rsplit("/", 1)[-1])
 
 
-def resolver_report(args: list[str], *, what: str) -> list[dict]:
-    """The `install` items of pip's installation report for the target (nothing is installed)."""
+def resolver_report(args: list[str], *, what: str, sealed: bool = False) -> list[dict]:
+    """The `install` items of pip's installation report for the target (nothing is installed);
+    `sealed` keeps this host's pip configuration out (an answer from the given wheels alone)."""
     with tempfile.TemporaryDirectory(prefix="airlock-resolve-") as tmp:
         report = Path(tmp) / "report.json"
         run_pip(["install", "--dry-run", "--ignore-installed", "--quiet", "--report", str(report),
-                 "--target", str(Path(tmp) / "nothing"), *pip_target_args(), *args], what=what)
+                 "--target", str(Path(tmp) / "nothing"), *pip_target_args(), *args], what=what, sealed=sealed)
         return json.loads(report.read_text())["install"]
 
 

@@ -1,8 +1,9 @@
 """The bundle's software bill of materials, CycloneDX 1.5 JSON.
 
 Every wheel (as a PyPI package URL with its sha256), every model folder (a machine-learning-model
-component with each file's digest) and every package found in an image's layers (a Debian package
-URL) is one component, so a site's vulnerability scanner can read what crossed the air gap.
+component with each file's digest), every service image (a container component with its archive's
+digest) and every package found in the images' layers (a Debian package URL) is one component, so
+a site's vulnerability scanner can read what crossed the air gap.
 """
 
 from __future__ import annotations
@@ -15,12 +16,14 @@ from airlock.trust.root import utc_text
 SPEC = "1.5"
 
 
-def _wheel(wheel: dict) -> dict:
+def _wheel(wheel: dict, images: list[dict]) -> dict:
     name = wheel["name"].lower().replace("_", "-")
+    inside = [image["tag"] for image in images if name in {n.lower().replace("_", "-") for n in image["python"]}]
     return {"type": "library", "name": name, "version": wheel["version"],
             "purl": f"pkg:pypi/{name}@{wheel['version']}",
             "hashes": [{"alg": "SHA-256", "content": wheel["sha256"]}],
-            "properties": [{"name": "airlock:file", "value": wheel["file"]}]}
+            "properties": [{"name": "airlock:file", "value": wheel["file"]},
+                           *({"name": "airlock:image", "value": tag} for tag in inside)]}
 
 
 def _model(name: str, files: dict[str, dict]) -> dict:
@@ -30,18 +33,35 @@ def _model(name: str, files: dict[str, dict]) -> dict:
                            for rel, entry in sorted(files.items()) if rel.startswith(prefix)]}
 
 
-def _deb(image: str, package: dict) -> dict:
-    return {"type": "library", "name": package["name"], "version": package["version"],
-            "purl": f"pkg:deb/debian/{package['name']}@{package['version']}?arch={package['arch']}",
-            "properties": [{"name": "airlock:image", "value": image}]}
+def _debs(images: list[dict]) -> list[dict]:
+    """One component per Debian package, naming every image that holds it (they share one base)."""
+    holders: dict[tuple[str, str, str], list[str]] = {}
+    for image in images:
+        for p in image["debian"]:
+            holders.setdefault((p["name"], p["version"], p["arch"]), []).append(image["tag"])
+    return [{"type": "library", "name": name, "version": version,
+             "purl": f"pkg:deb/debian/{name}@{version}?arch={arch}",
+             "properties": [{"name": "airlock:image", "value": tag} for tag in tags]}
+            for (name, version, arch), tags in sorted(holders.items())]
+
+
+def _image(image: dict, files: dict[str, dict]) -> dict:
+    """The image itself: its tag and the digest of the OCI archive that carries it."""
+    repository, _, release = image["tag"].rpartition(":")
+    return {"type": "container", "name": repository, "version": release,
+            "hashes": [{"alg": "SHA-256", "content": files[image["file"]]["sha256"]}],
+            "properties": [{"name": "airlock:file", "value": image["file"]},
+                           {"name": "airlock:service", "value": image["service"]}]}
 
 
 def build_sbom(*, version: str, created: datetime, wheels: list[dict], models: list[str],
-               files: dict[str, dict], image_packages: dict[str, list[dict]], serial: str | None = None) -> dict:
-    components = [_wheel(w) for w in sorted(wheels, key=lambda w: w["file"])]
+               files: dict[str, dict], images: list[dict], serial: str | None = None) -> dict:
+    """`images`: per image its service, tag, archive file, Debian packages ({name, version, arch})
+    and Python package names (each also a wheel of the bundle, whose component names the image)."""
+    components = [_wheel(w, images) for w in sorted(wheels, key=lambda w: w["file"])]
     components += [_model(name, files) for name in models]
-    components += [_deb(image, p) for image, packages in sorted(image_packages.items())
-                   for p in sorted(packages, key=lambda p: p["name"])]
+    components += [_image(image, files) for image in images]
+    components += _debs(images)
     return {"bomFormat": "CycloneDX", "specVersion": SPEC,
             "serialNumber": serial or f"urn:uuid:{uuid.uuid4()}", "version": 1,
             "metadata": {"timestamp": utc_text(created),

@@ -19,7 +19,8 @@ NAME = "airlock-verify.pyz"
 # runs them under `python3 -I -S`, where nothing else can be imported).
 MODULES = ("errors.py", "trust/ed25519.py", "trust/root.py", "trust/atomic.py", "trust/pinned.py",
            "bundle/manifest.py", "bundle/check.py", "bundle/parts.py", "bundle/extract.py", "bundle/target.py",
-           "bundle/install.py", "bundle/offline_cli.py")
+           "bundle/install.py", "bundle/pip_run.py", "bundle/podman_load.py",
+           "bundle/offline_cli.py")
 PACKAGES = ("", "trust", "bundle")
 MAIN = "from airlock.bundle.offline_cli import main\n\nraise SystemExit(main())\n"
 # A fixed timestamp makes two builds of the same sources byte-identical.

@@ -40,7 +40,11 @@ def build(
     part_size: str = typer.Option("4G", "--part-size", help="Size of each part (e.g. 700M, 4G), to fit the media."),
     model: list[str] = typer.Option(["airlock-tiny"], "--model", help="A folder of the models directory to "
                                     "carry (safetensors only); repeatable."),
-    no_images: bool = typer.Option(False, "--no-images", help="Leave out the service images: a venv-only bundle."),
+    no_images: bool = typer.Option(False, "--no-images", help="Leave out the service images: a venv-only bundle "
+                                   "(building them needs podman, and debootstrap as root for their base)."),
+    debian_mirror: str = typer.Option(None, "--debian-mirror", show_default=False,
+                                      help="The Debian mirror the images' base comes from (default: "
+                                           "AIRLOCK_DEBIAN_MIRROR, else the one this host's apt uses)."),
     sequence: int = typer.Option(None, "--sequence", show_default=False,
                                  help="The release sequence number (default: the build time, YYYYMMDDhhmmss); "
                                       "hosts refuse a bundle below the highest they installed."),
@@ -73,10 +77,13 @@ def build(
     result = build_bundle(BuildRequest(
         target=target, out=out, root=root, keys=list(key), passphrase=passphrase_source(passphrase_file),
         repo=REPO_ROOT, models_dir=get_settings().models_dir, part_size=parse_size(part_size),
-        models=list(model), images=not no_images, sequence=sequence, expires_days=expires_days))
+        models=list(model), images=not no_images, debian_mirror=debian_mirror, sequence=sequence,
+        expires_days=expires_days))
     m = result["manifest"]
     typer.echo(f"built {out}: airlock {m['version']}, sequence {m['sequence']}, target {m['target']}, "
                f"{len(m['files'])} files in {len(m['parts'])} parts, expires {m['expires']}")
+    for image in m["contents"]["images"]:
+        typer.echo(f"  image {image['tag']} ({image['file']})")
 
 
 @app.command("lock")
@@ -127,10 +134,10 @@ def install(
     prefix: Path = PREFIX,
 ) -> None:
     """Verify and install a bundle as a new release beside the current one; switch when healthy."""
-    from airlock.bundle.install import install as install_bundle
+    from airlock.bundle.install import install as install_bundle, installed_text
 
-    state = install_bundle(bundle, prefix_option(prefix), now=datetime.now(UTC))
-    typer.echo(f"installed: {state['current']} is current (previous: {state['previous']})")
+    where = prefix_option(prefix)
+    typer.echo(installed_text(where, install_bundle(bundle, where, now=datetime.now(UTC))))
 
 
 @app.command("rollback")

@@ -7,6 +7,7 @@ the HTTP API, and the folders are read as plain files.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -212,4 +213,5 @@ def _write_cache(path: Path, entries: dict) -> None:
         tmp.write_text(json.dumps({"version": 1, "files": entries}, sort_keys=True), encoding="utf-8")
         os.replace(tmp, path)
     except OSError:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # on a read-only folder the write failed before creating it
+            tmp.unlink(missing_ok=True)
