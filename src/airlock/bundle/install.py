@@ -34,6 +34,8 @@ from airlock.trust.pinned import ROOT_FILE, accept_new_roots, load_pinned, pin_f
 from airlock.trust.root import Root
 
 HEALTH_TIMEOUT_S = 300
+# Installing a target's wheels (torch and vLLM among them) takes minutes on a small host, more on a slow disk.
+PIP_INSTALL_TIMEOUT_S = 1800
 COMPLETE = ".complete"  # written last: a release folder without it is an install that did not finish
 # The modules every service imports; a release whose venv cannot import them never becomes current.
 HEALTH_IMPORTS = "import airlock.cli.main, airlock.gateway.app, airlock.train, torch, vllm"
@@ -60,9 +62,9 @@ def _pin(prefix: Path, verified: Verified, pinned: Root | None, fingerprint: str
         accept_new_roots(prefix / "trust", verified.chain, now=now)
 
 
-def _run(cmd: list[str], what: str, **kwargs) -> None:
+def _run(cmd: list[str], what: str, timeout_s: float = HEALTH_TIMEOUT_S, **kwargs) -> None:
     try:
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=HEALTH_TIMEOUT_S, **kwargs)
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, **kwargs)
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise InstallFailed(f"{what} failed: {exc}") from None
     if done.returncode != 0:
@@ -75,7 +77,7 @@ def _set_up(release: Path, python: str, prefix: Path) -> None:
     _run([python, "-m", "venv", str(release / "venv")], "creating the virtual environment")
     _run([str(release / "venv" / "bin" / "python"), "-m", "pip", "install", "--quiet", "--no-index", "--no-deps",
           "--require-hashes", "--find-links", str(wheels), "-r", str(wheels / "requirements.lock")],
-         "installing the bundle's wheels (no index, hashes required)", env=sealed_pip_env())
+         "installing the bundle's wheels (no index, hashes required)", PIP_INSTALL_TIMEOUT_S, env=sealed_pip_env())
     (release / "airlock.env").write_text(f"AIRLOCK_MODELS_DIR={prefix / 'current' / 'bundle' / 'models'}\n")
 
 
