@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from airlock import __version__
-from airlock.cli import apikey, appliance, audit, bundle, datasets, models, trust, workflow
+from airlock.cli import apikey, appliance, audit, backup, bundle, datasets, models, trust, workflow
 
 app = typer.Typer(
     name="airlock",
@@ -21,6 +21,7 @@ app.add_typer(audit.app, name="audit", help="Verify and export the hash-chained 
 app.add_typer(bundle.app, name="bundle", help="The signed offline bundle: build, verify, install, roll back.")
 app.add_typer(trust.app, name="trust", help="The trust root: its keys, roles, thresholds and ceremonies.")
 appliance.register(app)
+backup.register(app)
 
 
 @app.command()
