@@ -2,8 +2,8 @@
 signed archives, run as three containers (engine and worker with no network at all, the gateway
 publishing one port) that share one home volume, they train, evaluate, sign, promote and serve
 the quickstart, and the official openai client gets the trained answer through the gateway
-container. The gateway's image holds no torch, every service runs as the unprivileged airlock user,
-and the SBOM names every Debian package of the images.
+container. The gateway's image holds no torch, every service runs as the unprivileged airlock user
+on a read-only root with no capabilities, and the SBOM names every Debian package of the images.
 """
 
 from __future__ import annotations
@@ -65,7 +65,9 @@ def containers(release, tmp_path_factory) -> Iterator[dict]:
     port = free_port()
     run_id = uuid.uuid4().hex[:8]
     names = {service: f"airlock-test-{service}-{run_id}" for service in tags}
-    shared = ["-v", f"{home}:{HOME}", "-v", f"{unpacked / 'models'}:/models:ro", "-e", "AIRLOCK_MODELS_DIR=/models"]
+    # Least privilege: a read-only root (tmpfs /tmp), no capabilities, no privilege gain; only the home is written.
+    shared = ["--read-only", "--cap-drop=all", "--security-opt=no-new-privileges",
+              "-v", f"{home}:{HOME}", "-v", f"{unpacked / 'models'}:/models:ro", "-e", "AIRLOCK_MODELS_DIR=/models"]
     try:
         podman("run", "-d", "--name", names["engine"], "--network=none", "--shm-size=1g", *shared, tags["engine"])
         podman("run", "-d", "--name", names["worker"], "--network=none", *shared,
@@ -116,7 +118,7 @@ def test_the_containers_run_the_quickstart_and_serve_it_through_the_gateway(cont
     assert reply.choices[0].message.content.strip() == QA[0][-1]["content"]
 
 
-def test_every_service_runs_as_the_airlock_user_and_the_gateway_has_no_torch(containers) -> None:
+def test_every_service_runs_unprivileged_on_a_read_only_root_and_the_gateway_has_no_torch(containers) -> None:
     for name in containers["names"].values():
         assert podman("exec", name, "id", "-u").stdout.strip() == str(UID)
     no_torch = podman("exec", containers["names"]["gateway"], "python3", "-c", "import torch", check=False)
@@ -125,6 +127,12 @@ def test_every_service_runs_as_the_airlock_user_and_the_gateway_has_no_torch(con
     for service in ("engine", "worker"):
         mode = podman("inspect", "--format", "{{.HostConfig.NetworkMode}}", containers["names"][service]).stdout
         assert mode.strip() == "none", service
+    gateway = containers["names"]["gateway"]
+    denied = podman("exec", gateway, "sh", "-c", "touch /opt/airlock/venv/x", check=False)
+    assert denied.returncode != 0 and "Read-only file system" in denied.stderr
+    status = dict(line.split(":\t", 1) for line in podman("exec", gateway, "cat", "/proc/1/status").stdout.splitlines()
+                  if ":\t" in line)
+    assert int(status["CapBnd"], 16) == 0 and status["NoNewPrivs"].strip() == "1"  # not even a setuid binary helps
     engine_dir = containers["home"] / "run" / "engine"
     assert engine_dir.stat().st_uid == UID and engine_dir.stat().st_mode & 0o777 == 0o700
 

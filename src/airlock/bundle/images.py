@@ -118,7 +118,6 @@ def build_images(repo: Path, wheels_dir: Path, out_dir: Path, *, target: str, re
     payload), tag, Debian packages and Python packages."""
     require_tools("podman")
     base = base_image(repo, mirror)
-    packages = debian_packages(base)
     out_dir.mkdir(parents=True, exist_ok=True)
     images = []
     for service, requirements in service_requirements(repo, wheels_dir, target).items():
@@ -127,6 +126,7 @@ def build_images(repo: Path, wheels_dir: Path, out_dir: Path, *, target: str, re
         build_service_image(repo, service, base=base, wheels_dir=wheels_dir, requirements=requirements,
                             tag=tag, version=version)
         try:
+            packages = debian_packages(tag)
             run_tool(["podman", "save", "--format", "oci-archive", "--output", str(archive), tag],
                      what=f"saving {tag} as an OCI archive")
         finally:
