@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+import shutil
 import zipfile
 import threading
 from dataclasses import dataclass, field
@@ -110,10 +111,15 @@ def tar_into_parts(payload: Path, files: dict, out: Path, part_size: int) -> lis
 
 def make_bundle(out: Path, keys: Keys, *, sequence: int = 5, signers: list | None = None,
                 expires: datetime | None = None, root: dict | None = None, target: dict | None = None,
-                part_size: int = 128 * 1024) -> dict:
-    """A signed bundle in `out`; returns its manifest."""
+                part_size: int = 128 * 1024, images: dict[str, tuple[Path, str]] | None = None) -> dict:
+    """A signed bundle in `out`; returns its manifest. `images`: service -> (an OCI archive, the tag
+    the manifest says it holds), carried under images/ and named in the manifest's contents."""
     staging = out.parent / f"{out.name}-payload"
     payload_tree(staging)
+    listed = []
+    for service, (archive, tag) in (images or {}).items():
+        shutil.copy2(archive, staging / "images" / f"airlock-{service}.oci.tar")
+        listed.append({"service": service, "tag": tag, "file": f"images/airlock-{service}.oci.tar"})
     files = file_entries(staging)
     out.mkdir(parents=True)
     parts = tar_into_parts(staging, files, out, part_size)
@@ -121,7 +127,7 @@ def make_bundle(out: Path, keys: Keys, *, sequence: int = 5, signers: list | Non
     (out / bm.ROOT_NAME).write_bytes(canonical_json(root or root_doc(keys)))
     outside = {n: {"size": (out / n).stat().st_size, "sha256": sha256_file(out / n)} for n in ("install.sh", bm.ROOT_NAME)}
     manifest = bm.new_manifest(version="0.1.0", sequence=sequence, target=target or TARGET, files=files,
-                               parts=parts, outside=outside, contents={"wheels": 1},
+                               parts=parts, outside=outside, contents={"wheels": 1, "images": listed},
                                created=NOW - timedelta(hours=1), expires=expires or NOW + timedelta(days=30))
     payload = canonical_json(manifest)
     (out / bm.MANIFEST_NAME).write_bytes(payload)

@@ -106,3 +106,43 @@ def test_the_standalone_verifier_runs_on_a_bare_python(tmp_path: Path, keys: Key
 def test_the_verifier_zipapp_is_reproducible(tmp_path: Path) -> None:
     a, b = build_verifier(tmp_path / "a.pyz"), build_verifier(tmp_path / "b.pyz")
     assert a.read_bytes() == b.read_bytes()
+
+
+def _tiny_image(tmp_path: Path, tag: str) -> Path:
+    """A real OCI archive of a one-file image, made with podman (no registry, no base)."""
+    rootfs = tmp_path / "rootfs"
+    rootfs.mkdir()
+    (rootfs / "hello").write_text("hello\n")
+    tar = subprocess.run(["tar", "-C", str(rootfs), "-c", "."], capture_output=True, check=True).stdout
+    subprocess.run(["podman", "import", "-", tag], input=tar, capture_output=True, check=True)
+    archive = tmp_path / "tiny.oci.tar"
+    subprocess.run(["podman", "save", "--format", "oci-archive", "--output", str(archive), tag],
+                   capture_output=True, check=True)
+    subprocess.run(["podman", "rmi", "--force", tag], capture_output=True, check=True)
+    return archive
+
+
+def _image_exists(tag: str) -> bool:
+    return subprocess.run(["podman", "image", "exists", tag], capture_output=True).returncode == 0
+
+
+def test_images_are_loaded_and_an_install_that_fails_leaves_none_behind(tmp_path: Path, keys: Keys) -> None:
+    if shutil.which("podman") is None:
+        pytest.fail("podman is missing: ./install.sh installs it (apt-get install podman runc)")
+    loaded = f"localhost/airlock-test-tiny-{os.urandom(4).hex()}:1"
+    archive = _tiny_image(tmp_path, loaded)
+    try:
+        make_bundle(tmp_path / "ok", keys, sequence=5, images={"gateway": (archive, loaded)})
+        state = run_install(tmp_path / "ok", tmp_path / "opt", keys)
+        assert state["images"] == [loaded] and _image_exists(loaded)
+        subprocess.run(["podman", "rmi", "--force", loaded], capture_output=True, check=True)
+        # the second image's archive does not hold the tag the manifest names: the install fails
+        # after the first image was loaded, and takes it out again
+        make_bundle(tmp_path / "bad", keys, sequence=6,
+                    images={"gateway": (archive, loaded), "worker": (archive, "localhost/airlock-test-tiny:not-in-the-archive")})
+        with pytest.raises(AirlockError, match="not-in-the-archive"):
+            run_install(tmp_path / "bad", tmp_path / "opt", keys)
+        assert not _image_exists(loaded)
+        assert current(tmp_path / "opt") == "releases/0.1.0-5"
+    finally:
+        subprocess.run(["podman", "rmi", "--force", "--ignore", loaded], capture_output=True, check=False)

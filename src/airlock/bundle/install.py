@@ -27,7 +27,7 @@ from pathlib import Path
 
 from airlock.bundle.check import Verified, read_json, unpack, verify_bundle
 from airlock.bundle.pip_run import sealed_pip_env
-from airlock.bundle.podman_load import load_images, podman_present
+from airlock.bundle.podman_load import load_images, podman_present, remove_images
 from airlock.errors import AirlockError, InvalidInput
 from airlock.trust.atomic import write_atomic
 from airlock.trust.pinned import ROOT_FILE, accept_new_roots, load_pinned, pin_first
@@ -123,16 +123,17 @@ def install(bundle_dir: Path, prefix: Path, *, now: datetime, fingerprint: str |
         # complete only once healthy: a release without the marker is never current, and is redone.
         shutil.rmtree(release, ignore_errors=True)  # left by an install that was killed
         release.mkdir(parents=True, mode=0o755)
+        images = m.get("contents", {}).get("images") or []
         try:
             unpack(bundle_dir, verified, release / "bundle")
             _set_up(release, python, prefix)
-            images = m.get("contents", {}).get("images") or []
             loaded = load_images(release / "bundle", images, InstallFailed) if images and podman_present() else []
             if health:
                 _health(release)
             (release / COMPLETE).write_text(f"{now.isoformat()}\n")
         except BaseException:
             shutil.rmtree(release, ignore_errors=True)
+            remove_images([image["tag"] for image in images])  # a release never current leaves no images
             raise
         _pin(prefix, verified, pinned, fingerprint, now)
         _switch(prefix, name)

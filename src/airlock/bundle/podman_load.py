@@ -37,3 +37,10 @@ def load_images(bundle: Path, images: list[dict], error: type[Exception]) -> lis
         _podman(["image", "inspect", "--format", "{{.Id}}", image["tag"]],
                 f"checking that {image['file']} gave the image {image['tag']}", error)
     return [image["tag"] for image in images]
+
+
+def remove_images(tags: list[str]) -> None:
+    """Untag what an install that failed had loaded (best effort: a tag not loaded is no error)."""
+    if tags and podman_present():
+        subprocess.run(["podman", "rmi", "--force", "--ignore", *tags], capture_output=True, check=False,
+                       timeout=LOAD_TIMEOUT_S)
