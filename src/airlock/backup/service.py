@@ -24,6 +24,7 @@ import os
 import shutil
 import sqlite3
 import tempfile
+from contextlib import closing
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -77,12 +78,8 @@ def create_backup(settings: Settings, out: Path, *, trust_dir: Path | None, acto
     staging = Path(tempfile.mkdtemp(prefix=".backup-", dir=out))
     try:
         # The online backup API copies a consistent snapshot page by page while writers go on.
-        source = sqlite3.connect(settings.db_path)
-        target = sqlite3.connect(staging / DB)
-        with target:
+        with closing(sqlite3.connect(settings.db_path)) as source, closing(sqlite3.connect(staging / DB)) as target:
             source.backup(target)
-        source.close()
-        target.close()
         _copy_tree(settings.keys_dir, staging / "keys")
         if trust_dir is not None and (trust_dir / ROOT_FILE).is_file():
             _copy_tree(trust_dir, staging / "trust")
