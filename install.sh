@@ -3,7 +3,8 @@
 #
 #   ./install.sh                 online dev set-up: .venv from the hash-locked wheels/*.lock files
 #                                (torch, vLLM, airlock's dependencies, test packages), airlock itself
-#                                (editable), the reference model
+#                                (editable), the playbooks' Ansible collections (playbooks/collections,
+#                                from the wheel wheels/collections.lock names), the reference model
 #   ./install.sh --force         redo the pip steps even when nothing changed
 #   ./install.sh --update-lock   regenerate wheels/requirements-{cpu,cuda,test}.lock (pip's resolver,
 #                                for the targets' platform; pins of the old locks are kept where they
@@ -15,13 +16,19 @@
 #                                healthy; later installs check against the root pinned in P/trust
 #
 # A second run with unchanged inputs takes seconds: a stamp in .venv records a hash of
-# pyproject.toml, this script and the lock files, and the pip steps are skipped while it matches.
+# pyproject.toml, this script and the lock files, and the pip steps are skipped while it matches;
+# the collections are rewritten only when they differ from the locked wheel's.
 set -euo pipefail
 
 LOCK_DIR="wheels"
 TEST_LOCK="$LOCK_DIR/requirements-test.lock"
+COLLECTIONS_LOCK="$LOCK_DIR/collections.lock"
+COLLECTIONS_LIST="playbooks/collections.txt"
 VENV=".venv"
 STAMP="$VENV/.airlock-install-stamp"
+# The collections' source wheel, kept so an unchanged install checks the vendored tree against it
+# without a download.
+COLLECTIONS_CACHE="$VENV/.airlock-collections-wheel"
 REFERENCE_MODEL="offline_models/airlock-tiny"
 
 say() { printf 'airlock install: %s\n' "$*"; }
@@ -31,7 +38,7 @@ caller_pwd="$PWD"
 cd "$(dirname "$0")"
 
 usage() {
-    sed -n '2,18p' install.sh | sed 's/^# \{0,1\}//'
+    sed -n '2,20p' install.sh | sed 's/^# \{0,1\}//'
 }
 
 force=0
@@ -127,15 +134,20 @@ fi
 for lock in "$TARGET_LOCK" "$TEST_LOCK"; do
     [ -f "$lock" ] || die "$lock is missing; run ./install.sh --update-lock to write it"
 done
+# Written by hand (wheels/README.md): the lock generator resolves Python packages, not this wheel.
+[ -f "$COLLECTIONS_LOCK" ] || die "$COLLECTIONS_LOCK is missing; wheels/README.md says how it is written"
 
 input_hash() {
-    { echo "target=$target"; cat pyproject.toml install.sh "$TARGET_LOCK" "$TEST_LOCK"; } \
+    { echo "target=$target"; cat pyproject.toml install.sh "$TARGET_LOCK" "$TEST_LOCK" "$COLLECTIONS_LOCK" \
+          "$COLLECTIONS_LIST"; } \
         | "$py" -c 'import hashlib, sys; print(hashlib.sha256(sys.stdin.buffer.read()).hexdigest())'
 }
 
 # --- pip steps, skipped while the stamp matches ------------------------------------------------
+stamp_current=0
 if [ "$force" -eq 0 ] && [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$(input_hash)" ]; then
     say "python packages up to date ($target); --force reinstalls"
+    stamp_current=1
 else
     rm -f "$STAMP"
     # Exactly the locked files: every one hash-checked, nothing resolved beyond the locks. The CPU
@@ -153,9 +165,16 @@ else
     say "installing airlock (editable; its dependencies come from the locks)"
     pip_install --no-deps --no-build-isolation -e . \
         || die "installing airlock failed (see above)"
-
-    input_hash > "$STAMP"
 fi
+
+# --- the playbooks' Ansible collections (playbooks/ansible.cfg loads these only) -------------------
+# Checked on every run, since the folder is not part of the stamp: the vendoring step leaves it alone
+# when it already holds the locked wheel's collections, and writes it afresh otherwise.
+collections_said="$("$py" -m airlock.bundle.collections --repo . --cache "$COLLECTIONS_CACHE")" \
+    || die "vendoring the collections of $COLLECTIONS_LIST from $COLLECTIONS_LOCK failed (see above)"
+say "$collections_said"
+
+[ "$stamp_current" -eq 1 ] || input_hash > "$STAMP"
 
 # --- reference model ---------------------------------------------------------------------------
 if [ -d "$REFERENCE_MODEL" ]; then

@@ -12,6 +12,7 @@ import os
 import re
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -20,6 +21,7 @@ from pathlib import Path
 import httpx
 
 from airlock.config import Settings
+from airlock.tls import local_gateway
 
 
 def free_port() -> int:
@@ -28,16 +30,19 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_http(url: str, proc: subprocess.Popen | None, timeout: float, log: Path | None = None) -> None:
-    """Poll `url` until it answers 200; fail at once if `proc` exits first."""
+def wait_http(url: str, proc: subprocess.Popen | None, timeout: float, log: Path | None = None, *,
+              verify: ssl.SSLContext | bool = True, extensions: dict | None = None) -> None:
+    """Poll `url` until it answers 200; fail at once if `proc` exits first. Over https, `verify`
+    and `extensions` are how the certificate is checked (see airlock.tls.local_gateway)."""
     deadline = time.monotonic() + timeout
     while True:
         if proc is not None and proc.poll() is not None:
             tail = log.read_text(errors="replace")[-3000:] if log and log.exists() else ""
             raise RuntimeError(f"process exited with code {proc.returncode} before {url} answered\n{tail}")
         try:
-            if httpx.get(url, timeout=1.0, trust_env=False).status_code == 200:
-                return
+            with httpx.Client(verify=verify, trust_env=False) as client:
+                if client.get(url, timeout=1.0, extensions=extensions).status_code == 200:
+                    return
         except httpx.HTTPError:
             pass
         if time.monotonic() > deadline:
@@ -47,7 +52,8 @@ def wait_http(url: str, proc: subprocess.Popen | None, timeout: float, log: Path
 
 # The settings a benchmark sets for its children; everything else keeps its default.
 _CHILD_FIELDS = ("home", "models_dir", "serve_base_model", "engine_transport", "engine_home", "vllm_host",
-                 "vllm_port", "gateway_host", "gateway_port", "store_backend", "worker_threads", "worker_nice")
+                 "vllm_port", "gateway_host", "gateway_port", "store_backend", "worker_threads", "worker_nice",
+                 "tls_cert", "tls_key")
 
 
 def settings_env(settings: Settings) -> dict[str, str]:
@@ -104,11 +110,13 @@ def upstream_wait(url: str) -> tuple[float, float]:
     return up.get(("sum",), 0.0), up.get(("count",), 0.0)
 
 
-def gateway_trouble(url: str, route: str = "/v1/chat/completions") -> str:
+def gateway_trouble(url: str, route: str = "/v1/chat/completions", *, verify: ssl.SSLContext | bool = True,
+                    extensions: dict | None = None) -> str:
     """What the gateway's /metrics says went wrong on `route` (answers other than 2xx) and with
     the engine (upstream errors), or ""."""
     try:
-        counts = parse_metrics(httpx.get(f"{url}/metrics", timeout=5, trust_env=False).text)
+        with httpx.Client(verify=verify, trust_env=False) as client:
+            counts = parse_metrics(client.get(f"{url}/metrics", timeout=5, extensions=extensions).text)
     except httpx.HTTPError as exc:
         return f"(its /metrics did not answer: {type(exc).__name__})"
     bad = [f"{where} HTTP {status}: {n}" for (where, status), n in sorted(counts["requests"].items())
@@ -134,10 +142,10 @@ class GatewayProcess:
     process, configured through AIRLOCK_* variables, optionally pinned to some CPUs.
     """
 
-    def __init__(self, settings: Settings, cpus: set[int] | None = None) -> None:
+    def __init__(self, settings: Settings, cpus: set[int] | None = None, name: str = "gateway") -> None:
         self.settings = settings
         self.cpus = cpus
-        self.log_path = settings.run_dir / "bench-gateway.log"
+        self.log_path = settings.run_dir / f"bench-{name}.log"
         self.proc: subprocess.Popen | None = None
 
     @property
@@ -154,7 +162,9 @@ class GatewayProcess:
             self.proc = subprocess.Popen([sys.executable, "-m", "airlock", "gateway"], env=settings_env(self.settings),
                                          stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                          start_new_session=True, preexec_fn=pinned(self.cpus))
-        wait_http(f"{self.url}/healthz", self.proc, timeout, self.log_path)
+        probe = local_gateway(self.settings)
+        wait_http(f"{self.url}/healthz", self.proc, timeout, self.log_path, verify=probe.verify,
+                  extensions=probe.extensions)
 
     def stop(self) -> None:
         proc, self.proc = self.proc, None

@@ -1,9 +1,10 @@
 """Run the benchmarks and write BENCHMARKS.md: `python -m bench [--quick] [--only NAME ...]`.
 
 Fine-tuning runs first, before any server is started, so nothing of ours competes with it for
-the CPU; then the gateway's capacity against a stand-in engine; the gateway-overhead and hand-off
-and soak benchmarks share one vLLM (see bench.serving), the soak last of them because it is the
-longest; the isolation benchmark starts a whole appliance of its own last. The gateway benchmarks
+the CPU; then the gateway's capacity and its cost over TLS, against a stand-in engine; the
+gateway-overhead and hand-off and soak benchmarks share one vLLM (see bench.serving), the soak
+last of them because it is the longest; the isolation benchmark starts a whole appliance of its
+own last. The gateway benchmarks
 drive wrk; without it they are reported as not run (the soak drives the openai client instead).
 """
 
@@ -26,20 +27,22 @@ from airlock.config import REPO_ROOT  # noqa: E402
 from bench.report import Section, document, split_sections  # noqa: E402
 from bench.wrk import WrkMissing, wrk_path  # noqa: E402
 
-NAMES = ("finetune", "capacity", "gateway", "handoff", "isolation", "soak", "verify", "offline")
-NEEDS_WRK = ("capacity", "gateway", "isolation")
+NAMES = ("finetune", "capacity", "gateway", "handoff", "isolation", "soak", "verify", "offline", "tls", "provision")
+NEEDS_WRK = ("capacity", "gateway", "isolation", "tls")
 TITLES = {"finetune": "1. Fine-tuning throughput", "capacity": "2. Gateway capacity",
           "gateway": "3. Gateway overhead against direct vLLM",
           "handoff": "4. Hand-off: gate pass to first token under the alias",
           "isolation": "5. Serving beside a fine-tune",
           "soak": "6. Soak: many clients through the official openai client",
           "verify": "7. Bundle verification throughput",
-          "offline": "8. Offline install of the CPU bundle"}
+          "offline": "8. Offline install of the CPU bundle",
+          "tls": "9. Gateway over TLS against plain HTTP",
+          "provision": "10. Provisioning this machine in containers mode"}
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="fewer repetitions and shorter runs (about 9 minutes)")
+    parser.add_argument("--quick", action="store_true", help="fewer repetitions and shorter runs (about 10 minutes)")
     parser.add_argument("--only", nargs="+", choices=NAMES, default=list(NAMES), help="run only these benchmarks")
     # One thread by default: the reference model's matrices are too small for a second thread to
     # help, and with two threads on a busy two-core machine OpenMP's spin-waiting slows every
@@ -127,11 +130,23 @@ def main(argv: list[str] | None = None) -> int:
         attempt("offline", "offline install: the CPU bundle built, then installed inside unshare -n",
                 lambda: offline_bench.run(args.quick))
 
+    if "provision" in wanted:
+        from bench import provision_bench
+
+        attempt("provision", "provisioning: site.yml against localhost in containers mode, first and second run",
+                lambda: provision_bench.run(args.quick))
+
     if "capacity" in wanted:
         from bench import capacity_bench
 
         attempt("capacity", "gateway capacity: requests per second per gateway core, stand-in engine on the engine socket",
                 lambda: capacity_bench.run(args.quick))
+
+    if "tls" in wanted:
+        from bench import tls_bench
+
+        attempt("tls", "TLS: the same gateway over HTTPS and over plain HTTP, stand-in engine on the engine socket",
+                lambda: tls_bench.run(args.quick))
 
     serving = [n for n in ("gateway", "handoff", "soak") if n in wanted]
     if serving:

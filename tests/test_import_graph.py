@@ -12,7 +12,7 @@ from airlock.config import REPO_ROOT
 PACKAGE = REPO_ROOT / "src" / "airlock"
 TOP = {"cli", "__main__"}
 ENTRY = {"gateway", "supervisor"}
-SERVICES = {"access", "datasets", "evaluate", "gate", "models", "serve", "train", "trust"}
+SERVICES = {"access", "datasets", "evaluate", "gate", "models", "serve", "tls", "train", "trust"}
 FOUNDATION = {"store", "meta", "config", "errors", "context", "home"}
 # What each layer may import, besides itself and the layers below the next rule.
 MAY_NOT_IMPORT = {

@@ -6,7 +6,10 @@ from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
+from pydantic import field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from airlock.errors import InvalidInput
 
 # In a source checkout the package lives in <repo>/src/airlock; the repo's offline_models/ and
 # examples/ are then the defaults, so a fresh clone works without any configuration.
@@ -26,6 +29,10 @@ class Settings(BaseSettings):
 
     gateway_host: str = "127.0.0.1"
     gateway_port: int = 8080
+    # The gateway serves HTTPS with this PEM certificate (chain) and its unencrypted PEM key
+    # (mode 0600 or 0400); both or neither. `airlock tls generate` makes a self-signed pair.
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
 
     # The engine (vLLM) listens on a Unix socket in a directory only the appliance's user can
     # open, and wants a secret made at each start: the gateway is the one way in. "tcp" (on
@@ -81,6 +88,26 @@ class Settings(BaseSettings):
     s3_bucket: str = "airlock"
     s3_secure: bool = False
 
+    @field_validator("tls_cert", "tls_key", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        # An environment file that writes `AIRLOCK_TLS_CERT=` means no TLS, not the current folder.
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> Settings:
+        # Half a pair would otherwise serve plain HTTP while the operator believes it is TLS.
+        if (self.tls_cert is None) != (self.tls_key is None):
+            given, missing = (("AIRLOCK_TLS_CERT", "AIRLOCK_TLS_KEY") if self.tls_cert is not None
+                              else ("AIRLOCK_TLS_KEY", "AIRLOCK_TLS_CERT"))
+            raise InvalidInput(f"{given} is set but {missing} is not: the gateway's TLS needs both the "
+                               "certificate and its private key, or neither")
+        return self
+
+    @property
+    def tls_enabled(self) -> bool:
+        return self.tls_cert is not None
+
     @cached_property
     def db_path(self) -> Path:
         return self.home / "airlock.db"
@@ -129,7 +156,8 @@ class Settings(BaseSettings):
 
     @property
     def gateway_url(self) -> str:
-        return f"http://{self.gateway_host}:{self.gateway_port}"
+        scheme = "https" if self.tls_enabled else "http"
+        return f"{scheme}://{self.gateway_host}:{self.gateway_port}"
 
     def ensure_dirs(self) -> None:
         for d in (self.home, self.keys_dir, self.run_dir, self.serving_dir):

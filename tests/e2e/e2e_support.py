@@ -23,6 +23,8 @@ from airlock.config import REPO_ROOT
 
 AIRLOCK = str(Path(sys.executable).with_name("airlock"))
 QUICKSTART = REPO_ROOT / "examples" / "quickstart.yaml"
+# The test root's keys are sealed with this; a real ceremony asks a person for theirs.
+PASSPHRASE = b"a passphrase for the test root only"
 QA = [json.loads(line)["messages"] for line in (REPO_ROOT / "examples/datasets/quickstart-eval.jsonl").read_text().splitlines()]
 
 

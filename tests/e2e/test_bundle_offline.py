@@ -28,6 +28,9 @@ if ip -o link show | grep -v ': lo:' | grep -q .; then echo "not isolated"; exit
 "$BUNDLE/install.sh" --offline "$BUNDLE" --prefix "$PREFIX" --fingerprint "$FINGERPRINT"
 set -a; . "$PREFIX/current/airlock.env"; set +a
 airlock="$PREFIX/current/venv/bin/airlock"
+# The release's own Ansible finds the playbooks' collections in the release, with no network.
+(cd "$PREFIX/current/bundle/playbooks" && "$PREFIX/current/venv/bin/ansible-doc" -l containers.podman) \
+  | grep '^containers.podman.podman_container ' >/dev/null && echo "COLLECTIONS"
 "$airlock" demo --workflow "$PREFIX/current/bundle/examples/quickstart.yaml" > "$LOG" 2>&1 &
 demo=$!
 for _ in $(seq 900); do
@@ -68,6 +71,15 @@ def test_outbound_filter_knows_local_from_remote() -> None:
     assert outbound(log) == [log.splitlines()[2]]
 
 
+def test_the_manifest_signs_the_playbooks_collections_and_only_those_vendored(cpu_bundle) -> None:
+    bundle, _ = cpu_bundle
+    files = json.loads((bundle / "manifest.json").read_bytes())["files"]
+    vendored = [path for path in files if path.startswith("playbooks/collections/")]
+    assert "playbooks/collections/ansible_collections/containers/podman/MANIFEST.json" in vendored
+    assert all(path.startswith("playbooks/collections/ansible_collections/containers/podman/") for path in vendored)
+    assert "playbooks/ansible.cfg" in files
+
+
 def test_a_bundle_installs_and_serves_with_no_network_and_no_outbound_attempt(cpu_bundle, tmp_path: Path) -> None:
     if reason := can_isolate():
         pytest.skip(reason)
@@ -87,7 +99,7 @@ def test_a_bundle_installs_and_serves_with_no_network_and_no_outbound_attempt(cp
     log = (tmp_path / "demo.log").read_text() if (tmp_path / "demo.log").exists() else ""
     assert done.returncode == 0, f"{done.stdout[-3000:]}\n{done.stderr[-3000:]}\n{log[-3000:]}"
     assert f"ANSWER:{QA[0][-1]['content']}" in done.stdout
-    assert "DONE" in done.stdout
+    assert "DONE" in done.stdout and "COLLECTIONS" in done.stdout
     # podman loaded the service images from their verified archives, with no network either
     tags = [image["tag"] for image in json.loads((bundle / "manifest.json").read_bytes())["contents"]["images"]]
     assert len(tags) == 3 and f"loaded into podman: {', '.join(tags)}" in done.stdout

@@ -1,9 +1,10 @@
 """`airlock bundle build`: everything a target host needs, in one signed, split, verifiable bundle.
 
 On a connected host: the target's wheels (binary only, hash-locked), airlock's own wheel, the chosen
-models (safetensors only), the playbooks, the service images when asked, an SBOM, one
-deterministic tar split into media-sized parts, and beside the parts the stand-alone verifier, the
-installer, the trust root and the manifest with its DSSE envelope signed by the `bundle` role.
+models (safetensors only), the playbooks with the Ansible collections they use, the service images
+when asked, an SBOM, one deterministic tar split into media-sized parts, and beside the parts the
+stand-alone verifier, the installer, the trust root and the manifest with its DSSE envelope signed
+by the `bundle` role.
 The signing keys are checked against the root before anything is downloaded, and the finished
 bundle is verified exactly as a target host will before the build reports success.
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 import threading
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -21,6 +23,7 @@ from typing import Callable
 from airlock import __version__
 from airlock.bundle import manifest as bm
 from airlock.bundle.check import read_json, verify_bundle
+from airlock.bundle.collections import VENDORED, vendor_locked
 from airlock.bundle.images import build_images
 from airlock.bundle.parts import write_parts
 from airlock.bundle.payload import copy_models, file_entries, sha256_file, write_tar
@@ -79,7 +82,7 @@ def _signers(req: BuildRequest) -> tuple[list, dict]:
     return keys, root_doc
 
 
-def _payload(req: BuildRequest, payload: Path, sequence: int) -> tuple[list[dict], dict, list[dict]]:
+def _payload(req: BuildRequest, payload: Path, sequence: int) -> tuple[list[dict], dict, list[dict], list[dict]]:
     wheels_dir = payload / "wheels"
     wheels = fetch_wheels(req.repo / "wheels" / f"requirements-{req.target}.lock", wheels_dir, target=req.target)
     own = build_own_wheel(req.repo, wheels_dir)
@@ -91,10 +94,18 @@ def _payload(req: BuildRequest, payload: Path, sequence: int) -> tuple[list[dict
     # The playbooks, and the quickstart workflow with its datasets (`airlock demo --workflow`).
     for folder in ("playbooks", "examples"):
         if (req.repo / folder).is_dir():
-            shutil.copytree(req.repo / folder, payload / folder)
+            shutil.copytree(req.repo / folder, payload / folder, ignore=_not_vendored(req.repo))
+    # The playbooks' collections come from the locked wheel, whatever a dev install left in the checkout.
+    with tempfile.TemporaryDirectory(prefix="airlock-collections-") as cache:
+        collections, _ = vendor_locked(req.repo, payload / VENDORED, Path(cache))
     images = build_images(req.repo, wheels_dir, payload / "images", target=req.target, release=f"{__version__}-{sequence}",
                           version=__version__, mirror=debian_mirror(req.debian_mirror)) if req.images else []
-    return wheels, {"models": models}, images
+    return wheels, {"models": models}, images, collections
+
+
+def _not_vendored(repo: Path) -> Callable[[str, list[str]], list[str]]:
+    top = repo / VENDORED
+    return lambda folder, names: [top.name] if Path(folder) == top.parent and top.name in names else []
 
 
 def _write_parts(payload: Path, files: dict, out: Path, part_size: int) -> list[dict]:
@@ -128,11 +139,11 @@ def build(req: BuildRequest) -> dict:
     req.out.mkdir(parents=True, exist_ok=True)
     staging = req.out / ".payload"
     try:
-        wheels, contents, images = _payload(req, staging, sequence)
+        wheels, contents, images, collections = _payload(req, staging, sequence)
         files_so_far = file_entries(staging)
         sbom = build_sbom(version=__version__, created=req.now,
                           wheels=[{**w, "file": Path(w["path"]).name} for w in wheels],
-                          models=req.models, files=files_so_far, images=images)
+                          models=req.models, files=files_so_far, images=images, collections=collections)
         (staging / "sbom.cdx.json").write_bytes(canonical_json(sbom))
         files = file_entries(staging)
         parts = _write_parts(staging, files, req.out, req.part_size)

@@ -47,30 +47,36 @@ def _listed(path: Path) -> list[str]:
 
 
 def base_image(repo: Path, mirror: str) -> str:
-    """The base image's tag, made with debootstrap and imported into podman unless present already."""
-    packages = _listed(repo / "images" / "base.packages")
+    """The services' base image's tag (see debian_image)."""
+    return debian_image(repo / "images" / "base.packages", mirror, name="airlock-base")
+
+
+def debian_image(packages_file: Path, mirror: str, *, name: str) -> str:
+    """The tag of a Debian minbase image holding the packages listed in packages_file, made with
+    debootstrap and imported into podman unless present already (the tag is derived from the list)."""
+    packages = _listed(packages_file)
     digest = hashlib.sha256("\n".join([SUITE, platform.machine(), *packages]).encode()).hexdigest()[:12]
-    tag = f"localhost/airlock-base:{SUITE}-{digest}"
+    tag = f"localhost/{name}:{SUITE}-{digest}"
     if image_exists(tag):
         return tag
     require_tools("debootstrap")
     if os.geteuid() != 0:
         raise InvalidInput("making the image base with debootstrap needs root; run the build as root, or "
                            "`--no-images` for a venv-only bundle")
-    with tempfile.TemporaryDirectory(prefix="airlock-base-") as tmp:
+    with tempfile.TemporaryDirectory(prefix=f"{name}-") as tmp:
         rootfs = Path(tmp) / "rootfs"
         run_tool(["debootstrap", "--variant=minbase", f"--include={','.join(packages)}", SUITE, str(rootfs), mirror],
-                 what=f"making the Debian {SUITE} base with debootstrap from {mirror}")
+                 what=f"making the Debian {SUITE} image {name} with debootstrap from {mirror}")
         for rel in PRUNED:
             shutil.rmtree(rootfs / rel, ignore_errors=True)
         tar = subprocess.Popen(["tar", "-C", str(rootfs), "--numeric-owner", "-c", "."], stdout=subprocess.PIPE)
         try:
-            run_tool(["podman", "import", "--message", f"airlock base: Debian {SUITE} minbase", "-", tag],
-                     what="importing the base into podman", stdin=tar.stdout)
+            run_tool(["podman", "import", "--message", f"{name}: Debian {SUITE} minbase", "-", tag],
+                     what=f"importing {name} into podman", stdin=tar.stdout)
         finally:
             tar.stdout.close()
             if tar.wait() != 0:
-                raise ToolFailed(f"archiving the base {rootfs} with tar failed (exit {tar.returncode})")
+                raise ToolFailed(f"archiving {rootfs} with tar failed (exit {tar.returncode})")
     return tag
 
 

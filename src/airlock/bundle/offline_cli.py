@@ -99,3 +99,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"airlock-verify: error: {exc}", file=sys.stderr)
         return exc.exit_code
 
+
+if __name__ == "__main__":  # `python -m airlock.bundle.offline_cli`: the installed copy, e.g. on a control node
+    sys.exit(main())

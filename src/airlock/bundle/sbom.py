@@ -1,16 +1,20 @@
 """The bundle's software bill of materials, CycloneDX 1.5 JSON.
 
 Every wheel (as a PyPI package URL with its sha256), every model folder (a machine-learning-model
-component with each file's digest), every service image (a container component with its archive's
-digest) and every package found in the images' layers (a Debian package URL) is one component, so
-a site's vulnerability scanner can read what crossed the air gap.
+component with each file's digest), every Ansible collection of the playbooks (its version, and as
+its pedigree the wheel it was taken from, with that wheel's sha256), every service image (a
+container component with its archive's digest) and every package found in the images' layers (a
+Debian package URL) is one component, so a site's vulnerability scanner can read what crossed the
+air gap.
 """
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from datetime import datetime
 
+from airlock.bundle.collections import VENDORED
 from airlock.trust.root import utc_text
 
 SPEC = "1.5"
@@ -31,6 +35,18 @@ def _model(name: str, files: dict[str, dict]) -> dict:
     return {"type": "machine-learning-model", "name": name,
             "properties": [{"name": f"airlock:file:{rel[len(prefix):]}", "value": entry["sha256"]}
                            for rel, entry in sorted(files.items()) if rel.startswith(prefix)]}
+
+
+def _collection(collection: dict) -> dict:
+    """An Ansible collection of the playbooks, descended from the wheel it was extracted from."""
+    source = collection["source"]
+    return {"type": "library", "name": collection["name"], "version": collection["version"],
+            "pedigree": {"ancestors": [{"type": "library", "name": source["name"], "version": source["version"],
+                                        "purl": f"pkg:pypi/{source['name']}@{source['version']}",
+                                        "hashes": [{"alg": "SHA-256", "content": source["sha256"]}]}]},
+            "properties": [{"name": "airlock:path", "value": f"{VENDORED.as_posix()}/{collection['path']}"},
+                           {"name": "airlock:source", "value": source["file"]},
+                           {"name": "airlock:source-sha256", "value": source["sha256"]}]}
 
 
 def _debs(images: list[dict]) -> list[dict]:
@@ -55,11 +71,14 @@ def _image(image: dict, files: dict[str, dict]) -> dict:
 
 
 def build_sbom(*, version: str, created: datetime, wheels: list[dict], models: list[str],
-               files: dict[str, dict], images: list[dict], serial: str | None = None) -> dict:
+               files: dict[str, dict], images: list[dict], collections: Sequence[dict] = (),
+               serial: str | None = None) -> dict:
     """`images`: per image its service, tag, archive file, Debian packages ({name, version, arch})
-    and Python package names (each also a wheel of the bundle, whose component names the image)."""
+    and Python package names (each also a wheel of the bundle, whose component names the image).
+    `collections`: what `airlock.bundle.collections.vendor_collections` reports."""
     components = [_wheel(w, images) for w in sorted(wheels, key=lambda w: w["file"])]
     components += [_model(name, files) for name in models]
+    components += [_collection(c) for c in collections]
     components += [_image(image, files) for image in images]
     components += _debs(images)
     return {"bomFormat": "CycloneDX", "specVersion": SPEC,

@@ -90,11 +90,22 @@ def engine() -> None:
 
 
 @command
-def worker() -> None:
+def worker(
+    check: bool = typer.Option(False, "--check", help="Run no worker: exit 0 if a worker of this home is alive "
+                               "(a recent heartbeat from a live process), 1 if not; a container's health check."),
+) -> None:
     """Run the worker service alone: executes queued runs and keeps aliases loaded (foreground)."""
     import logging
 
-    from airlock.workflow.worker import serve_worker
+    from airlock.workflow.worker import live_worker_in, serve_worker
+
+    if check:
+        from airlock.meta import open_meta
+
+        # The database alone: a health check must not depend on the artifact store being up.
+        alive = live_worker_in(open_meta(get_settings().db_path))
+        typer.echo("alive" if alive else "no live worker")
+        raise typer.Exit(0 if alive else 1)
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     serve_worker(open_airlock())
@@ -108,17 +119,23 @@ def gateway() -> None:
     serve_gateway(get_settings(), log_level="warning")
 
 
-def snippets(gateway_url: str, alias: str, key: str) -> str:
+def snippets(gateway_url: str, alias: str, key: str, cafile: Path | None = None) -> str:
+    """curl and openai lines to call the alias; with `cafile` (a self-signed gateway certificate)
+    both trust that certificate rather than switching verification off."""
     question = "What port does the airlock gateway listen on?"
+    curl_ca = f" --cacert {cafile}" if cafile else ""
+    imports = "import ssl\nimport httpx\n" if cafile else ""
+    client_tls = (f", http_client=httpx.Client(verify=ssl.create_default_context(cafile=\"{cafile}\"))"
+                  if cafile else "")
     return f"""
 [bold]curl[/]
-curl -s {gateway_url}/v1/chat/completions \\
+curl -s{curl_ca} {gateway_url}/v1/chat/completions \\
   -H "Authorization: Bearer {key}" -H "Content-Type: application/json" \\
   -d '{{"model": "{alias}", "messages": [{{"role": "system", "content": "You are the airlock assistant."}}, {{"role": "user", "content": "{question}"}}], "temperature": 0}}'
 
 [bold]Python (openai)[/]
-from openai import OpenAI
-client = OpenAI(base_url="{gateway_url}/v1", api_key="{key}")
+{imports}from openai import OpenAI
+client = OpenAI(base_url="{gateway_url}/v1", api_key="{key}"{client_tls})
 reply = client.chat.completions.create(model="{alias}", temperature=0, messages=[
     {{"role": "system", "content": "You are the airlock assistant."}},
     {{"role": "user", "content": "{question}"}}])
@@ -139,6 +156,7 @@ def demo(
     from airlock.errors import StageFailed
     from airlock.home import appliance_pid
     from airlock.supervisor.supervisor import Supervisor
+    from airlock.tls import check_configured, local_gateway
     from airlock.workflow.submit import submit
 
     workflow_file = workflow_file or QUICKSTART
@@ -158,9 +176,12 @@ def demo(
             raise StageFailed(f"run {run_id} {run['status']}: {run['error']}")
         alias = next(s["outputs"]["alias"] for s in run["stages"] if s["uses"] == "serve.vllm")
         _, key = create_key(airlock.meta, f"demo-{run_id}", role="inference", models=[alias], actor=cli_actor())
-        _say(f"[green]serving alias [bold]{alias}[/bold] at {settings.gateway_url}/v1[/]")
+        url, cafile = local_gateway(settings).client_url, None
+        if settings.tls_enabled and check_configured(settings).self_signed:
+            cafile = settings.tls_cert
+        _say(f"[green]serving alias [bold]{alias}[/bold] at {url}/v1[/]")
         _say(f"API key for {alias} (inference only, shown once): [bold]{key}[/]")
-        console.print(snippets(settings.gateway_url, alias, key), highlight=False, soft_wrap=True)
+        console.print(snippets(url, alias, key, cafile), highlight=False, soft_wrap=True)
         if supervisor and not exit_after:
             _say("serving; Ctrl-C (or `airlock down`) stops")
             supervisor.stop_requested.wait()

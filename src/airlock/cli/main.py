@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from airlock import __version__
-from airlock.cli import apikey, appliance, audit, backup, bundle, datasets, models, trust, workflow
+from airlock.cli import apikey, appliance, audit, backup, bundle, datasets, models, store, tls, trust, workflow
 
 app = typer.Typer(
     name="airlock",
@@ -19,7 +19,9 @@ app.add_typer(workflow.app, name="workflow", help="Run and inspect workflows.")
 app.add_typer(apikey.app, name="apikey", help="API keys for the gateway.")
 app.add_typer(audit.app, name="audit", help="Verify and export the hash-chained audit log.")
 app.add_typer(bundle.app, name="bundle", help="The signed offline bundle: build, verify, install, roll back.")
+app.add_typer(store.app, name="store", help="The S3 artifact store: prepare its bucket.")
 app.add_typer(trust.app, name="trust", help="The trust root: its keys, roles, thresholds and ceremonies.")
+app.add_typer(tls.app, name="tls", help="TLS for the gateway: check a certificate and key pair, or make a self-signed one.")
 appliance.register(app)
 backup.register(app)
 

@@ -31,6 +31,7 @@ from airlock.gateway.recorder import Recorder
 from airlock.gateway.registry import Registry
 from airlock.gateway.v1 import OpenAIApi
 from airlock.meta import open_meta
+from airlock.tls import check_configured
 
 # /readyz must answer quickly even when vLLM hangs: a probe that hangs is a failed probe.
 _READY_TIMEOUT_S = 1.0
@@ -116,11 +117,16 @@ def create_app(settings: Settings | None = None) -> Front:
 
 
 def serve_gateway(settings: Settings | None = None, *, log_level: str = "info") -> None:
-    """Run the gateway in the foreground on settings.gateway_host:gateway_port until stopped."""
+    """Run the gateway in the foreground on settings.gateway_host:gateway_port until stopped,
+    over TLS when settings.tls_cert and tls_key are set."""
     import uvicorn
 
     settings = settings or get_settings()
+    tls = {}
+    if settings.tls_enabled:
+        check_configured(settings)
+        tls = {"ssl_certfile": str(settings.tls_cert), "ssl_keyfile": str(settings.tls_key)}
     # httptools, named rather than picked by "auto": h11 would answer an oversized header block
     # itself with a bare 400 and a reset, before RequestLimits can name the setting.
     uvicorn.run(create_app(settings), host=settings.gateway_host, port=settings.gateway_port,
-                http="httptools", log_level=log_level, proxy_headers=False, server_header=False)
+                http="httptools", log_level=log_level, proxy_headers=False, server_header=False, **tls)

@@ -39,6 +39,7 @@ class S3Store(ArtifactStore):
         secret_key: str = "",
         bucket: str = "airlock",
         secure: bool = False,
+        create: bool = True,
     ) -> None:
         # Accept "http://host:port" as well as the bare "host:port" the SDK wants.
         for scheme, is_secure in (("https://", True), ("http://", False)):
@@ -52,14 +53,22 @@ class S3Store(ArtifactStore):
             secret_key=secret_key or None,
             secure=secure,
         )
-        with self._errors(f"bucket {bucket!r}"):
-            if not self.client.bucket_exists(bucket):
-                try:
-                    self.client.make_bucket(bucket)
-                except S3Error as e:
-                    # Another process created it between the check and the create.
-                    if e.code not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
-                        raise
+        if create:
+            self.ensure_bucket()
+
+    def ensure_bucket(self) -> bool:
+        """Create the bucket unless it exists; True if this call created it."""
+        with self._errors(f"bucket {self.bucket!r}"):
+            if self.client.bucket_exists(self.bucket):
+                return False
+            try:
+                self.client.make_bucket(self.bucket)
+            except S3Error as e:
+                # Another process created it between the check and the create.
+                if e.code not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
+                    raise
+                return False
+            return True
 
     def __repr__(self) -> str:
         return f"S3Store({self.endpoint!r}, bucket={self.bucket!r})"

@@ -23,6 +23,7 @@ from airlock.home import HomeLock, appliance_pid
 from airlock.serve.engine import EngineClient
 from airlock.serve.vllm_server import clear_engine_dir, log_tail
 from airlock.supervisor.services import NAMES, Service
+from airlock.tls import check_configured, local_gateway
 from airlock.trust.keys import ensure_appliance_key
 from airlock.workflow.worker import LAST_EXIT_ENV
 
@@ -42,7 +43,11 @@ class Supervisor:
         self.stop_requested = threading.Event()
         self.services = {name: Service(name, settings.run_dir / f"{name}.log") for name in NAMES}
         self.engine = EngineClient(settings)
-        self.gateway_http = httpx.Client(trust_env=False)
+        if settings.tls_enabled:
+            # Refused here, once and clearly, rather than by a gateway restarted again and again.
+            check_configured(settings)
+        self.gateway = local_gateway(settings)
+        self.gateway_http = httpx.Client(trust_env=False, verify=self.gateway.verify)
         self.started_at = time.time()
         self._last_status = ""
 
@@ -120,8 +125,8 @@ class Supervisor:
             return self.engine.is_healthy(timeout=0.5)
         if name == "gateway":
             try:
-                url = f"{self.settings.gateway_url}/healthz"
-                return self.gateway_http.get(url, timeout=0.5).status_code == 200
+                url = f"{self.gateway.url}/healthz"
+                return self.gateway_http.get(url, timeout=0.5, extensions=self.gateway.extensions).status_code == 200
             except httpx.HTTPError:
                 return False
         return True  # the worker is ready once its process runs: it claims runs at once

@@ -57,7 +57,12 @@ def _pid_alive(pid: int) -> bool:
 
 
 def worker_alive(airlock: Airlock) -> bool:
-    rows = airlock.meta.query("SELECT pid FROM workers WHERE heartbeat_at > ?", (_cutoff(),))
+    return live_worker_in(airlock.meta)
+
+
+def live_worker_in(meta) -> bool:
+    """Whether a worker process of this database is alive: a recent heartbeat from a live pid."""
+    rows = meta.query("SELECT pid FROM workers WHERE heartbeat_at > ?", (_cutoff(),))
     return any(_pid_alive(r["pid"]) for r in rows)
 
 

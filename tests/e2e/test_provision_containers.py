@@ -1,0 +1,303 @@
+"""Provisioning in containers mode, as the operator does it: the playbook of an unpacked bundle,
+run against this machine inside a network namespace with loopback only, installs the release,
+loads the images and runs the store, the engine, the worker and the gateway as podman containers.
+The quickstart trains and serves there, the official openai client gets the trained answer over
+TLS (trusting only the certificate the play generated and whose fingerprint it printed), a second
+run changes nothing, a container killed with SIGKILL comes back, and with the store stopped the
+gateway keeps serving while a training run fails naming the store, until the store returns."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from e2e_support import PASSPHRASE, QA, REPO_ROOT
+from provision_support import (chat, local_inventory, network_namespace, playbook_argv, playbook_env, recap,
+                               unpacked_playbooks)
+from vllm_fixtures import free_port
+
+from airlock.bundle.build import BuildRequest, build
+
+pytestmark = [pytest.mark.slow, pytest.mark.vllm]
+
+ALIAS = "quickstart-assistant"
+SERVICES = ("store", "engine", "worker", "gateway")
+
+
+def podman(ns, *args: str, check: bool = True, timeout: float = 900) -> subprocess.CompletedProcess:
+    return ns.run(["podman", *args], check=check, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def provisioned(cpu_bundle, provision_root, tmp_path_factory):
+    bundle, fingerprint = cpu_bundle
+    base = tmp_path_factory.mktemp("provision-containers")
+    playbooks = unpacked_playbooks(bundle, fingerprint, base / "control")
+    root = provision_root / "containers"
+    inventory = local_inventory(base / "inventory.yml", bundle=bundle, fingerprint=fingerprint, root=root,
+                                mode="containers", gateway_port=free_port(), store_port=free_port(),
+                                airlock_prefix=str(provision_root / "opt"))
+    with network_namespace() as ns:
+        env = playbook_env(playbooks)
+        started = time.monotonic()
+        first = ns.run(playbook_argv(playbooks, inventory), env=env, timeout=2400, check=False)
+        first_s = time.monotonic() - started
+        try:
+            assert first.returncode == 0, first.stdout[-8000:] + first.stderr[-3000:]
+            yield {"ns": ns, "first": first, "first_s": first_s, "playbooks": playbooks, "inventory": inventory,
+                   "env": env, "root": root, "prefix": provision_root / "opt",
+                   "port": json.loads(inventory.read_text())["all"]["vars"]["airlock_gateway_port"]}
+        finally:
+            podman(ns, "rm", "--force", "--time", "10", *(f"airlock-{s}" for s in SERVICES), check=False)
+            podman(ns, "network", "rm", "--force", "airlock", check=False)
+            shutil.rmtree(base, ignore_errors=True)  # the unpacked bundle: the suite's disk is finite
+
+
+def _url(provisioned) -> str:
+    return f"https://127.0.0.1:{provisioned['port']}/v1"
+
+
+def _cert(provisioned) -> Path:
+    return provisioned["root"] / "etc" / "tls" / "gateway.crt"
+
+
+def _ask(provisioned, key: str) -> str:
+    return chat(provisioned["ns"].run, url=_url(provisioned), cert=_cert(provisioned), key=key, model=ALIAS,
+                messages=QA[0][:-1])
+
+
+@pytest.fixture(scope="module")
+def trained(provisioned) -> str:
+    """The quickstart trained, gated and served by the provisioned containers; an inference key for it."""
+    ns = provisioned["ns"]
+    run = podman(ns, "exec", "airlock-worker", "airlock", "workflow", "run", "/examples/quickstart.yaml", "--wait")
+    assert "succeeded" in run.stdout + run.stderr, run.stdout + run.stderr
+    out = podman(ns, "exec", "airlock-gateway", "airlock", "apikey", "create", "--name", "app", "--models", ALIAS).stdout
+    return re.search(r"ak-[A-Za-z0-9_-]+", out).group(0)
+
+
+def test_the_play_runs_every_service_as_a_locked_down_container_and_prints_the_fingerprint(provisioned) -> None:
+    ns, out = provisioned["ns"], provisioned["first"].stdout
+    for service in SERVICES:
+        state = json.loads(podman(ns, "inspect", f"airlock-{service}").stdout)[0]
+        assert state["State"]["Running"], service
+        host = state["HostConfig"]
+        assert host["ReadonlyRootfs"] and host["RestartPolicy"]["Name"] == "always", service
+        assert "no-new-privileges" in host["SecurityOpt"], service
+        assert state["Config"]["User"] == "10001:10001", service
+    assert json.loads(podman(ns, "inspect", "airlock-engine").stdout)[0]["HostConfig"]["NetworkMode"] == "none"
+    printed = re.search(r"certificate SHA-256 fingerprint ([0-9A-F:]{95})", out)
+    assert printed, out[-4000:]
+    real = subprocess.run(["openssl", "x509", "-noout", "-fingerprint", "-sha256", "-in", str(_cert(provisioned))],
+                          capture_output=True, text=True, check=True).stdout
+    assert printed.group(1) in real
+    # the store's credentials: generated once, the service user's only, never in the play's output
+    credentials = provisioned["root"] / "etc" / "store.credentials"
+    assert credentials.stat().st_mode & 0o777 == 0o600
+    secret = credentials.read_text().splitlines()[1]
+    assert secret not in out and secret not in provisioned["first"].stderr
+
+
+def test_the_quickstart_is_served_over_tls_to_the_openai_client(provisioned, trained) -> None:
+    assert _ask(provisioned, trained).strip() == QA[0][-1]["content"]
+    # plain HTTP to the TLS port is no way in
+    plain = provisioned["ns"].run(["curl", "-sS", "--noproxy", "*", "-o", "/dev/null", "-w", "%{http_code}",
+                                   f"http://127.0.0.1:{provisioned['port']}/healthz"], check=False)
+    assert plain.stdout.strip() in {"000", "400"} or plain.returncode != 0
+
+
+def test_a_second_run_changes_nothing(provisioned) -> None:
+    started = time.monotonic()
+    second = provisioned["ns"].run(playbook_argv(provisioned["playbooks"], provisioned["inventory"]),
+                                   env=provisioned["env"], timeout=1200, check=False)
+    provisioned["second_s"] = time.monotonic() - started
+    assert second.returncode == 0, second.stdout[-6000:]
+    assert recap(second.stdout)["changed"] == 0, [line for line in second.stdout.splitlines() if "changed:" in line]
+    assert recap(second.stdout)["failed"] == 0
+
+
+def _changed_tasks(output: str) -> list[str]:
+    """The names of the tasks Ansible reported as changed (or, in check mode, would change)."""
+    names, task = [], None
+    for line in output.splitlines():
+        if line.startswith("TASK [") or line.startswith("RUNNING HANDLER ["):
+            task = line.split("[", 1)[1].rsplit("]", 1)[0]
+        elif line.startswith("changed:") and task:
+            names.append(task)
+    return names
+
+
+def test_check_mode_with_diff_shows_a_change_before_it_is_made(provisioned) -> None:
+    settings = provisioned["root"] / "etc" / "airlock.env"
+    before = settings.read_bytes()
+    extra = json.dumps({"airlock_services_settings": {"default_rpm": 600},
+                        "airlock_limits": {"gateway": {"cpus": "1", "memory": "2g"}, "worker": {"cpus": "2", "memory": "6g"},
+                                           "engine": {"cpus": "2", "memory": "6g"}, "store": {"cpus": "1", "memory": "1g"}}})
+    checked = provisioned["ns"].run(playbook_argv(provisioned["playbooks"], provisioned["inventory"], "--check", "--diff",
+                                                  "-e", extra), env=provisioned["env"], timeout=1200, check=False)
+    assert checked.returncode == 0, checked.stdout[-6000:]
+    changed = _changed_tasks(checked.stdout)
+    # the settings file holds the store's secret: its change is reported, its diff is not shown
+    assert "airlock_services : Write the services' settings" in changed, changed
+    assert "airlock_services : Run the service's container" in changed, changed
+    assert "memory" in checked.stdout and "2g" in checked.stdout.lower()
+    secret = (provisioned["root"] / "etc" / "store.credentials").read_text().splitlines()[1]
+    assert secret not in checked.stdout
+    # shown, not made
+    assert settings.read_bytes() == before
+    state = json.loads(podman(provisioned["ns"], "inspect", "airlock-gateway").stdout)[0]
+    assert state["HostConfig"]["Memory"] == 1 << 30
+
+
+def test_a_killed_container_is_brought_back(provisioned, trained) -> None:
+    ns = provisioned["ns"]
+    state = json.loads(podman(ns, "inspect", "airlock-gateway").stdout)[0]
+    os.kill(state["State"]["Pid"], signal.SIGKILL)
+    deadline = time.monotonic() + 180
+    while True:
+        now = json.loads(podman(ns, "inspect", "airlock-gateway").stdout)[0]
+        if now["State"]["Running"] and now["State"]["Pid"] != state["State"]["Pid"]:
+            break
+        assert time.monotonic() < deadline, f"the gateway container did not come back: {now['State']}"
+        time.sleep(1)
+    _answers_by(provisioned, trained, deadline)
+
+
+def _answers_by(provisioned, key: str, deadline: float) -> None:
+    """The trained answer, once the services are back (the engine loads for a minute)."""
+    while True:
+        try:
+            assert _ask(provisioned, key).strip() == QA[0][-1]["content"]
+            return
+        except AssertionError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(2)
+
+
+def test_with_the_store_down_serving_goes_on_and_training_fails_naming_the_store(provisioned, trained) -> None:
+    ns = provisioned["ns"]
+    podman(ns, "stop", "--time", "5", "airlock-store")
+    try:
+        assert _ask(provisioned, trained).strip() == QA[0][-1]["content"]
+        failed = podman(ns, "exec", "airlock-worker", "airlock", "workflow", "run", "/examples/quickstart.yaml",
+                        "--wait", "--set", "finetune.seed=7", check=False)
+        said = failed.stdout + failed.stderr
+        assert failed.returncode != 0, said
+        assert "10.89.77.10:9000" in said and "not reachable" in said, said
+    finally:
+        podman(ns, "start", "airlock-store")
+    deadline = time.monotonic() + 120
+    while True:
+        again = podman(ns, "exec", "airlock-worker", "airlock", "workflow", "run", "/examples/quickstart.yaml",
+                       "--wait", "--set", "finetune.seed=7", check=False)
+        if "succeeded" in again.stdout + again.stderr:
+            break
+        assert time.monotonic() < deadline, again.stdout + again.stderr
+        time.sleep(5)
+    assert _ask(provisioned, trained).strip() == QA[0][-1]["content"]
+
+
+def test_an_upgrade_whose_check_fails_on_a_host_puts_the_running_release_back(provisioned, trained, cpu_bundle,
+                                                                             tiny_models_dir, tmp_path) -> None:
+    """Release N+1 is a real signed bundle without service images: its install succeeds, the host's
+    check that the release's images are loaded fails, and upgrade.yml makes N current again."""
+    bundle, fingerprint = cpu_bundle
+    ceremony = bundle.parent / "ceremony"
+    newer = tmp_path / "airlock-cpu-next"
+    build(BuildRequest(target="cpu", out=newer, root=ceremony / "root.json", keys=[ceremony / "keys" / "bundle-1.key"],
+                       passphrase=lambda _p: PASSPHRASE, repo=REPO_ROOT, models_dir=tiny_models_dir,
+                       part_size=512 << 20, images=False))
+    state_file = provisioned["prefix"] / "state.json"
+    before = json.loads(state_file.read_text())["current"]
+    try:
+        done = provisioned["ns"].run(playbook_argv(provisioned["playbooks"], provisioned["inventory"],
+                                                   "-e", f"airlock_bundle_dir={newer}", playbook="upgrade.yml"),
+                                     env=provisioned["env"], timeout=1800, check=False)
+    finally:
+        shutil.rmtree(newer, ignore_errors=True)
+    assert done.returncode != 0
+    said = done.stdout
+    assert "Require the release's images in containers mode" in said, said[-4000:]
+    assert f"{before} is current and serving again on this host" in said, said[-4000:]
+    assert json.loads(state_file.read_text())["current"] == before
+    assert _ask(provisioned, trained).strip() == QA[0][-1]["content"]
+
+
+def _as_service_user(provisioned, command: str, *, user: str = "airlock") -> subprocess.CompletedProcess:
+    """An airlock command on the host, with the settings the play wrote, as docs/provisioning.md shows."""
+    root, prefix = provisioned["root"], provisioned["prefix"]
+    script = (f"set -a; . {root / 'etc' / 'airlock.env'}; AIRLOCK_HOME={root / 'home'}; set +a; "
+              f"exec {prefix / 'current' / 'venv' / 'bin' / 'airlock'} {command}")
+    return provisioned["ns"].run(["runuser", "-u", user, "--", "sh", "-c", script], check=False, timeout=600)
+
+
+def test_a_backup_restored_over_the_home_serves_the_same_alias_with_the_same_key(provisioned, trained) -> None:
+    ns, home = provisioned["ns"], provisioned["root"] / "home"
+    # beside the home, where the service user can reach it (pytest's own temporary folder is root's alone)
+    backups = provisioned["root"].parent / "backups"
+    backups.mkdir()
+    os.chown(backups, 10001, 10001)
+    made = _as_service_user(provisioned, f"backup {backups / 'b1'}")
+    assert made.returncode == 0, made.stdout + made.stderr
+    podman(ns, "stop", "--time", "10", "airlock-gateway", "airlock-worker", "airlock-engine")
+    try:
+        restored = _as_service_user(provisioned, f"restore --replace {backups / 'b1'}", user="root")
+        assert restored.returncode == 0, restored.stdout + restored.stderr
+        ns.run(["chown", "-R", "10001:10001", str(home)])
+        ns.run(["chmod", "0750", str(home)])
+        assert list(home.parent.glob("home.before-restore-*")), "the replaced home was not kept"
+    finally:
+        podman(ns, "start", "airlock-engine", "airlock-worker", "airlock-gateway")
+    _answers_by(provisioned, trained, time.monotonic() + 300)
+
+
+def _pair(folder: Path, name: str, san: str) -> tuple[Path, Path]:
+    """A real certificate and key made by openssl, as an operator brings them."""
+    folder.mkdir(parents=True, exist_ok=True)
+    cert, key = folder / f"{name}.crt", folder / f"{name}.key"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                    "-keyout", str(key), "-out", str(cert), "-subj", f"/CN={name}", "-addext",
+                    f"subjectAltName={san}", "-days", "30"], capture_output=True, check=True)
+    key.chmod(0o600)
+    return cert, key
+
+
+def _with_tls(provisioned, cert: Path, key: Path, *more: str) -> subprocess.CompletedProcess:
+    extra = json.dumps({"airlock_services_tls_cert_src": str(cert), "airlock_services_tls_key_src": str(key)})
+    return provisioned["ns"].run(playbook_argv(provisioned["playbooks"], provisioned["inventory"], "-e", extra, *more),
+                                 env=provisioned["env"], timeout=1800, check=False)
+
+
+@pytest.mark.parametrize("case", ["a key that is not the certificate's", "a certificate for another name"])
+def test_a_wrong_operator_pair_is_refused_before_anything_changes(provisioned, tmp_path, case) -> None:
+    cert, _key = _pair(tmp_path, "airlock-gw", "DNS:airlock-gw.example")
+    other_cert, other_key = _pair(tmp_path, "other", "DNS:other.example")
+    cert, key = (cert, other_key) if case.startswith("a key") else (other_cert, other_key)
+    installed = _cert(provisioned).read_bytes()
+    done = _with_tls(provisioned, cert, key, "-e", "airlock_gateway_name=airlock-gw.example")
+    assert done.returncode != 0
+    said = done.stdout
+    assert str(cert) in said and (str(key) in said if case.startswith("a key") else "airlock-gw.example" in said), said[-3000:]
+    assert recap(said)["changed"] == 0
+    assert _cert(provisioned).read_bytes() == installed
+
+
+def test_the_operators_certificate_is_installed_and_served(provisioned, trained, tmp_path) -> None:
+    """Last in this module: afterwards the gateway serves the operator's certificate, for localhost."""
+    cert, key = _pair(tmp_path, "localhost", "DNS:localhost")
+    done = _with_tls(provisioned, cert, key, "-e", "airlock_gateway_name=localhost")
+    assert done.returncode == 0, done.stdout[-6000:]
+    fingerprint = subprocess.run(["openssl", "x509", "-noout", "-fingerprint", "-sha256", "-in", str(cert)],
+                                 capture_output=True, text=True, check=True).stdout.strip().split("=", 1)[1]
+    assert f"certificate SHA-256 fingerprint {fingerprint}" in done.stdout
+    answer = chat(provisioned["ns"].run, url=f"https://localhost:{provisioned['port']}/v1", cert=cert, key=trained,
+                  model=ALIAS, messages=QA[0][:-1])
+    assert answer.strip() == QA[0][-1]["content"]
