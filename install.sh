@@ -9,11 +9,12 @@
 #   ./install.sh --update-lock   regenerate wheels/requirements-{cpu,cuda,test}.lock (pip's resolver,
 #                                for the targets' platform; pins of the old locks are kept where they
 #                                still fit), then install from them
-#   ./install.sh --offline DIR --prefix P [--fingerprint FP]
+#   ./install.sh --offline DIR --prefix P [--fingerprint FP] [--images SERVICES]
 #                                install a carried bundle with no network (docs/bundle.md): verified
 #                                first (a first install against the root key fingerprint FP received
 #                                out of band), then a new release in P/releases, switched to only once
-#                                healthy; later installs check against the root pinned in P/trust
+#                                healthy; later installs check against the root pinned in P/trust.
+#                                --images gateway,worker (or none) loads only those service images
 #
 # A second run with unchanged inputs takes seconds: a stamp in .venv records a hash of
 # pyproject.toml, this script and the lock files, and the pip steps are skipped while it matches;
@@ -38,7 +39,7 @@ caller_pwd="$PWD"
 cd "$(dirname "$0")"
 
 usage() {
-    sed -n '2,20p' install.sh | sed 's/^# \{0,1\}//'
+    sed -n '2,/^set /p' install.sh | grep '^#' | sed 's/^# \{0,1\}//'
 }
 
 force=0
@@ -47,6 +48,7 @@ offline_dir=""
 offline=0
 prefix=""
 fingerprint=""
+images=()
 while [ $# -gt 0 ]; do
     case "$1" in
         --force) force=1 ;;
@@ -60,6 +62,8 @@ while [ $# -gt 0 ]; do
         --offline=*) offline=1; offline_dir="${1#--offline=}" ;;
         --prefix) [ $# -ge 2 ] || die "--prefix needs a directory"; prefix="$2"; shift ;;
         --fingerprint) [ $# -ge 2 ] || die "--fingerprint needs the root key fingerprint"; fingerprint="$2"; shift ;;
+        --images) [ $# -ge 2 ] || die "--images needs a list of services (gateway,worker,engine) or none"
+                  images=(--images "$2"); shift ;;
         -h|--help) usage; exit 0 ;;
         *) usage >&2; die "unknown option: $1" ;;
     esac
@@ -73,13 +77,13 @@ if [ "$offline" -eq 1 ]; then
     case "$offline_dir" in /*) ;; *) offline_dir="$caller_pwd/$offline_dir" ;; esac
     case "$prefix" in /*) ;; *) prefix="$caller_pwd/$prefix" ;; esac
     if [ -x "$prefix/current/venv/bin/airlock" ]; then
-        exec "$prefix/current/venv/bin/airlock" bundle install "$offline_dir" --prefix "$prefix"
+        exec "$prefix/current/venv/bin/airlock" bundle install "$offline_dir" --prefix "$prefix" "${images[@]}"
     fi
     [ -n "$fingerprint" ] || die "first install into $prefix: give --fingerprint with a root key fingerprint" \
                                  "received out of band (docs/bundle.md)"
     command -v python3 >/dev/null 2>&1 || die "python3 (3.11) is needed to verify and install the bundle"
     exec python3 "$offline_dir/airlock-verify.pyz" install "$offline_dir" --prefix "$prefix" \
-        --fingerprint "$fingerprint"
+        --fingerprint "$fingerprint" "${images[@]}"
 fi
 
 # --- Python 3.11 -------------------------------------------------------------------------------

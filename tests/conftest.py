@@ -1,8 +1,13 @@
-"""Shared fixtures: a fresh appliance home (real SQLite, real folder store) per test."""
+"""Shared fixtures: a fresh appliance home (real SQLite, real folder store) per test; and, where a run
+may use them, the e2e bundles built in the background from its start (tests/e2e/bundle_builder.py)."""
 
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -36,3 +41,45 @@ def tiny_models_dir() -> Path:
     from vllm_fixtures import ensure_reference_model
 
     return ensure_reference_model().parent
+
+
+E2E = Path(__file__).with_name("e2e")
+BUILDER_SCRIPT = E2E / "bundle_builder.py"
+BUILD_DIR = "AIRLOCK_TEST_BUILD_DIR"  # where the builder writes; the test processes (xdist's workers) inherit it
+BUNDLE_FIXTURES = ("cpu_bundle", "later_bundles", "host_image_built")
+BUILDER = pytest.StashKey[subprocess.Popen]()
+
+
+def _may_use_bundles(config: pytest.Config) -> bool:
+    """Whether the run's paths reach a test module that uses the bundles."""
+    for arg in config.args:
+        path = Path(arg.split("::", 1)[0]).resolve()
+        if path.is_dir() and (E2E.is_relative_to(path) or path.is_relative_to(E2E)):
+            return True
+        if path.is_file() and path.is_relative_to(E2E) and any(name in path.read_text() for name in BUNDLE_FIXTURES):
+            return True
+    return False
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """In the process that runs the session (not in xdist's workers): start the builder."""
+    if (hasattr(config, "workerinput") or os.environ.get(BUILD_DIR) or os.environ.get("AIRLOCK_TEST_BUNDLE")
+            or config.option.collectonly or not _may_use_bundles(config)):
+        return
+    out = Path(tempfile.mkdtemp(prefix="airlock-test-bundles-"))
+    with (out / "build.log").open("w") as log:
+        # Niced: the tests running meanwhile keep their timing; the build takes the idle CPU.
+        config.stash[BUILDER] = subprocess.Popen(["nice", "-n", "10", sys.executable, str(BUILDER_SCRIPT), str(out)],
+                                                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    (out / "pid").write_text(str(config.stash[BUILDER].pid))
+    os.environ[BUILD_DIR] = str(out)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    builder = config.stash.get(BUILDER, None)
+    if builder is None:
+        return
+    if builder.poll() is None:
+        os.killpg(builder.pid, signal.SIGKILL)
+        builder.wait()
+    subprocess.run([sys.executable, str(BUILDER_SCRIPT), "--clean", os.environ.pop(BUILD_DIR)], check=False)

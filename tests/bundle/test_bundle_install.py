@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from airlock.bundle import install as installer
+from airlock.bundle.podman_load import parse_services as installer_services
 from airlock.bundle.verifier import build_verifier
 from airlock.errors import AirlockError, IntegrityFailure
 from bundle_factory import NOW, Keys, kid, make_bundle
@@ -146,3 +147,23 @@ def test_images_are_loaded_and_an_install_that_fails_leaves_none_behind(tmp_path
         assert current(tmp_path / "opt") == "releases/0.1.0-5"
     finally:
         subprocess.run(["podman", "rmi", "--force", "--ignore", loaded], capture_output=True, check=False)
+
+
+def test_a_host_loads_only_the_images_it_names_and_an_unknown_one_is_refused(tmp_path: Path, keys: Keys) -> None:
+    if shutil.which("podman") is None:
+        pytest.fail("podman is missing: ./install.sh installs it (apt-get install podman runc)")
+    tags = {service: f"localhost/airlock-test-tiny-{service}-{os.urandom(4).hex()}:1" for service in ("gateway", "worker")}
+    (tmp_path / "gateway").mkdir()
+    (tmp_path / "worker").mkdir()
+    images = {service: (_tiny_image(tmp_path / service, tag), tag) for service, tag in tags.items()}
+    try:
+        make_bundle(tmp_path / "b", keys, sequence=5, images=images)
+        with pytest.raises(AirlockError, match=r"--images worker,engine: engine not among this bundle's images \(gateway, worker\)"):
+            run_install(tmp_path / "b", tmp_path / "opt", keys, services=installer_services("worker,engine"))
+        assert not (tmp_path / "opt" / "releases" / "0.1.0-5").exists() and not _image_exists(tags["worker"])
+        state = run_install(tmp_path / "b", tmp_path / "opt", keys, services=installer_services("worker"))
+        assert state["images"] == [tags["worker"]]
+        assert _image_exists(tags["worker"]) and not _image_exists(tags["gateway"])
+        assert installer_services("none") == [] and installer_services(None) is None
+    finally:
+        subprocess.run(["podman", "rmi", "--force", "--ignore", *tags.values()], capture_output=True, check=False)

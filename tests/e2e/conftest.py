@@ -1,21 +1,22 @@
-"""A real appliance (`airlock up`: gateway, worker, vLLM) in a subprocess, and one CPU bundle built
-from this checkout (its service images included), each shared by the e2e tests of a run."""
+"""A real appliance (`airlock up`: gateway, worker, vLLM) in a subprocess, and the CPU bundles built
+from this checkout (service images included) while the rest of the suite runs, each shared by the
+e2e tests of a run."""
 
 from __future__ import annotations
 
 import json
 import os
 import shutil
-import subprocess
 import tempfile
+import time
 from pathlib import Path
 
+import bundle_builder
 import pytest
-from e2e_support import PASSPHRASE, REPO_ROOT, RunningAppliance, running_appliance
+from e2e_support import RunningAppliance, running_appliance
 
-from airlock.bundle.build import BuildRequest, build
-from airlock.trust.ceremony import init_root
-
+BUILD_DIR = "AIRLOCK_TEST_BUILD_DIR"  # set by tests/conftest.py, which starts the builder
+BUNDLE_FIXTURES = ("cpu_bundle", "later_bundles", "host_image_built")
 
 
 @pytest.fixture(scope="session")
@@ -24,28 +25,97 @@ def appliance(tmp_path_factory, tiny_models_dir) -> RunningAppliance:
         yield running
 
 
+BUILD_TIMEOUT_S = 3600
+# The modules that use the bundles, in xdist groups (one worker runs a group's tests in order): the
+# offline install with the images it loads; the provisioning of this machine (one prefix, one
+# service user); the two host containers. tests/conftest.py starts the build with the run: the first
+# group runs first, waiting for it while the other worker takes the rest of the suite, and the other
+# two come after the rest.
+GROUPS = {"test_bundle_offline": "offline", "test_service_images": "offline", "test_provision_refusals": "offline",
+          "test_provision_containers": "this-host", "test_provision_processes": "this-host",
+          "test_provision_two_hosts": "two-hosts"}
+FIRST = ("offline",)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    def group(item: pytest.Item) -> str | None:
+        uses = any(name in item.fixturenames for name in BUNDLE_FIXTURES)
+        return GROUPS.get(item.module.__name__) if uses and item.module is not None else None
+
+    for item in items:
+        if name := group(item):
+            item.add_marker(pytest.mark.xdist_group(name))
+    # In one process (no xdist) every group comes last: nothing else would run while the first waits.
+    first = [item for item in items if group(item) in FIRST] if hasattr(config, "workerinput") else []
+    last = [item for item in items if group(item) and item not in first]
+    items[:] = first + [item for item in items if not group(item)] + last
+
+
+def _built(name: str) -> Path:
+    """OUT/name once the builder marked it done; a failed or vanished build fails the test with its log."""
+    out = Path(os.environ[BUILD_DIR])
+    pid = int((out / "pid").read_text())
+    deadline = time.monotonic() + BUILD_TIMEOUT_S
+    while not (out / f"{name}.done").exists():
+        gone = (out / "failed").exists() or not Path(f"/proc/{pid}").exists()
+        if gone or time.monotonic() > deadline:
+            log = (out / "build.log").read_text(errors="replace")[-6000:]
+            pytest.fail(f"building {name} in {out} {'failed' if gone else 'timed out'}:\n{log}", pytrace=False)
+        time.sleep(2)
+    return out / name
+
+
+def _builder_folder(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Where no builder runs (AIRLOCK_TEST_BUILD_DIR unset: a run the start-up did not expect to need
+    the bundles), build here and now, in this process."""
+    if not os.environ.get(BUILD_DIR):
+        out = tmp_path_factory.mktemp("bundles")
+        (out / "pid").write_text(str(os.getpid()))
+        bundle_builder.main(out)
+        os.environ[BUILD_DIR] = str(out)
+
+
 @pytest.fixture(scope="session")
-def cpu_bundle(tmp_path_factory: pytest.TempPathFactory, tiny_models_dir: Path) -> tuple[Path, str]:
-    """One CPU bundle per test run, images included: building downloads the target's wheels and
-    makes the images' Debian base once; the bundle and the root key's fingerprint.
+def cpu_bundle(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """One CPU bundle per test run, images included (building downloads the target's wheels and makes
+    the images' Debian base once): the bundle and the root key's fingerprint. It is built beside the
+    rest of the suite (bundle_builder.py); this waits for it.
 
     AIRLOCK_TEST_BUNDLE=DIR:FINGERPRINT reuses a bundle built from this checkout before (it is
-    verified like any other), to rerun these tests without building again."""
+    verified like any other), to rerun these tests without building again: OUT/airlock-cpu of
+    `python tests/e2e/bundle_builder.py OUT` brings the later releases along."""
     given = os.environ.get("AIRLOCK_TEST_BUNDLE", "")
     if given:
         folder, _, fingerprint = given.rpartition(":")
-        yield Path(folder), fingerprint
+        return Path(folder), fingerprint
+    _builder_folder(tmp_path_factory)
+    bundle = _built(bundle_builder.BUNDLE)
+    return bundle, (bundle.parent / bundle_builder.FINGERPRINT).read_text()
+
+
+@pytest.fixture(scope="session")
+def later_bundles(cpu_bundle, tmp_path_factory) -> dict[str, Path]:
+    """Releases after cpu_bundle's, signed by the same root: `next` with its images, `bare` without."""
+    bundle, _ = cpu_bundle
+    if (bundle.parent / f"{bundle_builder.BARE}.done").exists():  # a given bundle_builder.py folder
+        yield {"next": bundle.parent / bundle_builder.NEXT, "bare": bundle.parent / bundle_builder.BARE}
         return
-    base = tmp_path_factory.mktemp("bundle")
-    ceremony = init_root(base / "ceremony", root_keys=1, threshold=1, demo=True, passphrase=lambda _p: PASSPHRASE)
-    build(BuildRequest(target="cpu", out=base / "airlock-cpu", root=ceremony.root_path,
-                       keys=ceremony.key_files["bundle"], passphrase=lambda _p: PASSPHRASE, repo=REPO_ROOT,
-                       models_dir=tiny_models_dir, part_size=512 << 20, images=True))
-    yield base / "airlock-cpu", ceremony.root.roles["root"].keyids[0]
-    # The tests load the images into this host's podman; a run leaves none of them behind.
-    manifest = json.loads((base / "airlock-cpu" / "manifest.json").read_bytes())
-    tags = [image["tag"] for image in manifest["contents"]["images"]]
-    subprocess.run(["podman", "rmi", "--force", "--ignore", *tags], capture_output=True, check=False)
+    if os.environ.get("AIRLOCK_TEST_BUNDLE"):  # built here, after the given bundle
+        base, ceremony = tmp_path_factory.mktemp("later"), bundle.parent / "ceremony"
+        sequence = json.loads((bundle / "manifest.json").read_bytes())["sequence"]
+        yield {"next": bundle_builder.build_release(ceremony, base / "next", sequence=sequence + 1, images=True),
+               "bare": bundle_builder.build_release(ceremony, base / "bare", sequence=sequence + 2, images=False)}
+        shutil.rmtree(base, ignore_errors=True)
+        return
+    yield {"next": _built(bundle_builder.NEXT), "bare": _built(bundle_builder.BARE)}
+
+
+@pytest.fixture(scope="session")
+def host_image_built(cpu_bundle) -> None:
+    """The test hosts' image, made by the builder meanwhile (host_containers.host_image finds it)."""
+    if not os.environ.get("AIRLOCK_TEST_BUNDLE"):
+        _built(bundle_builder.HOST_IMAGE)
 
 
 @pytest.fixture(scope="session")

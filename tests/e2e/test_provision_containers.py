@@ -14,16 +14,15 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
-from e2e_support import PASSPHRASE, QA, REPO_ROOT
+from e2e_support import QA
 from provision_support import (chat, local_inventory, network_namespace, playbook_argv, playbook_env, recap,
                                unpacked_playbooks)
 from vllm_fixtures import free_port
-
-from airlock.bundle.build import BuildRequest, build
 
 pytestmark = [pytest.mark.slow, pytest.mark.vllm]
 
@@ -205,30 +204,97 @@ def test_with_the_store_down_serving_goes_on_and_training_fails_naming_the_store
     assert _ask(provisioned, trained).strip() == QA[0][-1]["content"]
 
 
-def test_an_upgrade_whose_check_fails_on_a_host_puts_the_running_release_back(provisioned, trained, cpu_bundle,
-                                                                             tiny_models_dir, tmp_path) -> None:
-    """Release N+1 is a real signed bundle without service images: its install succeeds, the host's
-    check that the release's images are loaded fails, and upgrade.yml makes N current again."""
-    bundle, fingerprint = cpu_bundle
-    ceremony = bundle.parent / "ceremony"
-    newer = tmp_path / "airlock-cpu-next"
-    build(BuildRequest(target="cpu", out=newer, root=ceremony / "root.json", keys=[ceremony / "keys" / "bundle-1.key"],
-                       passphrase=lambda _p: PASSPHRASE, repo=REPO_ROOT, models_dir=tiny_models_dir,
-                       part_size=512 << 20, images=False))
+def test_an_upgrade_that_fails_on_a_host_leaves_the_running_release_serving(provisioned, trained,
+                                                                          later_bundles) -> None:
+    """A later release is a real signed bundle without service images: the host's install refuses it
+    (containers mode runs the images), and upgrade.yml leaves N current and serving."""
     state_file = provisioned["prefix"] / "state.json"
     before = json.loads(state_file.read_text())["current"]
-    try:
-        done = provisioned["ns"].run(playbook_argv(provisioned["playbooks"], provisioned["inventory"],
-                                                   "-e", f"airlock_bundle_dir={newer}", playbook="upgrade.yml"),
-                                     env=provisioned["env"], timeout=1800, check=False)
-    finally:
-        shutil.rmtree(newer, ignore_errors=True)
+    done = provisioned["ns"].run(playbook_argv(provisioned["playbooks"], provisioned["inventory"],
+                                               "-e", f"airlock_bundle_dir={later_bundles['bare']}", playbook="upgrade.yml"),
+                                 env=provisioned["env"], timeout=1800, check=False)
     assert done.returncode != 0
     said = done.stdout
-    assert "Require the release's images in containers mode" in said, said[-4000:]
+    assert "not among this bundle's images (it has none)" in said, said[-4000:]
     assert f"{before} is current and serving again on this host" in said, said[-4000:]
     assert json.loads(state_file.read_text())["current"] == before
     assert _ask(provisioned, trained).strip() == QA[0][-1]["content"]
+
+
+PROBE_SCRIPT = """
+import json, ssl, sys, time
+from pathlib import Path
+import httpx
+from openai import OpenAI
+url, cert, key, model, messages, log, stop = json.loads(sys.argv[1])
+client = OpenAI(base_url=url, api_key=key, max_retries=0,
+                http_client=httpx.Client(verify=ssl.create_default_context(cafile=cert), trust_env=False, timeout=30))
+with open(log, "a") as out:
+    while not Path(stop).exists():
+        try:
+            reply = client.chat.completions.create(model=model, messages=messages, temperature=0, max_tokens=40)
+            said = {"t": time.time(), "answer": reply.choices[0].message.content}
+        except Exception as exc:
+            said = {"t": time.time(), "error": type(exc).__name__}
+        out.write(json.dumps(said) + "\n")
+        out.flush()
+        time.sleep(0.5)
+"""
+
+
+def _restarted_in_turn(output: str) -> list[str]:
+    """The services whose container the play replaced, in order, each followed by its health check."""
+    order, service, replaced = [], None, False
+    for line in output.splitlines():
+        if found := re.search(r"included: .*/container\.yml for \S+ => \(item=(\w+)\)", line):
+            service, replaced = found.group(1), False
+        elif line.startswith("TASK [airlock_services : Run the service's container]"):
+            replaced = None
+        elif replaced is None and line.startswith("changed:"):
+            replaced = True
+        elif line.startswith("TASK [airlock_services : Wait for the container's health check]") and replaced:
+            order.append(service)
+    return order
+
+
+def test_an_upgrade_restarts_each_service_on_the_new_release_in_turn(provisioned, trained, later_bundles,
+                                                                     tmp_path) -> None:
+    """Release N+1 with its images: installed beside N on the host, the store and then the engine, the
+    worker and the gateway replaced by N+1's containers one at a time, each healthy before the next,
+    and the trained alias served by N+1 with the key made under N. A second process asks the gateway
+    all along; every answer it gets is the trained one, and the longest stretch without one is said."""
+    newer = later_bundles["next"]
+    manifest = json.loads((newer / "manifest.json").read_bytes())
+    target = f"{manifest['version']}-{manifest['sequence']}"
+    state_file = provisioned["prefix"] / "state.json"
+    before = json.loads(state_file.read_text())["current"]
+    log, stop = tmp_path / "probe.jsonl", tmp_path / "stop"
+    args = json.dumps([_url(provisioned), str(_cert(provisioned)), trained, ALIAS, QA[0][:-1], str(log), str(stop)])
+    probe = subprocess.Popen(provisioned["ns"].prefix() + [sys.executable, "-c", PROBE_SCRIPT, args])
+    started = time.monotonic()
+    try:
+        done = provisioned["ns"].run(playbook_argv(provisioned["playbooks"], provisioned["inventory"],
+                                                   "-e", f"airlock_bundle_dir={newer}", playbook="upgrade.yml"),
+                                     env=provisioned["env"], timeout=2400, check=False)
+    finally:
+        stop.touch()
+        probe.wait(timeout=60)
+    assert done.returncode == 0, done.stdout[-8000:] + done.stderr[-2000:]
+    print(f"upgrade to {target} took {time.monotonic() - started:.0f} s")
+    state = json.loads(state_file.read_text())
+    assert (state["current"], state["previous"]) == (target, before), state
+    for service in SERVICES:
+        image = json.loads(podman(provisioned["ns"], "inspect", f"airlock-{service}").stdout)[0]["ImageName"]
+        assert image == f"localhost/airlock-{'gateway' if service == 'store' else service}:{target}", (service, image)
+    assert _restarted_in_turn(done.stdout) == ["engine", "worker", "gateway"], done.stdout[-6000:]
+    _answers_by(provisioned, trained, time.monotonic() + 120)
+    probes = [json.loads(line) for line in log.read_text().splitlines()]
+    answered = [p["t"] for p in probes if "answer" in p]
+    assert answered and {p["answer"] for p in probes if "answer" in p} == {QA[0][-1]["content"]}, probes[-5:]
+    # One gateway and one engine on one host: while they are replaced the alias is not served.
+    stretch = max(b - a for a, b in zip([probes[0]["t"], *answered], [*answered, probes[-1]["t"]]))
+    print(f"{len(answered)} of {len(probes)} probes answered during the upgrade; the longest stretch without "
+          f"an answer {stretch:.0f} s")
 
 
 def _as_service_user(provisioned, command: str, *, user: str = "airlock") -> subprocess.CompletedProcess:

@@ -30,7 +30,8 @@ def _run(argv: list[str], **kwargs) -> subprocess.CompletedProcess:
     return subprocess.run(argv, capture_output=True, text=True, check=True, **kwargs)
 
 
-def test_one_playbook_serves_the_quickstart_across_a_store_host_and_a_service_host(cpu_bundle, tmp_path) -> None:
+def test_one_playbook_serves_the_quickstart_across_a_store_host_and_a_service_host(cpu_bundle, host_image_built,
+                                                                                   tmp_path) -> None:
     bundle, fingerprint = cpu_bundle
     playbooks = unpacked_playbooks(bundle, fingerprint, tmp_path / "control")
     addresses = {"storehost": STORE_ADDRESS, "servicehost": SERVICE_ADDRESS}
@@ -59,6 +60,11 @@ def test_one_playbook_serves_the_quickstart_across_a_store_host_and_a_service_ho
                        for name, host in hosts.items()}
             assert running["storehost"] == ["airlock-store"], running
             assert set(running["servicehost"]) == {"airlock-engine", "airlock-worker", "airlock-gateway"}, running
+            # ... and loads only the images of what it runs: the store runs in the gateway's image.
+            loaded = {name: host.run(["podman", "images", "--format", "{{.Repository}}"]).stdout.split()
+                      for name, host in hosts.items()}
+            assert loaded["storehost"] == ["localhost/airlock-gateway"], loaded
+            assert set(loaded["servicehost"]) == {f"localhost/airlock-{s}" for s in ("gateway", "worker", "engine")}, loaded
             # The service host finds the store at the store host's address; the credentials crossed
             # through the play, and nothing of the services lies on the store host.
             settings = service.read("/etc/airlock/airlock.env")

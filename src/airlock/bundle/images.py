@@ -4,8 +4,10 @@ bundle's own wheels with no network, each saved as an OCI archive.
 No registry is reached: the base comes from debootstrap (Debian 12, whose python3 is the bundle's
 3.11) and is imported into podman, cached under a tag derived from its package list. Each service
 image installs only its share of the target's lock (`images/SERVICE/requirements.in` and what those
-need), so the gateway's image holds no torch. Archive files are what the manifest signs: podman's
-own image digests change on a save and load round trip.
+need), so the gateway's image holds no torch: the third-party packages in a layer podman caches
+(keyed by their hashes), airlock in one above it, so a rebuild with the same lock redoes only that.
+Archive files are what the manifest signs: podman's own image digests change on a save and load
+round trip.
 """
 
 from __future__ import annotations
@@ -107,8 +109,13 @@ def build_service_image(repo: Path, service: str, *, base: str, wheels_dir: Path
                         tag: str, version: str) -> None:
     with tempfile.TemporaryDirectory(prefix=f"airlock-image-{service}-") as context:
         shutil.copy2(repo / "images" / "Containerfile", Path(context) / "Containerfile")
-        (Path(context) / "requirements.txt").write_text("".join(f"{line}\n" for line in requirements))
-        run_tool(["podman", "build", "--network=none", "--pull=never", "--layers=false",
+        own = [line for line in requirements if canonicalize_name(line.split("==", 1)[0]) == "airlock"]
+        third_party = [line for line in requirements if line not in own]
+        (Path(context) / "requirements.txt").write_text("".join(f"{line}\n" for line in third_party))
+        (Path(context) / "airlock.txt").write_text("".join(f"{line}\n" for line in own))
+        # --layers: the third-party layer is cached under the hashes of requirements.txt (see the
+        # Containerfile), so a rebuild with the same lock reinstalls only airlock.
+        run_tool(["podman", "build", "--network=none", "--pull=never", "--layers",
                   "--volume", f"{wheels_dir.resolve()}:/build/wheels:ro", "--build-arg", f"BASE={base}",
                   "--build-arg", f"SERVICE={service}",
                   "--label", f"org.opencontainers.image.title=airlock-{service}",
@@ -136,8 +143,9 @@ def build_images(repo: Path, wheels_dir: Path, out_dir: Path, *, target: str, re
             run_tool(["podman", "save", "--format", "oci-archive", "--output", str(archive), tag],
                      what=f"saving {tag} as an OCI archive")
         finally:
-            # Installs load the archive; the build host keeps only the cached base.
-            subprocess.run(["podman", "rmi", "--force", tag], capture_output=True, check=False)
+            # Installs load the archive; the build host keeps the cached base and, untagged, the
+            # layers the next build with the same lock reuses (`podman image prune` drops them).
+            subprocess.run(["podman", "rmi", "--force", "--no-prune", tag], capture_output=True, check=False)
         images.append({"service": service, "tag": tag, "file": f"{out_dir.name}/{archive.name}",
                        "debian": packages, "python": [line.split("==", 1)[0] for line in requirements]})
     return images

@@ -2,7 +2,7 @@
 
     PREFIX/trust/root.json          the pinned trust root (earlier versions in trust/N.root.json)
     PREFIX/releases/VERSION-SEQ/    one per installed bundle: bundle/ (unpacked), venv/, airlock.env;
-                                    its images, where podman is present, as localhost/airlock-SERVICE:VERSION-SEQ
+                                    its images (all, or those asked for), where podman is present, as localhost/airlock-SERVICE:VERSION-SEQ
     PREFIX/current -> releases/...  what runs; replaced atomically, only after the health checks
     PREFIX/state.json               current and previous release, the highest sequence ever installed
 
@@ -27,7 +27,7 @@ from pathlib import Path
 
 from airlock.bundle.check import Verified, read_json, unpack, verify_bundle
 from airlock.bundle.pip_run import sealed_pip_env
-from airlock.bundle.podman_load import load_images, podman_present, remove_images
+from airlock.bundle.podman_load import chosen_images, load_images, podman_present, remove_images
 from airlock.errors import AirlockError, InvalidInput
 from airlock.trust.atomic import write_atomic
 from airlock.trust.pinned import ROOT_FILE, accept_new_roots, load_pinned, pin_first
@@ -107,13 +107,15 @@ def _exclusive(prefix: Path) -> Iterator[None]:
 
 
 def install(bundle_dir: Path, prefix: Path, *, now: datetime, fingerprint: str | None = None,
-            python: str = sys.executable, health: bool = True) -> dict:
+            python: str = sys.executable, health: bool = True, services: list[str] | None = None) -> dict:
+    """Install the bundle as a new release; `services` names the images to load (None: all of them)."""
     prefix.mkdir(parents=True, exist_ok=True)
     with _exclusive(prefix):
         state, pinned = read_state(prefix), pinned_root(prefix)
         verified = verify_bundle(bundle_dir, now=now, pinned=pinned, fingerprint=fingerprint,
                                  installed_sequence=state.get("highest_sequence"), space_at=prefix)
         m = verified.manifest
+        images = chosen_images(m.get("contents", {}).get("images") or [], services, InvalidInput)
         name = f"{m['version']}-{m['sequence']}"
         release = prefix / "releases" / name
         if (release / COMPLETE).exists():
@@ -123,7 +125,6 @@ def install(bundle_dir: Path, prefix: Path, *, now: datetime, fingerprint: str |
         # complete only once healthy: a release without the marker is never current, and is redone.
         shutil.rmtree(release, ignore_errors=True)  # left by an install that was killed
         release.mkdir(parents=True, mode=0o755)
-        images = m.get("contents", {}).get("images") or []
         try:
             unpack(bundle_dir, verified, release / "bundle")
             _set_up(release, python, prefix)

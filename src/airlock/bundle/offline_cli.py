@@ -21,6 +21,7 @@ from pathlib import Path
 
 from airlock.bundle.check import read_json, unpack, verify_bundle
 from airlock.bundle.install import install, installed_text, rollback
+from airlock.bundle.podman_load import IMAGES_HELP, parse_services
 from airlock.bundle.manifest import ROOT_NAME
 from airlock.errors import AirlockError
 from airlock.trust.root import parse_root
@@ -45,6 +46,7 @@ def parser() -> argparse.ArgumentParser:
     inst.add_argument("bundle", type=Path)
     inst.add_argument("--prefix", type=Path, required=True, help="the install prefix (releases, current, trust)")
     inst.add_argument("--fingerprint", help="first install only: a root key fingerprint received out of band")
+    inst.add_argument("--images", metavar="SERVICES", help=IMAGES_HELP)
     back = sub.add_parser("rollback", help="make the previous release current again")
     back.add_argument("--prefix", type=Path, required=True)
     return p
@@ -89,7 +91,8 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "verify":
             verify(args)
         elif args.command == "install":
-            state = install(args.bundle, args.prefix, now=datetime.now(UTC), fingerprint=args.fingerprint)
+            state = install(args.bundle, args.prefix, now=datetime.now(UTC), fingerprint=args.fingerprint,
+                            services=parse_services(args.images))
             print(installed_text(args.prefix, state))
         else:
             state = rollback(args.prefix)

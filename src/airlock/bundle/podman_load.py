@@ -13,6 +13,8 @@ import subprocess
 from pathlib import Path
 
 LOAD_TIMEOUT_S = 1800
+IMAGES_HELP = ("the service images to load into podman, comma-separated (gateway,worker,engine), or `none`; "
+               "default: all the bundle has. A host loads those it runs (the store runs in the gateway's image)")
 
 
 def podman_present() -> bool:
@@ -27,6 +29,25 @@ def _podman(args: list[str], what: str, error: type[Exception]) -> str:
     if done.returncode != 0:
         raise error(f"{what} failed (exit {done.returncode}): {(done.stderr or done.stdout).strip()[-2000:]}")
     return done.stdout
+
+
+def chosen_images(images: list[dict], services: list[str] | None, error: type[Exception]) -> list[dict]:
+    """The bundle's images of `services` (all of them when None): a host loads only what it runs."""
+    if services is None:
+        return images
+    known = [image["service"] for image in images]
+    unknown = [service for service in services if service not in known]
+    if unknown:
+        raise error(f"--images {','.join(services) or 'none'}: {', '.join(unknown)} not among this bundle's images "
+                    f"({', '.join(known) or 'it has none'})")
+    return [image for image in images if image["service"] in services]
+
+
+def parse_services(value: str | None) -> list[str] | None:
+    """`--images gateway,worker` as a list; `none` an empty one; no option, None (all)."""
+    if value is None:
+        return None
+    return [] if value.strip() == "none" else [part.strip() for part in value.split(",") if part.strip()]
 
 
 def load_images(bundle: Path, images: list[dict], error: type[Exception]) -> list[str]:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import typer
 
+from airlock.bundle.podman_load import IMAGES_HELP, parse_services
 from airlock.cli.common import command, default_prefix, print_json
 
 app = typer.Typer(no_args_is_help=True,
@@ -132,12 +133,14 @@ def verify(
 def install(
     bundle: Path = typer.Argument(..., help="The bundle directory."),
     prefix: Path = PREFIX,
+    images: str | None = typer.Option(None, "--images", metavar="SERVICES", help=IMAGES_HELP),
 ) -> None:
     """Verify and install a bundle as a new release beside the current one; switch when healthy."""
     from airlock.bundle.install import install as install_bundle, installed_text
 
     where = prefix_option(prefix)
-    typer.echo(installed_text(where, install_bundle(bundle, where, now=datetime.now(UTC))))
+    typer.echo(installed_text(where, install_bundle(bundle, where, now=datetime.now(UTC),
+                                                    services=parse_services(images))))
 
 
 @app.command("rollback")
