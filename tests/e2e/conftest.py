@@ -26,15 +26,18 @@ def appliance(tmp_path_factory, tiny_models_dir) -> RunningAppliance:
 
 
 BUILD_TIMEOUT_S = 3600
-# The modules that use the bundles, in xdist groups (one worker runs a group's tests in order): the
-# offline install with the images it loads; the provisioning of this machine (one prefix, one
-# service user); the two host containers. tests/conftest.py starts the build with the run: the first
-# group runs first, waiting for it while the other worker takes the rest of the suite, and the other
-# two come after the rest.
-GROUPS = {"test_bundle_offline": "offline", "test_service_images": "offline", "test_provision_refusals": "offline",
-          "test_provision_containers": "this-host", "test_provision_processes": "this-host",
+# The modules that use the bundles, in two xdist groups (one worker runs a group's tests in order):
+# this machine (the offline install and the images it loads, the refusals, then provisioning in
+# processes and in containers mode, one prefix and one service user), and the two host containers.
+# tests/conftest.py starts the build with the run. The first group runs first: its worker waits for
+# release N while the other worker takes the rest of the suite, then the two-host test.
+GROUPS = {"test_bundle_offline": "this-host", "test_service_images": "this-host",
+          "test_provision_refusals": "this-host",
+          # processes mode before containers mode: the containers module upgrades the prefix they
+          # share to N+1 (and finds release N installed without images, which it loads)
+          "test_provision_processes": "this-host", "test_provision_containers": "this-host",
           "test_provision_two_hosts": "two-hosts"}
-FIRST = ("offline",)
+FIRST = ("this-host",)
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -47,8 +50,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         if name := group(item):
             item.add_marker(pytest.mark.xdist_group(name))
     # In one process (no xdist) every group comes last: nothing else would run while the first waits.
-    first = [item for item in items if group(item) in FIRST] if hasattr(config, "workerinput") else []
-    last = [item for item in items if group(item) and item not in first]
+    modules = list(GROUPS)
+    ours = sorted((item for item in items if group(item)), key=lambda item: modules.index(item.module.__name__))
+    first = [item for item in ours if group(item) in FIRST] if hasattr(config, "workerinput") else []
+    last = [item for item in ours if item not in first]
     items[:] = first + [item for item in items if not group(item)] + last
 
 

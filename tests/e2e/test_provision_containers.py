@@ -56,7 +56,10 @@ def provisioned(cpu_bundle, provision_root, tmp_path_factory):
         finally:
             podman(ns, "rm", "--force", "--time", "10", *(f"airlock-{s}" for s in SERVICES), check=False)
             podman(ns, "network", "rm", "--force", "airlock", check=False)
-            shutil.rmtree(base, ignore_errors=True)  # the unpacked bundle: the suite's disk is finite
+            # The unpacked bundle, and the releases with their venvs (last in its group: nothing
+            # after this module uses the prefix): the suite's disk is finite.
+            shutil.rmtree(base, ignore_errors=True)
+            shutil.rmtree(provision_root / "opt", ignore_errors=True)
 
 
 def _url(provisioned) -> str:
@@ -221,7 +224,7 @@ def test_an_upgrade_that_fails_on_a_host_leaves_the_running_release_serving(prov
     assert _ask(provisioned, trained).strip() == QA[0][-1]["content"]
 
 
-PROBE_SCRIPT = """
+PROBE_SCRIPT = r"""
 import json, ssl, sys, time
 from pathlib import Path
 import httpx
@@ -243,17 +246,20 @@ with open(log, "a") as out:
 
 
 def _restarted_in_turn(output: str) -> list[str]:
-    """The services whose container the play replaced, in order, each followed by its health check."""
-    order, service, replaced = [], None, False
+    """The services whose container the play replaced, in order, each one's health check passed
+    before the next was replaced."""
+    services = re.findall(r"included: \S*/airlock_services/tasks/container\.yml for \S+ => \(item=(\w+)\)", output)
+    order, task, turn, replaced = [], "", -1, False
     for line in output.splitlines():
-        if found := re.search(r"included: .*/container\.yml for \S+ => \(item=(\w+)\)", line):
-            service, replaced = found.group(1), False
-        elif line.startswith("TASK [airlock_services : Run the service's container]"):
-            replaced = None
-        elif replaced is None and line.startswith("changed:"):
+        if line.startswith("TASK ["):
+            task = line
+            if "Run the service's container]" in task:
+                turn, replaced = turn + 1, False
+        elif line.startswith("changed:") and "Run the service's container]" in task:
             replaced = True
-        elif line.startswith("TASK [airlock_services : Wait for the container's health check]") and replaced:
-            order.append(service)
+        elif line.startswith("ok:") and "Wait for the container's health check]" in task and replaced:
+            order.append(services[turn])
+            replaced = False
     return order
 
 
@@ -295,6 +301,28 @@ def test_an_upgrade_restarts_each_service_on_the_new_release_in_turn(provisioned
     stretch = max(b - a for a, b in zip([probes[0]["t"], *answered], [*answered, probes[-1]["t"]]))
     print(f"{len(answered)} of {len(probes)} probes answered during the upgrade; the longest stretch without "
           f"an answer {stretch:.0f} s")
+    # As an operator does after an upgrade, the inventory names the new bundle from now on.
+    inventory = json.loads(provisioned["inventory"].read_text())
+    inventory["all"]["vars"]["airlock_bundle_dir"] = str(newer)
+    provisioned["inventory"].write_text(json.dumps(inventory, indent=1))
+
+
+def test_the_older_bundle_after_an_upgrade_is_refused_before_anything_changes(provisioned, cpu_bundle,
+                                                                             later_bundles) -> None:
+    """Release N is still installed beside N+1; site.yml given N's bundle would point the services back
+    at it. It stops on the host, naming both releases, with nothing changed."""
+    older, _ = cpu_bundle
+    done = provisioned["ns"].run(playbook_argv(provisioned["playbooks"], provisioned["inventory"],
+                                               "-e", f"airlock_bundle_dir={older}"),
+                                 env=provisioned["env"], timeout=1200, check=False)
+    assert done.returncode != 0
+    said, current = done.stdout, json.loads((provisioned["prefix"] / "state.json").read_text())["current"]
+    assert f"runs release {current}, and the bundle {older} is release" in said, said[-4000:]
+    assert recap(said)["changed"] == 0
+    image = json.loads(podman(provisioned["ns"], "inspect", "airlock-store").stdout)[0]["ImageName"]
+    assert image.endswith(f":{current}")
+
+
 
 
 def _as_service_user(provisioned, command: str, *, user: str = "airlock") -> subprocess.CompletedProcess:
