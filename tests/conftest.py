@@ -48,6 +48,15 @@ BUILDER_SCRIPT = E2E / "bundle_builder.py"
 BUILD_DIR = "AIRLOCK_TEST_BUILD_DIR"  # where the builder writes; the test processes (xdist's workers) inherit it
 BUNDLE_FIXTURES = ("cpu_bundle", "later_bundles", "host_image_built")
 BUILDER = pytest.StashKey[subprocess.Popen]()
+# The e2e modules that use the bundles, in two groups, each run by one xdist worker in this order:
+# this machine (the offline install and the images it loads, the refusals, then provisioning in
+# processes and in containers mode: one prefix, one service user; processes first, since the
+# containers module upgrades the prefix to N+1), and the two host containers. The first group runs
+# first: its worker waits for release N while the other takes the rest of the suite, then the second.
+GROUPS = {"test_bundle_offline": "this-host", "test_service_images": "this-host",
+          "test_provision_refusals": "this-host", "test_provision_processes": "this-host",
+          "test_provision_containers": "this-host", "test_provision_two_hosts": "two-hosts"}
+FIRST = "this-host"
 
 
 def _may_use_bundles(config: pytest.Config) -> bool:
@@ -83,3 +92,30 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         os.killpg(builder.pid, signal.SIGKILL)
         builder.wait()
     subprocess.run([sys.executable, str(BUILDER_SCRIPT), "--clean", os.environ.pop(BUILD_DIR)], check=False)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The groups' tests in GROUPS' order: the first group first where xdist runs the rest beside it,
+    every group last in one process (nothing else would run while the first waits for the build)."""
+    modules = list(GROUPS)
+
+    def group(item: pytest.Item) -> str | None:
+        return GROUPS.get(item.module.__name__) if item.module is not None else None
+
+    grouped = sorted((item for item in items if group(item)), key=lambda item: modules.index(item.module.__name__))
+    first = [item for item in grouped if group(item) == FIRST] if hasattr(config, "workerinput") else []
+    items[:] = first + [item for item in items if not group(item)] + [item for item in grouped if item not in first]
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log):
+    """--dist loadscope, with each of GROUPS' groups one scope (xdist's own loadgroup marks no longer
+    take effect with this pytest: it renames node ids, which pytest 9 derives)."""
+    if config.getvalue("dist") != "loadscope":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class BundleGroups(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return GROUPS.get(Path(nodeid.split("::", 1)[0]).stem) or super()._split_scope(nodeid)
+
+    return BundleGroups(config, log)

@@ -16,7 +16,6 @@ import pytest
 from e2e_support import RunningAppliance, running_appliance
 
 BUILD_DIR = "AIRLOCK_TEST_BUILD_DIR"  # set by tests/conftest.py, which starts the builder
-BUNDLE_FIXTURES = ("cpu_bundle", "later_bundles", "host_image_built")
 
 
 @pytest.fixture(scope="session")
@@ -26,37 +25,6 @@ def appliance(tmp_path_factory, tiny_models_dir) -> RunningAppliance:
 
 
 BUILD_TIMEOUT_S = 3600
-# The modules that use the bundles, in two xdist groups (one worker runs a group's tests in order):
-# this machine (the offline install and the images it loads, the refusals, then provisioning in
-# processes and in containers mode, one prefix and one service user), and the two host containers.
-# tests/conftest.py starts the build with the run. The first group runs first: its worker waits for
-# release N while the other worker takes the rest of the suite, then the two-host test.
-GROUPS = {"test_bundle_offline": "this-host", "test_service_images": "this-host",
-          "test_provision_refusals": "this-host",
-          # processes mode before containers mode: the containers module upgrades the prefix they
-          # share to N+1 (and finds release N installed without images, which it loads)
-          "test_provision_processes": "this-host", "test_provision_containers": "this-host",
-          "test_provision_two_hosts": "two-hosts"}
-FIRST = ("this-host",)
-
-
-@pytest.hookimpl(tryfirst=True)
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    def group(item: pytest.Item) -> str | None:
-        uses = any(name in item.fixturenames for name in BUNDLE_FIXTURES)
-        return GROUPS.get(item.module.__name__) if uses and item.module is not None else None
-
-    for item in items:
-        if name := group(item):
-            item.add_marker(pytest.mark.xdist_group(name))
-    # In one process (no xdist) every group comes last: nothing else would run while the first waits.
-    modules = list(GROUPS)
-    ours = sorted((item for item in items if group(item)), key=lambda item: modules.index(item.module.__name__))
-    first = [item for item in ours if group(item) in FIRST] if hasattr(config, "workerinput") else []
-    last = [item for item in ours if item not in first]
-    items[:] = first + [item for item in items if not group(item)] + last
-
-
 def _built(name: str) -> Path:
     """OUT/name once the builder marked it done; a failed or vanished build fails the test with its log."""
     out = Path(os.environ[BUILD_DIR])

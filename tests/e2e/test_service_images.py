@@ -43,7 +43,7 @@ def podman(*args: str, check: bool = True, timeout: float = 600) -> subprocess.C
 
 
 @pytest.fixture(scope="module")
-def release(cpu_bundle, tmp_path_factory) -> tuple[Path, dict[str, str]]:
+def release(cpu_bundle, tmp_path_factory) -> Iterator[tuple[Path, dict[str, str]]]:
     """The bundle verified and unpacked, its images loaded into podman: the folder and the tag of each service."""
     if shutil.which("podman") is None:
         pytest.fail("podman is missing: ./install.sh installs it (apt-get install podman runc)")
@@ -52,7 +52,8 @@ def release(cpu_bundle, tmp_path_factory) -> tuple[Path, dict[str, str]]:
     unpacked = unpack(bundle, verified, tmp_path_factory.mktemp("release") / "bundle")
     images = verified.manifest["contents"]["images"]
     load_images(unpacked, images, AssertionError)
-    return unpacked, {image["service"]: image["tag"] for image in images}
+    yield unpacked, {image["service"]: image["tag"] for image in images}
+    shutil.rmtree(unpacked, ignore_errors=True)  # the suite's disk is finite
 
 
 @pytest.fixture(scope="module")
