@@ -51,12 +51,13 @@ BUILDER = pytest.StashKey[subprocess.Popen]()
 # The e2e modules that use the bundles, in two groups, each run by one xdist worker in this order:
 # this machine (the offline install and the images it loads, the refusals, then provisioning in
 # processes and in containers mode: one prefix, one service user; processes first, since the
-# containers module upgrades the prefix to N+1), and the two host containers. The first group runs
-# first: its worker waits for release N while the other takes the rest of the suite, then the second.
+# containers module upgrades the prefix to N+1), and the two host containers. Under xdist both
+# groups come first, one on each worker (each waits for the bundle), then the rest of the suite:
+# the two-host test then runs beside the lighter first half of the other group, not beside the
+# containers module, so that their disk use (a release and its venv per host) does not add up.
 GROUPS = {"test_bundle_offline": "this-host", "test_service_images": "this-host",
           "test_provision_refusals": "this-host", "test_provision_processes": "this-host",
           "test_provision_containers": "this-host", "test_provision_two_hosts": "two-hosts"}
-FIRST = "this-host"
 
 
 def _may_use_bundles(config: pytest.Config) -> bool:
@@ -95,16 +96,13 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """The groups' tests in GROUPS' order: the first group first where xdist runs the rest beside it,
-    every group last in one process (nothing else would run while the first waits for the build)."""
+    """The groups' tests in GROUPS' order: first where xdist runs them beside the rest, last in one
+    process (nothing else would run while they wait for the build)."""
     modules = list(GROUPS)
-
-    def group(item: pytest.Item) -> str | None:
-        return GROUPS.get(item.module.__name__) if item.module is not None else None
-
-    grouped = sorted((item for item in items if group(item)), key=lambda item: modules.index(item.module.__name__))
-    first = [item for item in grouped if group(item) == FIRST] if hasattr(config, "workerinput") else []
-    items[:] = first + [item for item in items if not group(item)] + [item for item in grouped if item not in first]
+    grouped = sorted((item for item in items if item.module is not None and item.module.__name__ in GROUPS),
+                     key=lambda item: modules.index(item.module.__name__))
+    rest = [item for item in items if item not in grouped]
+    items[:] = grouped + rest if hasattr(config, "workerinput") else rest + grouped
 
 
 def pytest_xdist_make_scheduler(config: pytest.Config, log):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import uuid
@@ -23,9 +24,14 @@ GROUPS = ("gateways", "engines", "workers", "stores")
 
 
 def unpacked_playbooks(bundle: Path, fingerprint: str, dest: Path) -> Path:
-    """The bundle verified and unpacked the way an operator's control node has it; its playbooks folder."""
+    """The bundle verified and unpacked the way an operator's control node has it; its playbooks folder.
+    The rest of the unpacked tree is removed: the play reads the bundle itself (airlock_bundle_dir),
+    and two or three of these exist at once while the suite's disk is finite."""
     verified = verify_bundle(bundle, now=datetime.now(UTC), fingerprint=fingerprint)
     unpack(bundle, verified, dest)
+    for path in dest.iterdir():
+        if path.name != "playbooks":
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
     return dest / "playbooks"
 
 

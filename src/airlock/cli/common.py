@@ -15,8 +15,9 @@ from rich.markup import escape
 
 from airlock.errors import AirlockError
 
-console = Console()
-err_console = Console(stderr=True)
+# No emoji codes: values such as fingerprints hold ":AB:", which rich would print as an emoji.
+console = Console(emoji=False)
+err_console = Console(stderr=True, emoji=False)
 
 
 @contextmanager
