@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -98,11 +99,26 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """The groups' tests in GROUPS' order: first where xdist runs them beside the rest, last in one
     process (nothing else would run while they wait for the build)."""
+    _unique_node_ids(items)
     modules = list(GROUPS)
     grouped = sorted((item for item in items if item.module is not None and item.module.__name__ in GROUPS),
                      key=lambda item: modules.index(item.module.__name__))
     rest = [item for item in items if item not in grouped]
     items[:] = grouped + rest if hasattr(config, "workerinput") else rest + grouped
+
+
+def _unique_node_ids(items: list[pytest.Item]) -> None:
+    """schemathesis names each API operation's item (test_valid_requests[POST /completions]) but
+    leaves the node id pytest 9 derives at the bare function (test_valid_requests): xdist, which
+    schedules by node id, would then run one operation of each test. Each such item gets its
+    operation as the id's parameters, as its name says."""
+    counts = Counter(item.nodeid for item in items)
+    for item in items:
+        originalname = getattr(item, "originalname", item.name)
+        if counts[item.nodeid] > 1 and item.name.startswith(f"{originalname}[") and item._id.params is None:
+            item._id = item._id.with_params(item.name[len(originalname) + 1:-1])
+    duplicated = [nodeid for nodeid, count in Counter(item.nodeid for item in items).items() if count > 1]
+    assert not duplicated, f"tests with the same node id (xdist would run one of each): {duplicated}"
 
 
 def pytest_xdist_make_scheduler(config: pytest.Config, log):
