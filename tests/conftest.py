@@ -103,7 +103,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     modules = list(GROUPS)
     grouped = sorted((item for item in items if item.module is not None and item.module.__name__ in GROUPS),
                      key=lambda item: modules.index(item.module.__name__))
-    rest = [item for item in items if item not in grouped]
+    rest = [item for item in items if item.module is None or item.module.__name__ not in GROUPS]
     items[:] = grouped + rest if hasattr(config, "workerinput") else rest + grouped
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 import sys
 import time
 import traceback
@@ -30,6 +29,7 @@ from host_containers import host_image  # noqa: E402
 from vllm_fixtures import ensure_reference_model  # noqa: E402
 
 from airlock.bundle.build import BuildRequest, build  # noqa: E402
+from airlock.bundle.podman_load import remove_images  # noqa: E402
 from airlock.trust.ceremony import init_root  # noqa: E402
 
 BUNDLE, NEXT, BARE, HOST_IMAGE = "airlock-cpu", "airlock-cpu-next", "airlock-cpu-next-bare", "host-image"
@@ -67,10 +67,8 @@ def main(out: Path) -> None:
 def clean(out: Path) -> None:
     """The tests load the bundles' images into this host's podman; a run leaves none of them behind."""
     manifests = [out / name / "manifest.json" for name in (BUNDLE, NEXT)]
-    tags = [image["tag"] for manifest in manifests if manifest.is_file()
-            for image in json.loads(manifest.read_bytes())["contents"]["images"]]
-    if tags:
-        subprocess.run(["podman", "rmi", "--force", "--ignore", *tags], capture_output=True, check=False)
+    remove_images([image["tag"] for manifest in manifests if manifest.is_file()
+                   for image in json.loads(manifest.read_bytes())["contents"]["images"]])
     shutil.rmtree(out, ignore_errors=True)
 
 
