@@ -57,6 +57,17 @@ class Settings(BaseSettings):
     # OpenMP threads; 0 means torch's own default).
     worker_threads: int = 1
     worker_nice: int = 10
+    # What the worker may hand out to runs at once: CPU threads (0: worker_threads for each GPU,
+    # or one run's worth on a host without), memory in GiB (0: not accounted), and GPUs ("auto":
+    # those nvidia-smi lists, "none", or ids such as "0,1").
+    worker_cpu_threads: int = 0
+    worker_memory_gb: float = 0.0
+    worker_gpus: str = "auto"
+    # A run held by a worker that died is queued again (to resume from its checkpoint) this many
+    # times in all; after that it is marked interrupted.
+    worker_max_attempts: int = 3
+    # Checkpoints of runs in progress; the default is the home's training/ folder.
+    checkpoints_dir: Path | None = None
     # The supervisor restarts a crashed service after 1, 2, 4 ... seconds, at most this long.
     restart_backoff_max_s: float = 30.0
 
@@ -88,7 +99,7 @@ class Settings(BaseSettings):
     s3_bucket: str = "airlock"
     s3_secure: bool = False
 
-    @field_validator("tls_cert", "tls_key", mode="before")
+    @field_validator("tls_cert", "tls_key", "checkpoints_dir", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         # An environment file that writes `AIRLOCK_TLS_CERT=` means no TLS, not the current folder.
@@ -124,6 +135,11 @@ class Settings(BaseSettings):
     def run_dir(self) -> Path:
         """Pid files and logs of the processes `airlock up` supervises."""
         return self.home / "run"
+
+    @property
+    def training_dir(self) -> Path:
+        """Each training job's folder: its checkpoints, events and log."""
+        return self.checkpoints_dir or self.home / "training"
 
     @cached_property
     def serving_dir(self) -> Path:

@@ -107,3 +107,11 @@ class TooLarge(AirlockError):
     http_status = 413
     exit_code = 2
     code = "request_too_large"
+
+
+class Conflict(AirlockError):
+    """The thing exists but is in a state that does not allow the change (a finished run)."""
+
+    http_status = 409
+    exit_code = 11
+    code = "conflict_error"

@@ -230,3 +230,31 @@ def host_secret_file(tmp_path):
     secret = tmp_path / "secret.txt"
     secret.write_text("root:$6$known-secret-line$:19000:0:99999:7:::\n")
     return secret, [secret.read_text().strip()]
+
+
+def test_the_run_queue_over_http_keeps_each_trainer_to_its_own_runs(offline_gateway, tiny_models_dir):
+    gw = offline_gateway
+    owner, other, admin = gw.new_key("trainer"), gw.new_key("trainer"), gw.key
+    assert upload(gw, owner, "quickstart", DATA.read_bytes()).status_code == 201
+    run_id = call(gw, "POST", "/api/runs", owner, json={"spec": spec("quickstart", priority="low")}).json()["run_id"]
+    assert [r["id"] for r in call(gw, "GET", "/api/runs", other).json()] == []
+    for method, path in (("GET", f"/api/runs/{run_id}"), ("POST", f"/api/runs/{run_id}/cancel")):
+        refused = call(gw, method, path, other)
+        assert refused.status_code == 404 and "that you can see" in refused.json()["error"]["message"]
+    listed = call(gw, "GET", "/api/runs", owner, params={"state": "queued"}).json()
+    assert [(r["id"], r["priority_name"], r["position"], r["owner"]) for r in listed] == \
+        [(run_id, "low", 1, f"key:{key_id(owner)}")]
+    raised = call(gw, "PUT", f"/api/runs/{run_id}/priority", owner, json={"priority": "high"})
+    assert raised.status_code == 200 and raised.json()["priority"] == 100
+    too_high = call(gw, "PUT", f"/api/runs/{run_id}/priority", owner, json={"priority": 900})
+    assert too_high.status_code == 403 and "above 100" in too_high.json()["error"]["message"]
+    assert call(gw, "PUT", f"/api/runs/{run_id}/priority", admin, json={"priority": 900}).json()["priority"] == 900
+    assert call(gw, "POST", f"/api/runs/{run_id}/cancel", owner).json() == {"run_id": run_id, "status": "cancelled"}
+    again = call(gw, "POST", f"/api/runs/{run_id}/cancel", owner)
+    assert again.status_code == 409 and "already finished: cancelled" in again.json()["error"]["message"]
+    resumed = call(gw, "POST", f"/api/runs/{run_id}/resume", owner, json={"time_limit": "30m"})
+    assert resumed.status_code == 200 and resumed.json()["status"] == "queued"
+    shown = call(gw, "GET", f"/api/runs/{run_id}", owner).json()
+    assert shown["time_limit_s"] == 1800 and shown["checkpoints"] == [] and shown["attempts"] == 0
+    inference = call(gw, "POST", f"/api/runs/{run_id}/cancel", gw.new_key("inference"))
+    assert inference.status_code == 403

@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from airlock import __version__
-from airlock.cli import apikey, appliance, audit, backup, bundle, datasets, models, store, tls, trust, workflow
+from airlock.cli import apikey, appliance, audit, backup, bundle, datasets, models, runs, store, tls, trust, workflow
 
 app = typer.Typer(
     name="airlock",
@@ -16,6 +16,7 @@ app = typer.Typer(
 app.add_typer(models.app, name="models", help="Base models and fine-tuned adapters.")
 app.add_typer(datasets.app, name="datasets", help="Validate and add training datasets.")
 app.add_typer(workflow.app, name="workflow", help="Run and inspect workflows.")
+app.add_typer(runs.app, name="runs", help="The training queue: list, show, watch, cancel, priority, resume.")
 app.add_typer(apikey.app, name="apikey", help="API keys for the gateway.")
 app.add_typer(audit.app, name="audit", help="Verify and export the hash-chained audit log.")
 app.add_typer(bundle.app, name="bundle", help="The signed offline bundle: build, verify, install, roll back.")

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 import typer
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
 from airlock.cli.common import cli_actor, command, console, open_airlock, print_json
@@ -21,7 +21,8 @@ def follow(airlock, run_id: str, stop: threading.Event | None = None) -> dict:
     A set `stop` event (Ctrl-C or SIGTERM while the demo follows its run) ends the wait."""
     from airlock.workflow.runs import FINISHED, get_run
 
-    columns = (TextColumn("{task.description:<24}"), BarColumn(), TextColumn("{task.fields[info]}"), TimeElapsedColumn())
+    columns = (TextColumn("{task.description:<24}"), BarColumn(), TextColumn("{task.fields[info]}"), TimeElapsedColumn(),
+               TextColumn("left"), TimeRemainingColumn())
     with Progress(*columns, console=console, transient=False) as bars:
         tasks = {}
         while True:
@@ -33,7 +34,7 @@ def follow(airlock, run_id: str, stop: threading.Event | None = None) -> dict:
                 info = stage["status"] + (" (cached)" if stage["skipped"] else "")
                 if "loss" in p:
                     info += f"  step {p['step']}/{p['total']}  loss {p['loss']:.4f}"
-                if stage["status"] in ("succeeded", "failed", "not-run"):
+                if stage["status"] in ("succeeded", "failed", "not-run", "cancelled", "interrupted"):
                     bars.update(task, total=1, completed=1, info=info)
                 elif "total" in p:
                     bars.update(task, total=p["total"], completed=p["step"], info=info)

@@ -10,9 +10,9 @@ pool and a slow verification never blocks the event loop that proxies inference 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, ConfigDict
 from starlette.concurrency import run_in_threadpool
 
@@ -72,29 +72,79 @@ class RunRequest(BaseModel):
     set: list[str] = []
 
 
+def _caller(key: Key):
+    """What this key may see and change in the run queue: a trainer its own runs, an approver
+    sees every run, an admin sees and changes every run."""
+    from airlock.workflow.queue import MAX_PRIORITY, PRIORITIES, Caller
+
+    role = key.get("role")
+    return Caller(actor(key), sees_all=role in ("admin", "approver"), manages_all=role == "admin",
+                  max_priority=MAX_PRIORITY if role == "admin" else PRIORITIES["high"])
+
+
 @api.post("/runs", status_code=202)
 def submit_run(body: RunRequest, request: Request, key: Key = Depends(permit("runs:write"))) -> dict:
     """Check a workflow given in the body completely and queue it; a 400 lists every problem."""
     from airlock.workflow.submit import submit_request
 
     with redacted_errors(key):
-        return submit_request(_airlock(request), body.spec, body.set, actor=actor(key))
+        return submit_request(_airlock(request), body.spec, body.set, actor=actor(key),
+                              max_priority=_caller(key).max_priority)
 
 
 @api.get("/runs")
-def list_runs(request: Request, limit: int = 50, key: Key = Depends(permit("runs:read"))) -> list[dict]:
-    from airlock.workflow.runs import list_runs as runs
+def list_runs(request: Request, limit: int = 50, state: Annotated[list[str] | None, Query()] = None,
+              key: Key = Depends(permit("runs:read"))) -> list[dict]:
+    """The runs this key may see, newest first, with owner, priority and queue position."""
+    from airlock.workflow.queue import list_queue
 
-    return [run_view(r, key) for r in runs(_airlock(request), limit)]
+    return [run_view(r, key) for r in list_queue(_airlock(request), _caller(key), states=state, limit=limit)]
 
 
 @api.get("/runs/{run_id}")
 def get_run(run_id: str, request: Request, key: Key = Depends(permit("runs:read"))) -> dict:
-    from airlock.workflow.runs import get_run as run
+    from airlock.workflow.queue import show_run
     from airlock.workflow.submit import queued_spec
 
     airlock = _airlock(request)
-    return run_view({**run(airlock, run_id), **queued_spec(airlock, run_id)}, key)
+    return run_view({**show_run(airlock, _caller(key), run_id), **queued_spec(airlock, run_id)}, key)
+
+
+@api.post("/runs/{run_id}/cancel")
+def cancel_run(run_id: str, request: Request, key: Key = Depends(permit("runs:write"))) -> dict:
+    """Cancel: a queued run at once, a running one at its next step after a checkpoint; 409 if finished."""
+    from airlock.workflow.queue import cancel_run as cancel
+
+    return cancel(_airlock(request), _caller(key), run_id)
+
+
+class PriorityRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    priority: str | int
+
+
+@api.put("/runs/{run_id}/priority")
+def set_priority(run_id: str, body: PriorityRequest, request: Request,
+                 key: Key = Depends(permit("runs:write"))) -> dict:
+    from airlock.workflow.queue import set_priority as reprioritise
+
+    return reprioritise(_airlock(request), _caller(key), run_id, body.priority)
+
+
+class ResumeRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    time_limit: str | None = None
+
+
+@api.post("/runs/{run_id}/resume")
+def resume_run(run_id: str, request: Request, body: ResumeRequest | None = None,
+               key: Key = Depends(permit("runs:write"))) -> dict:
+    """Queue a cancelled, failed or interrupted run again, to continue from its last checkpoint."""
+    from airlock.workflow.queue import resume_run as resume
+
+    return resume(_airlock(request), _caller(key), run_id, time_limit=(body or ResumeRequest()).time_limit)
 
 
 # Keys -------------------------------------------------------------------------------------------

@@ -130,4 +130,25 @@ MIGRATIONS: list[tuple[int, str]] = [
         ALTER TABLE runs ADD COLUMN submitted_by TEXT
         """,
     ),
+    (
+        3,
+        """
+        ALTER TABLE runs ADD COLUMN priority INTEGER NOT NULL DEFAULT 50;
+        ALTER TABLE runs ADD COLUMN control TEXT;
+        ALTER TABLE runs ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE runs ADD COLUMN time_limit_s REAL;
+        ALTER TABLE runs ADD COLUMN resources_json TEXT;
+        ALTER TABLE runs ADD COLUMN notice TEXT;
+        ALTER TABLE runs ADD COLUMN ran_s REAL NOT NULL DEFAULT 0;
+        CREATE INDEX runs_queue ON runs(status, priority, created_at);
+        CREATE TABLE run_events (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            run_id TEXT NOT NULL,
+            at TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            data_json TEXT NOT NULL
+        );
+        CREATE INDEX run_events_run ON run_events(run_id, id)
+        """,
+    ),
 ]

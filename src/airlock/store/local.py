@@ -23,8 +23,8 @@ from airlock.store.base import CHUNK, ArtifactStore, check_digest, check_ref_nam
 TMP_PREFIX = ".~tmp-"
 
 
-def _fsync_dir(folder: Path) -> None:
-    # The rename itself is only durable once the folder entry is on disk.
+def fsync_path(folder: Path) -> None:
+    """fsync a file or folder: a rename is only durable once the folder entry is on disk."""
     fd = os.open(folder, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -54,7 +54,7 @@ class _AtomicWriter:
         os.chmod(self.tmp, self.mode)
         os.replace(self.tmp, self.target)
         self.committed = True
-        _fsync_dir(self.target.parent)
+        fsync_path(self.target.parent)
 
     def __exit__(self, *exc) -> None:
         if not self.file.closed:

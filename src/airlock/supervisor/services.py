@@ -7,7 +7,6 @@ with a parent-death signal, so not even a `kill -9` of the supervisor leaves one
 
 from __future__ import annotations
 
-import ctypes
 import os
 import signal
 import subprocess
@@ -16,28 +15,14 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from airlock.children import describe_exit, die_with_parent
 from airlock.serve.vllm_server import stop_group
 
-PR_SET_PDEATHSIG = 1
 # The order they start in; they stop in the reverse order (the gateway first stops taking traffic).
 NAMES = ("engine", "worker", "gateway")
 STOP_GRACE_S = {"gateway": 10.0, "worker": 15.0, "engine": 20.0}
 # A service that stayed up this long had a healthy run: its next crash starts the backoff anew.
 STABLE_AFTER_S = 60.0
-
-
-def _die_with_parent() -> None:
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-
-
-def describe_exit(returncode: int) -> str:
-    if returncode < 0:
-        try:
-            return f"killed by {signal.Signals(-returncode).name}"
-        except ValueError:
-            return f"killed by signal {-returncode}"
-    return f"exited with code {returncode}"
 
 
 @dataclass
@@ -63,7 +48,7 @@ class Service:
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen([sys.executable, "-m", "airlock", self.name], env=env,
                                          stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                         start_new_session=True, preexec_fn=_die_with_parent)
+                                         start_new_session=True, preexec_fn=die_with_parent)
         self.state, self.started_at = "starting", time.monotonic()
 
     def exited(self) -> int | None:

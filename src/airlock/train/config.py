@@ -25,6 +25,8 @@ class LoraTrainConfig(BaseModel):
     warmup_steps: int = Field(0, ge=0)
     max_grad_norm: float = Field(1.0, ge=0.0)
     seed: int = 0
+    # A checkpoint every this many steps (0: only when stopped early); training resumes from it.
+    checkpoint_every: int = Field(50, ge=0)
 
     @field_validator("target_modules")
     @classmethod

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 import traceback
+from collections.abc import Callable
 
 from airlock.context import Airlock
 from airlock.errors import AirlockError, StageFailed
@@ -16,6 +18,7 @@ from airlock.meta.db import now
 from airlock.workflow.registry import stage_types
 from airlock.workflow.spec import WorkflowSpec
 from airlock.workflow.stage import StageContext
+from airlock.workflow.training import RunStopped
 
 
 def cache_key(uses: str, params: dict, inputs: dict) -> str:
@@ -45,18 +48,51 @@ def _cached_outputs(airlock: Airlock, uses: str, key: str) -> dict | None:
     return outputs if all(airlock.store.exists(d) for d in digests) else None
 
 
-def execute_run(airlock: Airlock, run_id: str) -> str:
-    """Run every stage of `run_id`; returns the final status ('succeeded' or 'failed')."""
+class RunControl:
+    """Why the run should stop now, asked at stage boundaries and by training at every step:
+    a cancel or preemption requested in the database, its time limit, or the worker stopping."""
+
+    def __init__(self, airlock: Airlock, run_id: str, shutdown: Callable[[], bool]) -> None:
+        self.airlock, self.run_id, self.shutdown = airlock, run_id, shutdown
+        self.started = time.monotonic()
+        row = airlock.meta.one("SELECT time_limit_s, ran_s FROM runs WHERE id = ?", (run_id,))
+        self.limit, self.ran_before = row["time_limit_s"], row["ran_s"] or 0.0
+
+    def ran_s(self) -> float:
+        return self.ran_before + time.monotonic() - self.started
+
+    def __call__(self) -> str | None:
+        if self.shutdown():
+            return "shutdown"
+        row = self.airlock.meta.one("SELECT control FROM runs WHERE id = ?", (self.run_id,))
+        if row["control"]:
+            return row["control"]
+        if self.limit and self.ran_s() > self.limit:
+            return "time-limit"
+        return None
+
+
+def execute_run(airlock: Airlock, run_id: str, *, claim: dict | None = None,
+                shutdown: Callable[[], bool] = lambda: False) -> str:
+    """Run the stages of `run_id` not yet succeeded; returns the run's status afterwards:
+    'succeeded', 'failed', 'cancelled', or 'queued' (preempted, or the worker stopping)."""
     run = airlock.meta.one("SELECT * FROM runs WHERE id = ?", (run_id,))
     resolved = json.loads(run["spec_json"])
     spec = WorkflowSpec.model_validate(resolved["spec"])
     datasets = resolved["datasets"]
     types = stage_types()
     outputs: dict[str, dict] = {}
-    _set_run(airlock, run_id, status="running", started_at=now())
-    stages = airlock.meta.query("SELECT name FROM stages WHERE run_id = ? ORDER BY position", (run_id,))
+    control = RunControl(airlock, run_id, shutdown)
+    _set_run(airlock, run_id, status="running", started_at=run["started_at"] or now())
+    stages = airlock.meta.query("SELECT name, status, outputs_json FROM stages WHERE run_id = ? ORDER BY position",
+                                (run_id,))
 
     for row in stages:
+        if row["status"] == "succeeded":  # a resumed run keeps what it already did
+            outputs[row["name"]] = json.loads(row["outputs_json"])
+            continue
+        if (reason := control()) and reason != "preempt":  # preemption is for training, mid-stage
+            return _stopped(airlock, run_id, stages, row["name"], RunStopped(reason, None), control)
         stage = spec.stage(row["name"])
         stage_type = types[stage.uses]
         params = stage_type.params.model_validate(stage.with_)
@@ -76,26 +112,61 @@ def execute_run(airlock: Airlock, run_id: str) -> str:
 
         ctx = StageContext(airlock=airlock, run_id=run_id, stage=stage.name, params=params,
                            base_model=resolved["base_model"], dataset={"digest": datasets["dataset"]},
-                           upstream=upstream, datasets=stage_datasets)
+                           upstream=upstream, datasets=stage_datasets, claim=claim, should_stop=control)
         try:
             outputs[stage.name] = stage_type.run(ctx)
+        except RunStopped as stop:
+            return _stopped(airlock, run_id, stages, stage.name, stop, control)
         except Exception as exc:  # noqa: BLE001 - any failure stops the run and is recorded
             reason = str(exc) if isinstance(exc, AirlockError) else f"{type(exc).__name__}: {exc}"
             if not isinstance(exc, AirlockError):
                 reason += "\n" + traceback.format_exc(limit=5)
             _set_stage(airlock, run_id, stage.name, status="failed", error=reason, finished_at=now())
-            _set_run(airlock, run_id, status="failed", finished_at=now(),
+            _set_run(airlock, run_id, status="failed", finished_at=now(), control=None, ran_s=control.ran_s(),
                      error=f"stage {stage.name!r} ({stage.uses}) failed: {reason.splitlines()[0]}")
-            for later in stages[stages.index(row) + 1:]:
-                _set_stage(airlock, run_id, later["name"], status="not-run")
+            _not_run_after(airlock, run_id, stages, stage.name)
             airlock.meta.audit("worker", "run.failed", run_id, stage=stage.name)
             return "failed"
         _set_stage(airlock, run_id, stage.name, status="succeeded", finished_at=now(),
                    outputs_json=json.dumps(outputs[stage.name], default=str))
 
-    _set_run(airlock, run_id, status="succeeded", finished_at=now())
+    _set_run(airlock, run_id, status="succeeded", finished_at=now(), control=None, ran_s=control.ran_s())
     airlock.meta.audit("worker", "run.succeeded", run_id)
     return "succeeded"
+
+
+def _not_run_after(airlock: Airlock, run_id: str, stages: list[dict], name: str) -> None:
+    names = [s["name"] for s in stages]
+    for later in names[names.index(name) + 1:]:
+        _set_stage(airlock, run_id, later, status="not-run")
+
+
+def _stopped(airlock: Airlock, run_id: str, stages: list[dict], name: str, stop: RunStopped,
+             control: RunControl) -> str:
+    """Record a run stopped on request: cancelled, failed (its time limit), or back in the queue."""
+    at = f" at step {stop.step} (its checkpoint is kept)" if stop.step is not None else ""
+    if stop.reason in ("preempt", "shutdown"):
+        why = ("preempted by a higher-priority run" if stop.reason == "preempt" else "the worker stopped") + at
+        _set_stage(airlock, run_id, name, status="pending")
+        _set_run(airlock, run_id, status="queued", worker_id=None, control=None, ran_s=control.ran_s(),
+                 notice=f"{why}; it resumes when it is next started")
+        airlock.meta.audit("worker", "run.preempted" if stop.reason == "preempt" else "run.requeued", run_id,
+                           stage=name, step=stop.step)
+        return "queued"
+    if stop.reason == "time-limit":
+        error = (f"the run's time limit of {control.limit:g} s was reached{at}; "
+                 f"`airlock runs resume {run_id} --time-limit ...` continues it")
+        status, stage_status, action = "failed", "failed", "run.failed"
+    else:
+        error = f"cancelled{at}; `airlock runs resume {run_id}` continues it"
+        status, stage_status, action = "cancelled", "cancelled", "run.cancelled"
+    if stop.step is None:
+        stage_status = "not-run"
+    _set_stage(airlock, run_id, name, status=stage_status, error=error, finished_at=now())
+    _set_run(airlock, run_id, status=status, finished_at=now(), control=None, ran_s=control.ran_s(), error=error)
+    _not_run_after(airlock, run_id, stages, name)
+    airlock.meta.audit("worker", action, run_id, stage=name, step=stop.step, reason=stop.reason)
+    return status
 
 
 def stage_failure(run: dict) -> StageFailed:

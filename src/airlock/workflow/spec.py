@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from airlock.errors import InvalidInput
 
-TOP_LEVEL_KEYS = ("name", "base_model", "dataset")
+TOP_LEVEL_KEYS = ("name", "base_model", "dataset", "priority", "time_limit")
 
 
 class StageSpec(BaseModel):
@@ -25,6 +25,17 @@ class StageSpec(BaseModel):
     with_: dict[str, Any] = Field(default_factory=dict, alias="with")
 
 
+class Resources(BaseModel):
+    """What a run claims on the worker's host; it starts only when all of it is free."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    gpus: int = Field(0, ge=0, le=64, description="GPUs the run's training takes (0: the CPU)")
+    cpu_threads: int | None = Field(None, ge=1, le=1024,
+                                    description="CPU threads (default AIRLOCK_WORKER_THREADS)")
+    memory_gb: float | None = Field(None, gt=0, description="memory to reserve (default: estimated)")
+
+
 class WorkflowSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
@@ -32,6 +43,9 @@ class WorkflowSpec(BaseModel):
     base_model: str
     dataset: str
     stages: list[StageSpec] = Field(min_length=1)
+    priority: str | int = "normal"
+    time_limit: str | int | None = None
+    resources: Resources = Field(default_factory=Resources)
 
     def stage(self, name: str) -> StageSpec:
         return next(s for s in self.stages if s.name == name)

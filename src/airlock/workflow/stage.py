@@ -36,6 +36,9 @@ class StageContext:
     dataset: dict  # {"digest", "records"}
     upstream: dict[str, dict] = field(default_factory=dict)  # stage name -> its outputs
     datasets: dict[str, str] = field(default_factory=dict)  # param name -> dataset digest
+    claim: dict | None = None  # what the worker gave the run: {"gpus", "cpu_threads", "memory_mb"}
+    # Asked by long stages at safe points: a reason to stop early (cancel, preempt, ...) or None.
+    should_stop: Callable[[], str | None] = lambda: None
     _last_progress: float = 0.0
 
     @property

@@ -27,6 +27,7 @@ from airlock.errors import AirlockError, InvalidInput, NotFound
 from airlock.meta.db import now
 from airlock.models.catalog import model_digest, resolve_base_model
 from airlock.workflow import spec as specs
+from airlock.workflow.queue import MAX_PRIORITY, parse_duration, parse_priority
 from airlock.workflow.registry import stage_types
 
 DatasetResolver = Callable[[str, str], str]
@@ -47,9 +48,10 @@ def submit(airlock: Airlock, path: Path | str, overrides: list[str] | None = Non
 
 
 def submit_request(airlock: Airlock, raw: dict, overrides: list[str] | None = None, *,
-                   actor: str) -> dict:
+                   actor: str, max_priority: int = MAX_PRIORITY) -> dict:
     """HTTP's way in: the spec from the request body; datasets only from the store."""
-    return submit_spec(airlock, raw, overrides, where="spec", datasets=stored_only(airlock), actor=actor)
+    return submit_spec(airlock, raw, overrides, where="spec", datasets=stored_only(airlock), actor=actor,
+                       max_priority=max_priority)
 
 
 def host_files(airlock: Airlock, spec_dir: Path, actor: str) -> DatasetResolver:
@@ -82,7 +84,7 @@ def stored_only(airlock: Airlock) -> DatasetResolver:
 
 
 def submit_spec(airlock: Airlock, raw: dict, overrides: list[str] | None, *, where: str,
-                datasets: DatasetResolver, actor: str) -> dict:
+                datasets: DatasetResolver, actor: str, max_priority: int = MAX_PRIORITY) -> dict:
     if not isinstance(raw, dict):
         raise InvalidInput(f"{where}: a workflow is a mapping with name, base_model, dataset and stages")
     raw = copy.deepcopy(raw)  # overrides are applied in place; the caller's dict stays as given
@@ -90,6 +92,8 @@ def submit_spec(airlock: Airlock, raw: dict, overrides: list[str] | None, *, whe
     accepts = {name: set(t.params.model_fields) for name, t in types.items()}
     problems = specs.apply_overrides(raw, specs.parse_overrides(overrides or []), accepts)
     spec = specs.parse_spec(raw, where)
+    queue_fields, queue_problems = _queue_fields(spec, where, max_priority)
+    problems += queue_problems
     params, stage_problems = _check_stages(spec, where, types)
     problems += specs.graph_problems(spec, where) + stage_problems
     problems += _engine_problems(airlock, params, where)
@@ -107,7 +111,8 @@ def submit_spec(airlock: Airlock, raw: dict, overrides: list[str] | None, *, whe
         problems += _length_problems(airlock, base, fields, digests, where)
     if problems:
         raise InvalidInput(f"{where}: the workflow has {len(problems)} problem(s); nothing was run", problems=problems)
-    return _queue(airlock, spec, base, digests, actor)
+    queue_fields["resources_json"] = json.dumps(_resources(airlock, spec, base, params))
+    return _queue(airlock, spec, base, digests, actor, queue_fields)
 
 
 def _check_stages(spec: specs.WorkflowSpec, where: str, types: dict) -> tuple[dict[str, BaseModel], list[str]]:
@@ -189,17 +194,48 @@ def _length_problems(airlock: Airlock, base: dict, fields: dict[str, str], diges
     return problems
 
 
-def _queue(airlock: Airlock, spec: specs.WorkflowSpec, base: dict, datasets: dict, actor: str) -> dict:
+def _queue_fields(spec: specs.WorkflowSpec, where: str, max_priority: int) -> tuple[dict, list[str]]:
+    """The run's priority and time limit as the queue stores them, or the problems with them."""
+    fields, problems = {}, []
+    try:
+        fields["priority"] = parse_priority(spec.priority, f"{where}: priority")
+        if fields["priority"] > max_priority:
+            problems.append(f"{where}: priority: {fields['priority']} is above {max_priority}, the highest "
+                            "this key's role may set")
+    except InvalidInput as exc:
+        problems.append(exc.message)
+    try:
+        fields["time_limit_s"] = parse_duration(spec.time_limit, f"{where}: time_limit")
+    except InvalidInput as exc:
+        problems.append(exc.message)
+    return fields, problems
+
+
+def _resources(airlock: Airlock, spec: specs.WorkflowSpec, base: dict, params: dict[str, BaseModel]) -> dict:
+    """What the run claims on the worker: GPUs, CPU threads, and memory (estimated unless given)."""
+    from airlock.train.estimate import training_memory_mb
+
+    wanted = spec.resources
+    trained = [p for p in params.values() if hasattr(p, "rank") and hasattr(p, "batch_size")]
+    estimate = max((training_memory_mb(Path(base["path"]), p, gpu=wanted.gpus > 0) for p in trained), default=0)
+    return {"gpus": wanted.gpus, "cpu_threads": wanted.cpu_threads or max(airlock.settings.worker_threads, 1),
+            "memory_mb": int(wanted.memory_gb * 1024) if wanted.memory_gb else estimate,
+            "memory_estimated": wanted.memory_gb is None}
+
+
+def _queue(airlock: Airlock, spec: specs.WorkflowSpec, base: dict, datasets: dict, actor: str,
+           queue_fields: dict) -> dict:
     run_id = "run-" + uuid.uuid4().hex[:12]
     resolved = {"spec": spec.dump(), "base_model": base, "datasets": datasets}
     with airlock.meta.write() as db:
         db["runs"].insert({"id": run_id, "workflow": spec.name, "spec_json": json.dumps(resolved),
-                           "status": "queued", "error": None, "created_at": now(), "submitted_by": actor})
+                           "status": "queued", "error": None, "created_at": now(), "submitted_by": actor,
+                           **queue_fields})
         for position, stage in enumerate(specs.execution_order(spec)):
             db["stages"].insert({"run_id": run_id, "name": stage.name, "uses": stage.uses,
                                  "position": position, "status": "pending", "skipped": 0})
     airlock.meta.audit(actor, "run.queued", run_id, workflow=spec.name)
-    return {"run_id": run_id, "workflow": spec.name, "status": "queued"}
+    return {"run_id": run_id, "workflow": spec.name, "status": "queued", "priority": queue_fields["priority"]}
 
 
 def queued_spec(airlock: Airlock, run_id: str) -> dict:

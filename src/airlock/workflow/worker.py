@@ -1,24 +1,29 @@
-"""The worker service: claims queued runs from SQLite and executes them, one at a time, in its
-own process (`airlock worker`), beside a reconciler that keeps the engine's adapters in step
-with the aliases.
+"""The worker service: starts queued runs from SQLite by priority, several at once where their
+claims of CPU threads, memory and GPUs fit, in its own process (`airlock worker`), beside a
+reconciler that keeps the engine's adapters in step with the aliases. Each training job runs in
+a child process of its own (`workflow.training`).
 
 Its heartbeat row tells others it is alive; the heartbeat stops with the main loop, so a worker
-whose loop died never looks alive. A run held by a worker that is gone is marked `interrupted`
-with the reason, never left waiting forever.
+whose loop died never looks alive. A run held by a worker that is gone goes back to the queue
+and resumes from its last checkpoint (a bounded number of times), never left waiting forever.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
 import threading
+import time
 import uuid
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from airlock.context import Airlock
 from airlock.meta.db import now
 from airlock.workflow.engine import execute_run
+from airlock.workflow.scheduler import capacity_of, never_fits, plan
 
 log = logging.getLogger("airlock.worker")
 HEARTBEAT_S = 2.0
@@ -27,19 +32,27 @@ ALIVE_WITHIN_S = 10.0
 LAST_EXIT_ENV = "AIRLOCK_WORKER_LAST_EXIT"
 
 
-class WorkerStopping(BaseException):
-    """Raised in the main thread by SIGTERM: not an Exception, so no stage can swallow it."""
+QUEUE_ORDER = "ORDER BY priority DESC, created_at"
+STOP_WAIT_S = 12.0  # within the supervisor's grace for the worker
+
+
+def claim_run(airlock: Airlock, worker_id: str, run_id: str, claim: dict) -> bool:
+    """Atomically move `run_id` from 'queued' to 'claimed' by this worker, with what it claims."""
+    with airlock.meta.write() as db:
+        cursor = db.execute("UPDATE runs SET status = 'claimed', worker_id = ?, attempts = attempts + 1, "
+                            "resources_json = json_set(COALESCE(resources_json, '{}'), '$.claim', json(?)) "
+                            "WHERE id = ? AND status = 'queued'", [worker_id, json.dumps(claim), run_id])
+        return cursor.rowcount == 1
 
 
 def claim_next(airlock: Airlock, worker_id: str, run_id: str | None = None) -> str | None:
-    """Atomically move the oldest queued run (or `run_id`) to 'claimed'; None if there is none."""
-    with airlock.meta.write() as db:
-        sql = "SELECT id FROM runs WHERE status = 'queued'" + (" AND id = ?" if run_id else "")
-        rows = list(db.query(sql + " ORDER BY created_at LIMIT 1", (run_id,) if run_id else ()))
-        if not rows:
-            return None
-        db["runs"].update(rows[0]["id"], {"status": "claimed", "worker_id": worker_id})
+    """Claim the run the queue starts next (or `run_id`), with a claim of one run's worth."""
+    sql = "SELECT id FROM runs WHERE status = 'queued'" + (" AND id = ?" if run_id else "")
+    rows = airlock.meta.query(f"{sql} {QUEUE_ORDER} LIMIT 1", (run_id,) if run_id else ())
+    claim = {"cpu_threads": max(airlock.settings.worker_threads, 1), "gpus": [], "memory_mb": 0}
+    if rows and claim_run(airlock, worker_id, rows[0]["id"], claim):
         return rows[0]["id"]
+    return None
 
 
 def _cutoff() -> str:
@@ -68,12 +81,26 @@ def live_worker_in(meta) -> bool:
 
 def mark_interrupted(airlock: Airlock, run_id: str, reason: str) -> None:
     with airlock.meta.write() as db:
-        db.execute("UPDATE runs SET status = 'interrupted', error = ?, finished_at = ? WHERE id = ?",
+        db.execute("UPDATE runs SET status = 'interrupted', error = ?, finished_at = ?, control = NULL WHERE id = ?",
                    [reason, now(), run_id])
         db.execute("UPDATE stages SET status = 'interrupted', error = ?, finished_at = ? "
                    "WHERE run_id = ? AND status = 'running'", [reason, now(), run_id])
         db.execute("UPDATE stages SET status = 'not-run' WHERE run_id = ? AND status = 'pending'", [run_id])
     airlock.meta.audit("worker", "run.interrupted", run_id, reason=reason)
+
+
+def requeue(airlock: Airlock, run_id: str, reason: str) -> None:
+    """Back to the queue after its worker went away; training resumes from its checkpoint."""
+    from airlock.workflow.training import list_checkpoints
+
+    steps = [c["step"] for c in list_checkpoints(airlock.settings, run_id)]
+    again = f"queued again to resume from its checkpoint of step {max(steps)}" if steps else \
+        "queued again to start its training over (it had no checkpoint yet)"
+    with airlock.meta.write() as db:
+        db.execute("UPDATE runs SET status = 'queued', worker_id = NULL, notice = ? WHERE id = ?",
+                   [f"{reason}; {again}", run_id])
+        db.execute("UPDATE stages SET status = 'pending' WHERE run_id = ? AND status = 'running'", [run_id])
+    airlock.meta.audit("worker", "run.requeued", run_id, reason=reason)
 
 
 def confine_threads(threads: int, nice: int) -> None:
@@ -85,12 +112,23 @@ def confine_threads(threads: int, nice: int) -> None:
         os.nice(nice)
 
 
+@dataclass
+class Slot:
+    thread: threading.Thread
+    claim: dict
+    priority: int
+    started: str
+
+
 class Worker:
+    """Runs from the queue, several at once where their claims fit (`workflow.scheduler`)."""
+
     def __init__(self, airlock: Airlock) -> None:
         self.airlock = airlock
         self.id = f"worker-{uuid.uuid4().hex[:8]}"
         self.stop_event = threading.Event()
-        self.current: str | None = None
+        self.capacity = capacity_of(airlock.settings)
+        self.slots: dict[str, Slot] = {}
 
     def beat(self) -> None:
         with self.airlock.meta.write() as db:
@@ -102,26 +140,59 @@ class Worker:
             self.beat()
             self.stop_event.wait(HEARTBEAT_S)
 
+    def _execute(self, run_id: str, claim: dict) -> None:
+        try:
+            execute_run(self.airlock, run_id, claim=claim, shutdown=self.stop_event.is_set)
+        except Exception:  # noqa: BLE001 - a broken run must not take the other runs down
+            log.exception("run %s", run_id)
+            mark_interrupted(self.airlock, run_id, "the worker failed while running it (see the worker's log)")
+
+    def tick(self) -> None:
+        """Reap finished runs, start what fits, ask lower runs to make way for higher ones."""
+        self.slots = {rid: slot for rid, slot in self.slots.items() if slot.thread.is_alive()}
+        queued = []
+        for row in self.airlock.meta.query(f"SELECT id, priority, resources_json FROM runs WHERE status = 'queued' "
+                                           f"{QUEUE_ORDER}"):
+            want = json.loads(row["resources_json"] or "{}")
+            if why := never_fits(want, self.capacity):
+                mark_interrupted(self.airlock, row["id"], f"the run cannot start on this worker: {why}")
+                continue
+            queued.append({"id": row["id"], "priority": row["priority"], "want": want})
+        running = [{"id": rid, "priority": self._priority(rid, slot), "claim": slot.claim, "started": slot.started}
+                   for rid, slot in self.slots.items()]
+        decided = plan(queued, running, self.capacity)
+        for run_id, claim in decided.start:
+            if claim_run(self.airlock, self.id, run_id, claim):
+                log.info("starting %s with %s", run_id, claim)
+                thread = threading.Thread(target=self._execute, args=(run_id, claim), name=f"run-{run_id}", daemon=True)
+                self.slots[run_id] = Slot(thread, claim, next(q["priority"] for q in queued if q["id"] == run_id), now())
+                thread.start()
+        for run_id in decided.preempt:
+            with self.airlock.meta.write() as db:
+                db.execute("UPDATE runs SET control = 'preempt' WHERE id = ? AND control IS NULL", [run_id])
+
+    def _priority(self, run_id: str, slot: Slot) -> int:
+        row = self.airlock.meta.one("SELECT priority FROM runs WHERE id = ?", (run_id,))
+        return row["priority"] if row else slot.priority
+
     def run_forever(self) -> None:
-        """The service loop: recover, then claim and execute runs until stopped."""
+        """The service loop: recover, then start runs until stopped; on stop, running training
+        checkpoints and goes back to the queue."""
         self.recover()
         self.beat()
         threading.Thread(target=self._beat_while, args=(threading.current_thread(),), daemon=True).start()
         try:
             while not self.stop_event.is_set():
-                run_id = claim_next(self.airlock, self.id)
-                if run_id is None:
-                    self.stop_event.wait(0.5)
-                    continue
-                log.info("running %s", run_id)
-                self.current = run_id
-                execute_run(self.airlock, run_id)
-                self.current = None
-        except WorkerStopping:
-            if self.current:
-                mark_interrupted(self.airlock, self.current, "the worker was stopped (SIGTERM) during the run")
+                self.tick()
+                self.stop_event.wait(0.5)
         finally:
             self.stop_event.set()
+            deadline = time.monotonic() + STOP_WAIT_S
+            for slot in self.slots.values():
+                slot.thread.join(max(deadline - time.monotonic(), 0))
+            for run_id, slot in self.slots.items():
+                if slot.thread.is_alive():
+                    requeue(self.airlock, run_id, "the worker was stopped (SIGTERM) during the run")
             with self.airlock.meta.write() as db:
                 db["workers"].delete_where("id = ?", [self.id])
 
@@ -130,9 +201,10 @@ class Worker:
         self.beat()
         threading.Thread(target=self._beat_while, args=(threading.current_thread(),), daemon=True).start()
         try:
-            if claim_next(self.airlock, self.id, run_id) is None:
+            claim = {"cpu_threads": max(self.airlock.settings.worker_threads, 1), "gpus": [], "memory_mb": 0}
+            if not claim_run(self.airlock, self.id, run_id, claim):
                 return "claimed-elsewhere"
-            return execute_run(self.airlock, run_id)
+            return execute_run(self.airlock, run_id, claim=claim)
         finally:
             self.stop_event.set()
             with self.airlock.meta.write() as db:
@@ -140,19 +212,24 @@ class Worker:
 
     def recover(self) -> None:
         """Runs held by a worker that is gone (no fresh heartbeat, or its process is dead) are
-        marked interrupted with the reason."""
+        queued again to resume from their checkpoint, up to AIRLOCK_WORKER_MAX_ATTEMPTS times;
+        then marked interrupted with the reason."""
         how = os.environ.get(LAST_EXIT_ENV)
         held = self.airlock.meta.query(
-            "SELECT r.id, r.worker_id, w.pid, w.heartbeat_at FROM runs r LEFT JOIN workers w ON w.id = r.worker_id "
-            "WHERE r.status IN ('claimed', 'running')")
+            "SELECT r.id, r.attempts, r.worker_id, w.pid, w.heartbeat_at FROM runs r "
+            "LEFT JOIN workers w ON w.id = r.worker_id WHERE r.status IN ('claimed', 'running')")
         cutoff = _cutoff()
         for run in held:
             gone = run["pid"] is None or run["heartbeat_at"] <= cutoff or not _pid_alive(run["pid"])
             if not gone:
                 continue
             who = f"the worker (pid {run['pid']})" if run["pid"] else "the worker"
-            mark_interrupted(self.airlock, run["id"], f"{who} stopped while the run was in progress"
-                             + (f": {how}" if how else ""))
+            reason = f"{who} stopped while the run was in progress" + (f": {how}" if how else "")
+            if run["attempts"] < self.airlock.settings.worker_max_attempts:
+                requeue(self.airlock, run["id"], reason)
+            else:
+                mark_interrupted(self.airlock, run["id"], f"{reason} (attempt {run['attempts']} of "
+                                 f"{self.airlock.settings.worker_max_attempts}; `airlock runs resume` tries again)")
         with self.airlock.meta.write() as db:
             db.execute("DELETE FROM workers WHERE heartbeat_at <= ?", [cutoff])
 
@@ -168,14 +245,12 @@ def serve_worker(airlock: Airlock) -> None:
 
     def stop(*_: object) -> None:
         worker.stop_event.set()
-        if worker.current:
-            raise WorkerStopping()
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     reconciler = threading.Thread(target=Reconciler(airlock).run_until, args=(worker.stop_event,),
                                   name="airlock-reconciler", daemon=True)
     reconciler.start()
-    log.info("worker %s (pid %d) ready; %d CPU threads, nice %d", worker.id, os.getpid(),
-             settings.worker_threads, settings.worker_nice)
+    log.info("worker %s (pid %d) ready; %s to hand out, %d CPU threads a run, nice %d", worker.id, os.getpid(),
+             worker.capacity.describe(), settings.worker_threads, settings.worker_nice)
     worker.run_forever()

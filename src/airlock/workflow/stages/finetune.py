@@ -1,43 +1,37 @@
-"""The `finetune.lora` stage: train on the run's dataset, store the adapter, register the model."""
+"""The `finetune.lora` stage: train on the run's dataset in a training process of its own
+(resuming from the run's last checkpoint), store the adapter, register the model."""
 
 from __future__ import annotations
 
-import tempfile
+import shutil
 from pathlib import Path
 
 from airlock.datasets.service import load_records
 from airlock.models.adapters import register_adapter
 from airlock.train.config import LoraTrainConfig
-from airlock.train.recipe import StepReport, finetune
 from airlock.workflow.stage import StageContext, StageType
+from airlock.workflow.training import job_dir, train_in_child
 
 
 def run_finetune(ctx: StageContext) -> dict:
     config: LoraTrainConfig = ctx.params
     records = load_records(ctx.airlock, ctx.dataset["digest"])
-    losses: list[tuple[int, float]] = []
-
-    def on_step(report: StepReport) -> None:
-        losses.append((report.step, report.loss))
-        ctx.progress(step=report.step, total=report.total_steps, loss=round(report.loss, 4),
-                     tokens=report.tokens, elapsed_s=round(report.elapsed_s, 2),
-                     force=report.step == report.total_steps)
-
-    with tempfile.TemporaryDirectory(prefix="airlock-adapter-") as tmp:
-        result = finetune(ctx.base_path, records, config, Path(tmp) / "adapter", on_step=on_step)
-        ctx.metrics("loss", losses)
-        tree = ctx.airlock.store.put_tree(result.adapter_dir)
+    done = train_in_child(ctx, config.model_dump(), records, ctx.should_stop)
+    tree = ctx.airlock.store.put_tree(Path(done["adapter_dir"]))
     model_id = register_adapter(
         ctx.airlock, tree_digest=tree, base_model=ctx.base_model, dataset_digest=ctx.dataset["digest"],
         config=config.model_dump(), run_id=ctx.run_id,
     )
+    # The adapter is in the store now; the job's checkpoints served their purpose.
+    shutil.rmtree(job_dir(ctx), ignore_errors=True)
     return {
         "model_id": model_id,
         "adapter": tree,
-        "steps": result.steps,
-        "final_loss": result.losses[-1],
-        "trained_tokens": result.trained_tokens,
-        "tokens_per_second": round(result.tokens_per_second, 1),
+        "steps": done["steps"],
+        "final_loss": done["losses"][-1],
+        "trained_tokens": done["trained_tokens"],
+        "tokens_per_second": round(done["tokens_per_second"], 1),
+        "resumed_from": done["resumed_from"],
     }
 
 
@@ -46,5 +40,6 @@ FINETUNE_LORA = StageType(
     params=LoraTrainConfig,
     run=run_finetune,
     batch=True,
-    summary="LoRA fine-tuning of the base model on the workflow's dataset (PEFT, loss on assistant tokens)",
+    summary="LoRA fine-tuning of the base model on the workflow's dataset (PEFT, loss on assistant tokens), "
+            "in its own process, with checkpoints and exact resume",
 )

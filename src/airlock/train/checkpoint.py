@@ -1,0 +1,219 @@
+"""Training checkpoints: written atomically, read back exactly, and never through pickle.
+
+A checkpoint is one folder `step-NNNNNNNN` holding exactly these files:
+
+- `adapter_model.safetensors`, `adapter_config.json`: the adapter as PEFT saves it;
+- `optimizer.safetensors`: AdamW's tensors (moments and step counts), one entry each;
+- `rng.safetensors`: torch's CPU and CUDA generator states;
+- `state.json`: everything else (the optimizer's parameter groups, the scheduler, Python's and
+  NumPy's generator states, epoch, position in the data order, the loss history) and the
+  sha256 of every other file. It is written last.
+
+It is written into `.partial-step-N` and renamed when complete, so a folder named `step-N` is
+always whole: a write cut short (kill -9, a full disk) leaves only a `.partial-` folder, which
+is ignored and removed. A checkpoint folder holding any other file, a pickle above all, is
+refused before anything in it is read.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import random
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from airlock.errors import IntegrityFailure, StageFailed
+from airlock.store.local import fsync_path
+
+ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json")
+FILES = (*ADAPTER_FILES, "optimizer.safetensors", "rng.safetensors", "state.json")
+PREFIX, PARTIAL = "step-", ".partial-"
+KEEP_LATEST = 2
+
+
+@dataclass
+class Progress:
+    """Where training stands: enough, with the tensors, to carry on as if never stopped."""
+
+    step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0  # batches of `epoch` already trained
+    trained_tokens: int = 0
+    losses: list[float] = field(default_factory=list)
+    eval_losses: list[list[float]] = field(default_factory=list)  # [step, eval loss] pairs
+    best_step: int | None = None
+    best_eval_loss: float | None = None
+    evals_without_improvement: int = 0
+
+
+def _name(step: int) -> str:
+    return f"{PREFIX}{step:08d}"
+
+
+def _sha256(path: Path) -> str:
+    with path.open("rb") as f:
+        return "sha256:" + hashlib.file_digest(f, "sha256").hexdigest()
+
+
+# Saving ------------------------------------------------------------------------------------------
+
+
+def _rng_state() -> tuple[dict, dict]:
+    """(tensors, JSON) of every generator training draws from."""
+    import numpy as np
+    import torch
+
+    tensors = {"torch.cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        tensors |= {f"torch.cuda.{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())}
+    version, mt, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)
+    return tensors, {"python": [version, list(mt), gauss],
+                     "numpy": [kind, keys.tolist(), int(pos), int(has_gauss), float(cached)]}
+
+
+def _optimizer_state(optimizer) -> tuple[dict, dict]:
+    tensors, scalars = {}, {}
+    state = optimizer.state_dict()
+    for index, values in state["state"].items():
+        for name, value in values.items():
+            if hasattr(value, "shape"):
+                tensors[f"state.{index}.{name}"] = value.detach().contiguous().cpu()
+            else:
+                scalars[f"{index}.{name}"] = value
+    return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
+
+
+def save(folder: Path, model, optimizer, scheduler, progress: Progress) -> Path:
+    """Write a checkpoint of `progress.step` under `folder`; returns its path."""
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    final, partial = folder / _name(progress.step), folder / f"{PARTIAL}{_name(progress.step)}"
+    shutil.rmtree(partial, ignore_errors=True)
+    try:
+        partial.mkdir()
+        model.save_pretrained(partial, safe_serialization=True)
+        (partial / "README.md").unlink(missing_ok=True)
+        optimizer_tensors, optimizer_json = _optimizer_state(optimizer)
+        save_file(optimizer_tensors, partial / "optimizer.safetensors")
+        rng_tensors, rng_json = _rng_state()
+        save_file(rng_tensors, partial / "rng.safetensors")
+        digests = {name: _sha256(partial / name) for name in FILES if name != "state.json"}
+        state = {"format": 1, "progress": progress.__dict__, "optimizer": optimizer_json,
+                 "scheduler": scheduler.state_dict(), "rng": rng_json, "files": digests}
+        (partial / "state.json").write_text(json.dumps(state, sort_keys=True))
+        for name in FILES:
+            fsync_path(partial / name)
+        fsync_path(partial)
+        shutil.rmtree(final, ignore_errors=True)
+        partial.rename(final)
+        fsync_path(folder)
+    except Exception as exc:  # safetensors reports I/O errors as its own error type
+        shutil.rmtree(partial, ignore_errors=True)
+        if _disk_full(exc):
+            kept = latest_step(folder)
+            raise StageFailed(f"no space left on the device holding {folder} while writing the checkpoint of "
+                              f"step {progress.step}; " + (f"the checkpoint of step {kept} is intact"
+                                                            if kept is not None else "no earlier checkpoint exists")
+                              + "; free space or set AIRLOCK_CHECKPOINTS_DIR, then `airlock runs resume`") from None
+        raise
+    _prune(folder, keep={progress.best_step} - {None})
+    return final
+
+
+def _disk_full(exc: Exception) -> bool:
+    return (isinstance(exc, OSError) and exc.errno == errno.ENOSPC) or f"os error {errno.ENOSPC})" in str(exc)
+
+
+def _prune(folder: Path, keep: set[int]) -> None:
+    """Keep the newest checkpoints and the best one; remove the rest."""
+    steps = sorted(complete_steps(folder))
+    for step in steps[:-KEEP_LATEST]:
+        if step not in keep:
+            shutil.rmtree(folder / _name(step))
+
+
+# Loading -----------------------------------------------------------------------------------------
+
+
+def complete_steps(folder: Path) -> list[int]:
+    if not folder.is_dir():
+        return []
+    return sorted(int(p.name[len(PREFIX):]) for p in folder.iterdir()
+                  if p.is_dir() and p.name.startswith(PREFIX) and p.name[len(PREFIX):].isdigit())
+
+
+def latest_step(folder: Path) -> int | None:
+    steps = complete_steps(folder)
+    return steps[-1] if steps else None
+
+
+def path_of(folder: Path, step: int) -> Path:
+    return folder / _name(step)
+
+
+def discard_partial(folder: Path) -> list[str]:
+    """Remove checkpoints whose write was cut short; returns their names."""
+    if not folder.is_dir():
+        return []
+    cut = [p for p in folder.iterdir() if p.name.startswith(PARTIAL)]
+    for path in cut:
+        shutil.rmtree(path, ignore_errors=True)
+    return sorted(p.name for p in cut)
+
+
+def check(path: Path) -> dict[str, Any]:
+    """The checkpoint's state.json, after checking it holds exactly its files, each intact."""
+    present = sorted(p.name for p in path.iterdir())
+    strangers = sorted(set(present) - set(FILES))
+    if strangers:
+        raise IntegrityFailure(f"checkpoint {path} holds {', '.join(strangers)}, which no checkpoint holds "
+                               "(only safetensors and JSON files are written); refused, nothing in it was loaded")
+    missing = sorted(set(FILES) - set(present))
+    if missing:
+        raise IntegrityFailure(f"checkpoint {path} lacks {', '.join(missing)}; refused")
+    try:
+        state = json.loads((path / "state.json").read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise IntegrityFailure(f"checkpoint {path}: state.json is not valid JSON ({exc}); refused") from None
+    for name, digest in state.get("files", {}).items():
+        if _sha256(path / name) != digest:
+            raise IntegrityFailure(f"checkpoint {path}: {name} does not match the digest in state.json "
+                                   "(changed or damaged after it was written); refused")
+    return state
+
+
+def restore(path: Path, model, optimizer, scheduler) -> Progress:
+    """Load a checked checkpoint into the model, optimizer, scheduler and every generator."""
+    import numpy as np
+    import torch
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    state = check(path)
+    device = next(model.parameters()).device
+    set_peft_model_state_dict(model, load_file(path / "adapter_model.safetensors", device=str(device)))
+    tensors = load_file(path / "optimizer.safetensors", device=str(device))
+    per_param: dict[int, dict] = {}
+    for key, value in tensors.items():
+        _, index, name = key.split(".", 2)
+        per_param.setdefault(int(index), {})[name] = value.cpu() if name == "step" else value
+    for key, value in state["optimizer"]["scalars"].items():
+        index, name = key.split(".", 1)
+        per_param.setdefault(int(index), {})[name] = value
+    optimizer.load_state_dict({"state": per_param, "param_groups": state["optimizer"]["param_groups"]})
+    scheduler.load_state_dict(state["scheduler"])
+    rng = load_file(path / "rng.safetensors")
+    torch.set_rng_state(rng["torch.cpu"])
+    if torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([rng[f"torch.cuda.{i}"] for i in range(len(rng) - 1)])
+    version, mt, gauss = state["rng"]["python"]
+    random.setstate((version, tuple(mt), gauss))
+    kind, keys, pos, has_gauss, cached = state["rng"]["numpy"]
+    np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
+    return Progress(**state["progress"])

@@ -1,0 +1,94 @@
+"""One training job in its own process: `python -m airlock.train.job JOB_DIR`.
+
+The worker prepares JOB_DIR and starts this process (or torchrun starts one per rank), so a
+crash, an out-of-memory error or a hungry run never takes the worker down, the GPU memory is
+released when the process ends, and the job's CPU threads and GPUs are exactly what it claimed.
+It touches neither the database nor the store:
+
+- in:  `job.json` (base model folder, training config, where checkpoints and the adapter go) and
+       `records.jsonl` (the dataset as normalised chat messages, one record per line);
+- out: `events.jsonl`, one JSON object per line, appended and flushed as they happen:
+       `started`, `resumed`, `step`, `checkpoint`, then one of `done`, `stopped` or `failed`;
+- control: the file `stop`, whose text is the reason (cancel, preempt, time-limit, shutdown);
+       the job stops at the next step boundary after a checkpoint.
+
+It dies with its parent (a parent-death signal), so a `kill -9` of the worker leaves no
+orphan training on; the run then resumes from its last complete checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+import traceback
+from dataclasses import asdict
+from pathlib import Path
+
+from airlock.children import die_with_parent
+
+JOB, RECORDS, EVENTS, STOP = "job.json", "records.jsonl", "events.jsonl", "stop"
+
+
+class Events:
+    def __init__(self, path: Path) -> None:
+        self.file = path.open("a", encoding="utf-8")
+
+    def emit(self, kind: str, **data) -> None:
+        self.file.write(json.dumps({"kind": kind, "at": time.time(), **data}) + "\n")
+        self.file.flush()
+
+
+def stop_reason(job_dir: Path) -> str | None:
+    path = job_dir / STOP
+    return (path.read_text().strip() or "stop") if path.exists() else None
+
+
+def run(job_dir: Path) -> int:
+    from airlock.errors import AirlockError
+    from airlock.train.config import LoraTrainConfig
+    from airlock.train.recipe import Controls, finetune
+
+    job = json.loads((job_dir / JOB).read_text())
+    events = Events(job_dir / EVENTS)
+    events.emit("started", pid=os.getpid())
+    try:
+        config = LoraTrainConfig.model_validate(job["config"])
+        with (job_dir / RECORDS).open(encoding="utf-8") as f:
+            records = [json.loads(line) for line in f]
+        controls = Controls(
+            checkpoints=Path(job["checkpoints"]),
+            should_stop=lambda: stop_reason(job_dir),
+            on_step=lambda report: events.emit("step", **asdict(report)),
+            on_checkpoint=lambda step, path: events.emit("checkpoint", step=step, path=str(path)),
+            on_resume=lambda step: events.emit("resumed", step=step),
+        )
+        result = finetune(Path(job["base_dir"]), records, config, Path(job["adapter_dir"]), controls=controls)
+    except AirlockError as exc:
+        events.emit("failed", message=str(exc))
+        return 1
+    except Exception as exc:  # noqa: BLE001 - any failure is reported with its reason
+        events.emit("failed", message=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc(limit=8))
+        return 1
+    summary = {"step": len(result.losses), "steps": result.steps, "losses": result.losses, "trained_tokens": result.trained_tokens,
+               "seconds": result.seconds, "resumed_from": result.resumed_from,
+               "tokens_per_second": result.tokens_per_second}
+    if result.stopped:
+        events.emit("stopped", reason=result.stopped, **summary)
+    else:
+        events.emit("done", adapter_dir=str(result.adapter_dir), **summary)
+    return 0
+
+
+def main() -> None:
+    # Under torchrun each rank's parent is torchrun's agent: it too must not outlive its parent.
+    parent = os.getppid()
+    die_with_parent()
+    if os.getppid() != parent:  # the parent died before the signal was armed
+        os._exit(1)
+    sys.exit(run(Path(sys.argv[1])))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,149 @@
+"""The run queue: priorities, owners, cancel, resume, preemption, time limits and recovery from
+a kill -9, against a real worker process that trains the tiny model in real job processes."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from airlock.errors import Conflict, Forbidden, InvalidInput, NotFound
+from airlock.workflow.queue import Caller, cancel_run, list_queue, operator, resume_run, set_priority, show_run
+from waiting import wait_for
+from worker_support import WorkerProcess, events, losses, progress_step, run_row, submit_training, wait_status
+
+OPERATOR = operator("os:test")
+LONG = {"epochs": 40, "checkpoint_every": 20}  # 320 steps: several seconds of training
+
+
+def test_the_queue_orders_by_priority_then_arrival(airlock, tiny_models_dir, tmp_path):
+    first = submit_training(airlock, tmp_path, "first", priority="low")
+    second = submit_training(airlock, tmp_path, "second")
+    third = submit_training(airlock, tmp_path, "third", priority="high")
+    fourth = submit_training(airlock, tmp_path, "fourth")
+    assert {r["id"]: r["position"] for r in list_queue(airlock, OPERATOR)} == {third: 1, second: 2, fourth: 3, first: 4}
+    moved = set_priority(airlock, OPERATOR, first, 500)
+    assert moved["position"] == 1 and moved["priority_name"] == "500"
+    assert show_run(airlock, OPERATOR, fourth)["position"] == 4
+    with pytest.raises(InvalidInput, match="'urgent' is not a priority: use low, normal, high"):
+        set_priority(airlock, OPERATOR, first, "urgent")
+    with pytest.raises(InvalidInput, match="time_limit: 'soon' is not a duration"):
+        submit_training(airlock, tmp_path, "bad", time_limit="soon")
+
+
+def test_owners_see_and_change_only_their_own_runs(airlock, tiny_models_dir, tmp_path):
+    run_id = submit_training(airlock, tmp_path, "mine")  # submitted as os:test
+    stranger = Caller("key:other")
+    assert list_queue(airlock, stranger) == []
+    with pytest.raises(NotFound, match=f"no run '{run_id}' that you can see"):
+        show_run(airlock, stranger, run_id)
+    with pytest.raises(NotFound):
+        cancel_run(airlock, stranger, run_id)
+    approver = Caller("key:approver", sees_all=True)
+    assert show_run(airlock, approver, run_id)["owner"] == "os:test"
+    with pytest.raises(Forbidden, match="belongs to os:test; only its owner or an admin"):
+        cancel_run(airlock, approver, run_id)
+    with pytest.raises(Forbidden, match="priority 500 is above 100"):
+        set_priority(airlock, Caller("os:test"), run_id, 500)
+    assert run_row(airlock, run_id)["status"] == "queued"  # nothing changed by any refusal
+
+
+def test_cancel_of_a_queued_and_of_a_finished_run(airlock, tiny_models_dir, tmp_path):
+    run_id = submit_training(airlock, tmp_path, "q")
+    assert cancel_run(airlock, OPERATOR, run_id) == {"run_id": run_id, "status": "cancelled"}
+    run = show_run(airlock, OPERATOR, run_id)
+    assert run["status"] == "cancelled" and run["stages"][0]["status"] == "not-run"
+    with pytest.raises(Conflict, match=f"run {run_id} already finished: cancelled at .*; nothing to cancel"):
+        cancel_run(airlock, OPERATOR, run_id)
+    with pytest.raises(Conflict, match="is queued; only a cancelled, failed or interrupted run"):
+        resume_run(airlock, OPERATOR, resume_run(airlock, OPERATOR, run_id)["run_id"])
+
+
+def test_kill_9_of_the_worker_at_a_random_step_resumes_with_identical_losses(airlock, tiny_models_dir, tmp_path):
+    baseline = submit_training(airlock, tmp_path, "baseline", **{**LONG, "checkpoint_every": 0})
+    resumed = submit_training(airlock, tmp_path, "resumed", **LONG)
+    home = airlock.settings.home
+    worker = WorkerProcess(home)
+    try:
+        wait_status(airlock, baseline, "succeeded")
+        kill_at = random.randint(45, 260)
+        wait_for(lambda: progress_step(airlock, resumed) >= kill_at, 180, f"step {kill_at}", every=0.02)
+        worker.kill9()
+        killed_at = progress_step(airlock, resumed)
+        worker = WorkerProcess(home)  # what the supervisor does
+        run = wait_status(airlock, resumed, "succeeded", "failed")
+        assert run["status"] == "succeeded", run["error"]
+    finally:
+        worker.stop()
+    assert run["attempts"] == 2 and "killed" not in (run["error"] or "")
+    [resume] = events(airlock, resumed, "resumed")
+    assert f"queued again to resume from its checkpoint of step {resume['step']}" in run["notice"]
+    assert resume["step"] == killed_at // 20 * 20 and resume["step"] >= 40
+    expected = losses(airlock, baseline)
+    assert len(expected) == 320 and losses(airlock, resumed) == expected
+    # Every step either attempt trained, those trained twice included, matches the baseline.
+    for event in events(airlock, resumed, "step"):
+        assert event["loss"] == expected[event["step"] - 1], event["step"]
+    out = lambda rid: show_run(airlock, OPERATOR, rid)["stages"][0]["outputs"]  # noqa: E731
+    assert out(resumed)["adapter"] == out(baseline)["adapter"]  # the same bytes
+    assert out(resumed)["resumed_from"] == resume["step"]
+    assert not (airlock.settings.training_dir / resumed).joinpath("finetune").exists()  # cleaned up
+
+
+def test_cancel_at_a_step_then_resume_from_the_checkpoint(airlock, tiny_models_dir, tmp_path):
+    run_id = submit_training(airlock, tmp_path, "c", **LONG)
+    worker = WorkerProcess(airlock.settings.home)
+    try:
+        wait_for(lambda: progress_step(airlock, run_id) >= 30, 180, "training")
+        assert cancel_run(airlock, OPERATOR, run_id)["status"] == "cancelling"
+        run = wait_status(airlock, run_id, "cancelled")
+        shown = show_run(airlock, OPERATOR, run_id)
+        stopped_at = events(airlock, run_id, "stopped")[0]["step"]
+        assert stopped_at >= 30 and stopped_at in [c["step"] for c in shown["checkpoints"]]
+        assert f"cancelled at step {stopped_at} (its checkpoint is kept)" in run["error"]
+        assert shown["stages"][0]["status"] == "cancelled" and all(c["bytes"] > 0 for c in shown["checkpoints"])
+        with pytest.raises(Conflict, match="already finished: cancelled"):
+            cancel_run(airlock, OPERATOR, run_id)
+        resume_run(airlock, OPERATOR, run_id)
+        run = wait_status(airlock, run_id, "succeeded", "failed")
+        assert run["status"] == "succeeded", run["error"]
+        assert [e["step"] for e in events(airlock, run_id, "resumed")] == [stopped_at]
+    finally:
+        worker.stop()
+
+
+def test_a_high_priority_run_preempts_a_low_one_which_resumes_after(airlock, tiny_models_dir, tmp_path):
+    low = submit_training(airlock, tmp_path, "low", priority="low", **LONG)
+    worker = WorkerProcess(airlock.settings.home)
+    try:
+        wait_for(lambda: progress_step(airlock, low) >= 25, 180, "the low run training")
+        # Different seeds: the same settings would be a cached stage, not a second training.
+        later_low = submit_training(airlock, tmp_path, "later-low", priority="low", seed=7)
+        high = submit_training(airlock, tmp_path, "high", priority="high", seed=6)
+        preempted = wait_for(lambda: (r := run_row(airlock, low))["notice"] and "preempted" in r["notice"] and r,
+                             120, "the low run to be preempted")
+        assert preempted["status"] in ("queued", "claimed", "running")
+        for run_id in (high, low, later_low):
+            assert wait_status(airlock, run_id, "succeeded", "failed")["status"] == "succeeded"
+    finally:
+        worker.stop()
+    started = {e["run_id"]: e["id"] for e in airlock.meta.query(
+        "SELECT run_id, MAX(id) AS id FROM run_events WHERE kind = 'started' GROUP BY run_id")}
+    assert started[high] < started[low] < started[later_low]  # the preempted run kept its place
+    [resume] = events(airlock, low, "resumed")
+    stopped = events(airlock, low, "stopped")[0]
+    assert stopped["reason"] == "preempt" and resume["step"] == stopped["step"] >= 25
+    assert airlock.meta.one("SELECT COUNT(*) AS n FROM audit WHERE action = 'run.preempted' AND subject = ?",
+                            (low,))["n"] == 1
+
+
+def test_a_time_limit_stops_the_run_with_its_checkpoint(airlock, tiny_models_dir, tmp_path):
+    run_id = submit_training(airlock, tmp_path, "limited", time_limit="8s", **{**LONG, "epochs": 400})
+    worker = WorkerProcess(airlock.settings.home)
+    try:
+        run = wait_status(airlock, run_id, "failed", "succeeded", timeout=240)
+    finally:
+        worker.stop()
+    assert "the run's time limit of 8 s was reached at step" in run["error"]
+    assert f"airlock runs resume {run_id} --time-limit" in run["error"]
+    assert show_run(airlock, OPERATOR, run_id)["checkpoints"]
