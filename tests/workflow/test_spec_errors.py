@@ -95,3 +95,20 @@ def test_not_yaml_and_missing_file(airlock, tmp_path):
     bad.write_text("name: [unclosed\n")
     with pytest.raises(InvalidInput, match="not valid YAML"):
         submit(airlock, bad, actor=ACTOR)
+
+
+def test_methods_the_hardware_or_serving_cannot_carry_are_refused(airlock, tiny_models_dir, tmp_path):
+    spec = base_spec()
+    spec["stages"] = [
+        {"name": "q", "uses": "finetune.lora", "with": {"method": "qlora"}},
+        {"name": "d", "uses": "finetune.lora", "with": {"method": "dora"}},
+        {"name": "e", "uses": "finetune.lora", "with": {"early_stopping_patience": 2}},
+        {"name": "serve", "uses": "serve.vllm", "needs": ["d"], "with": {"alias": "x"}},
+    ]
+    spec["priority"] = "urgent"
+    text = "\n".join(problems_of(airlock, write_workflow(tmp_path, spec)))
+    assert "stage 'q' with: method qlora needs a GPU" in text and "set resources.gpus" in text
+    assert "stage 'd' with: method dora: vLLM does not serve DoRA adapters" in text
+    assert "eval_every and early_stopping_patience need validation_split or validation_set" in text
+    assert "priority: 'urgent' is not a priority" in text
+    assert runs(airlock) == 0

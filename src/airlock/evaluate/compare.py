@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from airlock.train.recipe import load_base
+from airlock.train.base import load_base
 from airlock.train.tokens import collate, encode_chat, prompt_ids
 
 

@@ -41,7 +41,7 @@ class Progress:
 
     step: int = 0
     epoch: int = 0
-    batch_in_epoch: int = 0  # batches of `epoch` already trained
+    steps_in_epoch: int = 0  # steps of `epoch` already trained
     trained_tokens: int = 0
     losses: list[float] = field(default_factory=list)
     eval_losses: list[list[float]] = field(default_factory=list)  # [step, eval loss] pairs
@@ -138,6 +138,13 @@ def _prune(folder: Path, keep: set[int]) -> None:
             shutil.rmtree(folder / _name(step))
 
 
+def adapter_tensors_of(model) -> dict:
+    """A copy of the adapter's weights as they are now (the best evaluation's, kept for the end)."""
+    from peft import get_peft_model_state_dict
+
+    return {k: v.detach().clone() for k, v in get_peft_model_state_dict(model).items()}
+
+
 # Loading -----------------------------------------------------------------------------------------
 
 
@@ -165,6 +172,14 @@ def discard_partial(folder: Path) -> list[str]:
     for path in cut:
         shutil.rmtree(path, ignore_errors=True)
     return sorted(p.name for p in cut)
+
+
+def adapter_tensors(path: Path) -> dict:
+    """The adapter weights of a checked checkpoint."""
+    from safetensors.torch import load_file
+
+    check(path)
+    return load_file(path / "adapter_model.safetensors")
 
 
 def check(path: Path) -> dict[str, Any]:

@@ -5,10 +5,12 @@ crash, an out-of-memory error or a hungry run never takes the worker down, the G
 released when the process ends, and the job's CPU threads and GPUs are exactly what it claimed.
 It touches neither the database nor the store:
 
-- in:  `job.json` (base model folder, training config, where checkpoints and the adapter go) and
-       `records.jsonl` (the dataset as normalised chat messages, one record per line);
+- in:  `job.json` (base model folder, training config, where checkpoints and the adapter go),
+       `records.jsonl` (the dataset as normalised chat messages, one record per line) and,
+       when the run has a validation set of its own, `validation.jsonl`;
 - out: `events.jsonl`, one JSON object per line, appended and flushed as they happen:
-       `started`, `resumed`, `step`, `checkpoint`, then one of `done`, `stopped` or `failed`;
+       `started`, `setup`, `resumed`, `step`, `eval`, `checkpoint`, then one of `done`,
+       `stopped` or `failed`;
 - control: the file `stop`, whose text is the reason (cancel, preempt, time-limit, shutdown);
        the job stops at the next step boundary after a checkpoint.
 
@@ -28,7 +30,7 @@ from pathlib import Path
 
 from airlock.children import die_with_parent
 
-JOB, RECORDS, EVENTS, STOP = "job.json", "records.jsonl", "events.jsonl", "stop"
+JOB, RECORDS, VALIDATION, EVENTS, STOP = "job.json", "records.jsonl", "validation.jsonl", "events.jsonl", "stop"
 
 
 class Events:
@@ -45,6 +47,11 @@ def stop_reason(job_dir: Path) -> str | None:
     return (path.read_text().strip() or "stop") if path.exists() else None
 
 
+def _read_jsonl(path: Path) -> list:
+    with path.open(encoding="utf-8") as f:
+        return [json.loads(line) for line in f]
+
+
 def run(job_dir: Path) -> int:
     from airlock.errors import AirlockError
     from airlock.train.config import LoraTrainConfig
@@ -55,16 +62,19 @@ def run(job_dir: Path) -> int:
     events.emit("started", pid=os.getpid())
     try:
         config = LoraTrainConfig.model_validate(job["config"])
-        with (job_dir / RECORDS).open(encoding="utf-8") as f:
-            records = [json.loads(line) for line in f]
+        records = _read_jsonl(job_dir / RECORDS)
+        validation = _read_jsonl(job_dir / VALIDATION) if (job_dir / VALIDATION).exists() else None
         controls = Controls(
             checkpoints=Path(job["checkpoints"]),
             should_stop=lambda: stop_reason(job_dir),
             on_step=lambda report: events.emit("step", **asdict(report)),
             on_checkpoint=lambda step, path: events.emit("checkpoint", step=step, path=str(path)),
             on_resume=lambda step: events.emit("resumed", step=step),
+            on_eval=lambda step, loss: events.emit("eval", step=step, eval_loss=loss),
+            on_setup=lambda plan: events.emit("setup", **plan),
         )
-        result = finetune(Path(job["base_dir"]), records, config, Path(job["adapter_dir"]), controls=controls)
+        result = finetune(Path(job["base_dir"]), records, config, Path(job["adapter_dir"]), controls=controls,
+                          validation_records=validation)
     except AirlockError as exc:
         events.emit("failed", message=str(exc))
         return 1
@@ -73,7 +83,10 @@ def run(job_dir: Path) -> int:
         return 1
     summary = {"step": len(result.losses), "steps": result.steps, "losses": result.losses, "trained_tokens": result.trained_tokens,
                "seconds": result.seconds, "resumed_from": result.resumed_from,
-               "tokens_per_second": result.tokens_per_second}
+               "tokens_per_second": result.tokens_per_second, "eval_losses": result.eval_losses,
+               "best_step": result.best_step, "best_eval_loss": result.best_eval_loss,
+               "early_stopped_at": result.early_stopped_at, "packing": result.packing,
+               "packing_note": result.packing_note}
     if result.stopped:
         events.emit("stopped", reason=result.stopped, **summary)
     else:

@@ -6,7 +6,9 @@ order of batches, and the saved adapter config is written in a stable order.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -15,7 +17,9 @@ from pathlib import Path
 from airlock.errors import InvalidInput, StageFailed
 from airlock.train import checkpoint
 from airlock.train.config import LoraTrainConfig
-from airlock.train.tokens import Example, collate, encode_chat
+from airlock.train.base import attention_of, device, load_base, packs_apart, training_dtype
+from airlock.train.tokens import Example, collate, encode_chat, label_count, pack
+from airlock.train.validation import eval_loss, hold_out
 
 
 @dataclass
@@ -41,6 +45,8 @@ class Controls:
     on_step: Callable[[StepReport], None] | None = None
     on_checkpoint: Callable[[int, Path], None] | None = None
     on_resume: Callable[[int], None] | None = None
+    on_eval: Callable[[int, float], None] | None = None
+    on_setup: Callable[[dict], None] | None = None  # what training will do, before its first step
 
 
 @dataclass
@@ -53,6 +59,12 @@ class TrainResult:
     stopped: str | None = None  # the reason training stopped early, after its checkpoint
     resumed_from: int | None = None  # the checkpoint's step this process started from
     resumed_tokens: int = 0  # trained before that checkpoint
+    eval_losses: list[list[float]] = field(default_factory=list)  # [step, eval loss] pairs
+    best_step: int | None = None  # the evaluation whose adapter was saved
+    best_eval_loss: float | None = None
+    early_stopped_at: int | None = None
+    packing: bool = False
+    packing_note: str = ""
 
     @property
     def tokens_per_second(self) -> float:
@@ -60,30 +72,11 @@ class TrainResult:
         return (self.trained_tokens - self.resumed_tokens) / self.seconds if self.seconds else 0.0
 
 
-def device():
-    """The GPU where one is present (GPU hosts), else the CPU."""
-    import torch
-
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def load_base(base_dir: Path):
-    """Tokenizer and float32 model of a base folder (safetensors only), on `device()`."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()  # the stage reports its own progress
-    tokenizer = AutoTokenizer.from_pretrained(base_dir)
-    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32, use_safetensors=True)
-    return tokenizer, model.to(device())
-
-
-def encode_dataset(tokenizer, records: list[list[dict]], max_length: int) -> list[Example]:
+def encode_dataset(tokenizer, records: list[list[dict]], max_length: int, what: str = "record") -> list[Example]:
     problems, examples = [], []
     for n, messages in enumerate(records, start=1):
         try:
-            examples.append(encode_chat(tokenizer, messages, max_length, where=f"record {n}"))
+            examples.append(encode_chat(tokenizer, messages, max_length, where=f"{what} {n}"))
         except InvalidInput as exc:
             problems.append(exc.message)
     if problems:
@@ -106,83 +99,167 @@ def finetune(
     out_dir: Path,
     on_step: Callable[[StepReport], None] | None = None,
     controls: Controls | None = None,
+    validation_records: list[list[dict]] | None = None,
 ) -> TrainResult:
     import torch
-    from peft import get_peft_model
+    from peft import get_peft_model, set_peft_model_state_dict
 
     controls = controls or Controls(on_step=on_step)
     # setup
     torch.manual_seed(config.seed)
-    tokenizer, base = load_base(base_dir)
+    tokenizer, base = load_base(base_dir, config.precision, quantize_4bit=config.method == "qlora")
+    if config.method == "qlora":
+        from peft import prepare_model_for_kbit_training
+
+        base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=config.gradient_checkpointing)
+    elif config.gradient_checkpointing:
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model = get_peft_model(base, config.peft_config())
+    if validation_records is None:
+        records, validation_records = hold_out(records, config.validation_split)
     examples = encode_dataset(tokenizer, records, config.max_length)
+    validation = encode_dataset(tokenizer, validation_records, config.max_length, what="validation record")
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    packing, packing_note = choose_packing(config, model)
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=config.weight_decay)
-    steps_per_epoch = -(-len(examples) // config.batch_size)
+    steps_per_epoch = -(-(-(-len(examples) // config.batch_size)) // config.gradient_accumulation)
     total = steps_per_epoch * config.epochs
     scheduler = lr_scheduler(optimizer, config, total)
+    autocast = torch.autocast(device().type, dtype=torch.bfloat16) if training_dtype(config.precision) == \
+        torch.bfloat16 else contextlib.nullcontext()
+
+    if controls.on_setup:
+        controls.on_setup({"total_steps": total, "examples": len(examples), "validation_examples": len(validation),
+                           "packing": packing, "packing_note": packing_note})
 
     # resume: from the latest complete checkpoint, every generator included
-    progress, resumed_from = checkpoint.Progress(), None
+    progress, resumed_from, best_state = checkpoint.Progress(), None, None
     if controls.checkpoints is not None:
         checkpoint.discard_partial(controls.checkpoints)
         resumed_from = checkpoint.latest_step(controls.checkpoints)
         if resumed_from is not None:
             progress = checkpoint.restore(checkpoint.path_of(controls.checkpoints, resumed_from),
                                           model, optimizer, scheduler)
+            if progress.best_step is not None:
+                best_state = checkpoint.adapter_tensors(checkpoint.path_of(controls.checkpoints, progress.best_step))
             if controls.on_resume:
                 controls.on_resume(resumed_from)
-    result = TrainResult(adapter_dir=out_dir, steps=total, losses=progress.losses,
+    result = TrainResult(adapter_dir=out_dir, steps=total, losses=progress.losses, eval_losses=progress.eval_losses,
                          trained_tokens=progress.trained_tokens, resumed_from=resumed_from,
-                         resumed_tokens=progress.trained_tokens)
+                         resumed_tokens=progress.trained_tokens, packing=packing, packing_note=packing_note)
 
     # train
     model.train()
     started = time.perf_counter()
+    early_stop = False
     for epoch in range(progress.epoch, config.epochs):
-        batches = batches_for_epoch(examples, config.batch_size, config.seed, epoch)
-        for batch in batches[progress.batch_in_epoch:]:
+        groups = steps_for_epoch(examples, config, epoch)
+        for number, group in enumerate(groups[progress.steps_in_epoch:], start=progress.steps_in_epoch + 1):
             step_started = time.perf_counter()
-            ids, labels, mask = (t.to(base.device) for t in collate(batch, pad_id))
             learning_rate = optimizer.param_groups[0]["lr"]
-            loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
-            if not torch.isfinite(loss):
-                raise StageFailed(f"training diverged: the loss is {loss.item()} at step {progress.step + 1} of "
+            loss, tokens = train_step(model, group, pad_id, packing, config.max_length, autocast)
+            if not math.isfinite(loss):
+                raise StageFailed(f"training diverged: the loss is {loss} at step {progress.step + 1} of "
                                   f"{total}; lower learning_rate (now {config.learning_rate})")
-            loss.backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm or float("inf"))
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
-            tokens = int(mask.sum())
             progress.step += 1
-            progress.batch_in_epoch += 1
+            progress.steps_in_epoch = number
             progress.trained_tokens += tokens
-            progress.losses.append(loss.item())
+            progress.losses.append(loss)
             result.trained_tokens = progress.trained_tokens
             if controls.on_step:
-                controls.on_step(StepReport(progress.step, total, epoch, progress.losses[-1], progress.trained_tokens,
+                controls.on_step(StepReport(progress.step, total, epoch, loss, progress.trained_tokens,
                                             time.perf_counter() - started, learning_rate, float(grad_norm),
                                             tokens / (time.perf_counter() - step_started)))
-            if progress.step == total:
-                continue  # the last step's state is the adapter itself, saved below
+            improved = False
+            if validation and (number == len(groups) or (config.eval_every and progress.step % config.eval_every == 0)):
+                improved, early_stop = evaluate_now(model, validation, config, pad_id, progress, controls)
+                if improved:
+                    best_state = checkpoint.adapter_tensors_of(model)
+            if progress.step == total or early_stop:
+                break  # the last state is the adapter itself, saved below
             stop = controls.should_stop()
             due = config.checkpoint_every and progress.step % config.checkpoint_every == 0
-            if controls.checkpoints is not None and (stop or due):
+            if controls.checkpoints is not None and (stop or due or improved):
                 path = checkpoint.save(controls.checkpoints, model, optimizer, scheduler, progress)
                 if controls.on_checkpoint:
                     controls.on_checkpoint(progress.step, path)
             if stop:
                 result.stopped, result.seconds = stop, time.perf_counter() - started
                 return result
-        progress.epoch, progress.batch_in_epoch = epoch + 1, 0
+        if early_stop:
+            result.early_stopped_at = progress.step
+            break
+        progress.epoch, progress.steps_in_epoch = epoch + 1, 0
     result.seconds = time.perf_counter() - started
 
-    # save: PEFT format, safetensors only
+    # save: the best evaluation's adapter where there was validation, PEFT format, safetensors only
+    if best_state is not None and progress.best_step != progress.step:
+        set_peft_model_state_dict(model, best_state)
+    result.best_step, result.best_eval_loss = progress.best_step, progress.best_eval_loss
     model.save_pretrained(out_dir, safe_serialization=True)
     stabilise_adapter(out_dir, base_name=Path(base_dir).name)
     return result
+
+
+def choose_packing(config: LoraTrainConfig, model) -> tuple[bool, str]:
+    """Whether to pack, and the sentence that says why."""
+    if config.packing == "off":
+        return False, "packing off (packing: off)"
+    if packs_apart(model):
+        return True, "packing on: examples share rows, each attending only to itself"
+    why = (f"this model's attention ({attention_of(model)}) lets examples packed into one row see each other")
+    if config.packing == "on":
+        raise InvalidInput(f"packing: on, but {why}; set packing: off (or auto)")
+    return False, f"packing off: {why}"
+
+
+def steps_for_epoch(examples: list[Example], config: LoraTrainConfig, epoch: int) -> list[list[list[Example]]]:
+    """The epoch's steps, each `gradient_accumulation` micro-batches of `batch_size` examples."""
+    batches = batches_for_epoch(examples, config.batch_size, config.seed, epoch)
+    every = config.gradient_accumulation
+    return [batches[i:i + every] for i in range(0, len(batches), every)]
+
+
+def train_step(model, group: list[list[Example]], pad_id: int, packing: bool, capacity: int, autocast) -> tuple[float, int]:
+    """Forward and backward over one step's micro-batches, gradients summed, the loss a mean over
+    every answer token of the step (so accumulation equals one large batch); (loss, tokens)."""
+    device_of = next(model.parameters()).device
+    inputs = []
+    for batch in group:
+        if packing:
+            ids, labels, positions = pack(batch, max(capacity, max(len(e.input_ids) for e in batch)), pad_id)
+            inputs.append({"input_ids": ids, "labels": labels, "position_ids": positions})
+        else:
+            ids, labels, mask = collate(batch, pad_id)
+            inputs.append({"input_ids": ids, "labels": labels, "attention_mask": mask})
+    items = sum(label_count(i["labels"]) for i in inputs)
+    loss = 0.0
+    for tensors in inputs:
+        with autocast:
+            out = model(**{k: v.to(device_of) for k, v in tensors.items()}, use_cache=False, num_items_in_batch=items)
+        out.loss.backward()
+        loss += out.loss.item()
+    return loss, sum(len(e.input_ids) for batch in group for e in batch)
+
+
+def evaluate_now(model, validation: list[Example], config: LoraTrainConfig, pad_id: int,
+                 progress: checkpoint.Progress, controls: Controls) -> tuple[bool, bool]:
+    """Record the eval loss at this step; (a new best, patience exhausted)."""
+    loss = eval_loss(model, validation, config.batch_size, pad_id)
+    progress.eval_losses.append([progress.step, loss])
+    if controls.on_eval:
+        controls.on_eval(progress.step, loss)
+    if progress.best_eval_loss is None or loss < progress.best_eval_loss:
+        progress.best_step, progress.best_eval_loss, progress.evals_without_improvement = progress.step, loss, 0
+        return True, False
+    progress.evals_without_improvement += 1
+    patience = config.early_stopping_patience
+    return False, bool(patience and progress.evals_without_improvement >= patience)
 
 
 def lr_scheduler(optimizer, config: LoraTrainConfig, total_steps: int):

@@ -69,3 +69,39 @@ def collate(examples: list[Example], pad_id: int):
         labels[row, :n] = torch.tensor(e.labels)
         mask[row, :n] = 1
     return ids, labels, mask
+
+
+def label_count(labels) -> int:
+    """Tokens the loss counts: labels after the one-token shift of causal LM loss."""
+    return int((labels[..., 1:] != IGNORE).sum())
+
+
+def pack(examples: list[Example], capacity: int, pad_id: int):
+    """Padding-free rows: examples placed whole into rows of at most `capacity` tokens (longest
+    first, first row with room), position ids restarting at each example so the model's mask
+    keeps examples apart, and each example's first label dropped so nothing is predicted across
+    a boundary. Rows are right-padded to the longest row; padding is a segment of its own.
+    Returns (input_ids, labels, position_ids)."""
+    import torch
+
+    rows: list[list[Example]] = []
+    for e in sorted(examples, key=lambda e: len(e.input_ids), reverse=True):
+        row = next((r for r in rows if sum(len(x.input_ids) for x in r) + len(e.input_ids) <= capacity), None)
+        if row is None:
+            rows.append([e])
+        else:
+            row.append(e)
+    width = max(sum(len(x.input_ids) for x in r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)
+    positions = torch.zeros((len(rows), width), dtype=torch.long)
+    for n, row in enumerate(rows):
+        at = 0
+        for e in row:
+            end = at + len(e.input_ids)
+            ids[n, at:end] = torch.tensor(e.input_ids)
+            labels[n, at + 1:end] = torch.tensor(e.labels[1:])
+            positions[n, at:end] = torch.arange(len(e.input_ids))
+            at = end
+        positions[n, at:] = torch.arange(width - at)
+    return ids, labels, positions

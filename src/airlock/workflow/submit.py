@@ -96,7 +96,7 @@ def submit_spec(airlock: Airlock, raw: dict, overrides: list[str] | None, *, whe
     problems += queue_problems
     params, stage_problems = _check_stages(spec, where, types)
     problems += specs.graph_problems(spec, where) + stage_problems
-    problems += _engine_problems(airlock, params, where)
+    problems += _engine_problems(airlock, params, where) + _method_problems(spec, params, where)
 
     base = None
     try:
@@ -149,6 +149,21 @@ def _engine_problems(airlock: Airlock, params: dict[str, BaseModel], where: str)
                 check_alias(alias, settings)
             except InvalidInput as exc:
                 problems.append(f"{where}: stage {name!r} with: alias: {exc.message}")
+    return problems
+
+
+def _method_problems(spec: specs.WorkflowSpec, params: dict[str, BaseModel], where: str) -> list[str]:
+    """Training methods this run's hardware or serving cannot carry through."""
+    problems, uses = [], {s.name: s.uses for s in spec.stages}
+    serves = "serve.vllm" in uses.values()
+    for name, p in params.items():
+        method = getattr(p, "method", None)
+        if method == "qlora" and spec.resources.gpus == 0:
+            problems.append(f"{where}: stage {name!r} with: method qlora needs a GPU (a 4-bit base runs on CUDA "
+                            "only): set resources.gpus, or use lora")
+        if method == "dora" and serves:
+            problems.append(f"{where}: stage {name!r} with: method dora: vLLM does not serve DoRA adapters, and this "
+                            "workflow ends in serve.vllm; use lora or rslora, or drop the serve stage")
     return problems
 
 

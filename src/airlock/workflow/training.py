@@ -17,7 +17,7 @@ from airlock.children import describe_exit, die_with_parent
 from airlock.errors import StageFailed
 from airlock.meta.db import now
 from airlock.train import checkpoint
-from airlock.train.job import EVENTS, JOB, RECORDS, STOP
+from airlock.train.job import EVENTS, JOB, RECORDS, STOP, VALIDATION
 from airlock.workflow.stage import StageContext
 
 POLL_S = 0.25
@@ -36,7 +36,8 @@ def job_dir(ctx: StageContext) -> Path:
     return ctx.airlock.settings.training_dir / ctx.run_id / ctx.stage
 
 
-def prepare(folder: Path, base_dir: Path, config: dict, records: list[list[dict]]) -> None:
+def prepare(folder: Path, base_dir: Path, config: dict, records: list[list[dict]],
+            validation: list[list[dict]] | None = None) -> None:
     """The job's inputs; checkpoints of an earlier attempt stay, so the job resumes from them."""
     folder.mkdir(parents=True, exist_ok=True)
     folder.chmod(0o700)
@@ -50,8 +51,11 @@ def prepare(folder: Path, base_dir: Path, config: dict, records: list[list[dict]
     job = {"base_dir": str(base_dir), "config": config, "checkpoints": str(folder / "checkpoints"),
            "adapter_dir": str(adapter)}
     (folder / JOB).write_text(json.dumps(job, indent=2))
-    with (folder / RECORDS).open("w", encoding="utf-8") as f:
-        f.writelines(json.dumps(r) + "\n" for r in records)
+    for name, rows in ((RECORDS, records), (VALIDATION, validation)):
+        (folder / name).unlink(missing_ok=True)
+        if rows is not None:
+            with (folder / name).open("w", encoding="utf-8") as f:
+                f.writelines(json.dumps(r) + "\n" for r in rows)
 
 
 def child_env(threads: int, gpus: list[int]) -> dict[str, str]:
@@ -94,11 +98,13 @@ class Relay:
             if kind == "step":
                 self.last_step = event
                 metrics += [(event["step"], name, event[name]) for name in STEP_METRICS]
+            elif kind == "eval":
+                metrics.append((event["step"], "eval_loss", event["eval_loss"]))
             elif kind == "checkpoint":
                 self.last_checkpoint = event["step"]
             elif kind in ("done", "stopped", "failed"):
                 self.final = event
-            data = {k: v for k, v in event.items() if k not in ("kind", "losses", "traceback", "path")}
+            data = {k: v for k, v in event.items() if k not in ("kind", "losses", "eval_losses", "traceback", "path")}
             rows.append({"run_id": self.ctx.run_id, "at": now(), "kind": kind,
                          "data_json": json.dumps({"stage": self.ctx.stage, **data})})
         with self.ctx.airlock.meta.write() as db:
@@ -115,10 +121,10 @@ class Relay:
 
 
 def train_in_child(ctx: StageContext, config: dict, records: list[list[dict]],
-                   should_stop: Callable[[], str | None]) -> dict:
+                   should_stop: Callable[[], str | None], validation: list[list[dict]] | None = None) -> dict:
     """Run the job to its end; returns the `done` event. Raises RunStopped or StageFailed."""
     folder = job_dir(ctx)
-    prepare(folder, ctx.base_path, config, records)
+    prepare(folder, ctx.base_path, config, records, validation)
     claim = ctx.claim or {}
     with (folder / "train.log").open("ab") as log:
         proc = subprocess.Popen([sys.executable, "-m", "airlock.train.job", str(folder)], stdout=log,

@@ -16,7 +16,8 @@ from airlock.workflow.training import job_dir, train_in_child
 def run_finetune(ctx: StageContext) -> dict:
     config: LoraTrainConfig = ctx.params
     records = load_records(ctx.airlock, ctx.dataset["digest"])
-    done = train_in_child(ctx, config.model_dump(), records, ctx.should_stop)
+    validation = load_records(ctx.airlock, ctx.datasets["validation_set"]) if config.validation_set else None
+    done = train_in_child(ctx, config.model_dump(), records, ctx.should_stop, validation)
     tree = ctx.airlock.store.put_tree(Path(done["adapter_dir"]))
     model_id = register_adapter(
         ctx.airlock, tree_digest=tree, base_model=ctx.base_model, dataset_digest=ctx.dataset["digest"],
@@ -32,6 +33,10 @@ def run_finetune(ctx: StageContext) -> dict:
         "trained_tokens": done["trained_tokens"],
         "tokens_per_second": round(done["tokens_per_second"], 1),
         "resumed_from": done["resumed_from"],
+        "packing": done["packing"],
+        "best_step": done["best_step"],
+        "best_eval_loss": done["best_eval_loss"],
+        "early_stopped_at": done["early_stopped_at"],
     }
 
 
@@ -40,6 +45,7 @@ FINETUNE_LORA = StageType(
     params=LoraTrainConfig,
     run=run_finetune,
     batch=True,
+    dataset_params=("validation_set",),
     summary="LoRA fine-tuning of the base model on the workflow's dataset (PEFT, loss on assistant tokens), "
             "in its own process, with checkpoints and exact resume",
 )
