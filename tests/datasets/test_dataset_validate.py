@@ -130,8 +130,8 @@ def test_prompt_completion_problems(write_jsonl, bad, expected):
 def test_a_first_record_in_no_known_format(write_jsonl):
     path = write_jsonl({"text": "hello"}, qa())
     assert problems_of(path) == [
-        "data.jsonl:1: no 'messages' field (chat format) and no 'prompt'/'completion' fields "
-        "(prompt/completion format)"
+        "data.jsonl:1: no 'messages' (chat), 'conversations' (ShareGPT), 'instruction'/'output' (Alpaca) "
+        "or 'prompt'/'completion' field: not a record of a known format"
     ]
 
 

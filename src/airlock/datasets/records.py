@@ -1,4 +1,6 @@
-"""Checks and normalisation of one JSONL record, in either of the two accepted formats.
+"""Checks and normalisation of one JSONL record, in any of the four accepted formats: OpenAI chat
+(`messages`), prompt/completion, ShareGPT (`conversations` of `from`/`value` turns) and Alpaca
+(`instruction`, optional `input` and `system`, `output`).
 
 A record check never raises: it returns the problems it found (each naming the field) and, when
 there were none, the record as a list of `{"role", "content"}` messages. Training, evaluation and
@@ -11,7 +13,11 @@ from typing import Any
 
 CHAT = "chat"
 PROMPT_COMPLETION = "prompt_completion"
-FORMATS = (CHAT, PROMPT_COMPLETION)
+SHAREGPT = "sharegpt"
+ALPACA = "alpaca"
+FORMATS = (CHAT, PROMPT_COMPLETION, SHAREGPT, ALPACA)
+# ShareGPT's speakers as the exports of common tools name them.
+SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
 
 ROLES = ("system", "user", "assistant")
 
@@ -40,6 +46,10 @@ def detect_format(record: dict[str, Any]) -> str | None:
     # `messages` wins when both appear: a chat record may carry unrelated extra keys.
     if "messages" in record:
         return CHAT
+    if "conversations" in record:
+        return SHAREGPT
+    if "instruction" in record or "output" in record:
+        return ALPACA
     if "prompt" in record or "completion" in record:
         return PROMPT_COMPLETION
     return None
@@ -95,17 +105,68 @@ def check_chat(record: dict[str, Any]) -> tuple[Messages | None, list[str]]:
     return (None if problems else out), problems
 
 
+def _required(record: dict[str, Any], fields: tuple[str, ...], problems: list[str]) -> list[str | None]:
+    return [_text(record.get(f), f, problems, present=f in record) for f in fields]
+
+
 def check_prompt_completion(record: dict[str, Any]) -> tuple[Messages | None, list[str]]:
     problems: list[str] = []
-    prompt = _text(record.get("prompt"), "prompt", problems, present="prompt" in record)
-    completion = _text(record.get("completion"), "completion", problems, present="completion" in record)
+    prompt, completion = _required(record, ("prompt", "completion"), problems)
     if problems:
         return None, problems
     return [{"role": "user", "content": prompt}, {"role": "assistant", "content": completion}], []
 
 
-CHECKS = {CHAT: check_chat, PROMPT_COMPLETION: check_prompt_completion}
+def check_sharegpt(record: dict[str, Any]) -> tuple[Messages | None, list[str]]:
+    turns = record["conversations"]
+    if not isinstance(turns, list):
+        return None, [f"conversations: expected an array of turns, got {json_type(turns)}"]
+    if not turns:
+        return None, ["conversations: empty array (a record needs at least one human and one gpt turn)"]
+    problems: list[str] = []
+    out: Messages = []
+    for i, turn in enumerate(turns):
+        where = f"conversations[{i}]"
+        if not isinstance(turn, dict):
+            problems.append(f"{where}: expected an object, got {json_type(turn)}")
+            continue
+        speaker = turn.get("from")
+        if "from" not in turn:
+            problems.append(f"{where}.from: missing")
+        elif not isinstance(speaker, str) or speaker not in SHAREGPT_ROLES:
+            shown = repr(speaker) if isinstance(speaker, str) else json_type(speaker)
+            problems.append(f"{where}.from: {shown} is not one of {', '.join(SHAREGPT_ROLES)}")
+        value = _text(turn.get("value"), f"{where}.value", problems, present="value" in turn)
+        if isinstance(speaker, str) and speaker in SHAREGPT_ROLES and value is not None:
+            out.append({"role": SHAREGPT_ROLES[speaker], "content": value})
+    if not problems and not any(m["role"] == "assistant" for m in out):
+        problems.append("conversations: no gpt turn (nothing for the model to learn to answer)")
+    return (None if problems else out), problems
+
+
+def check_alpaca(record: dict[str, Any]) -> tuple[Messages | None, list[str]]:
+    problems: list[str] = []
+    instruction, output = _required(record, ("instruction", "output"), problems)
+    extra = {}
+    for optional in ("input", "system"):  # may be absent or empty, as Alpaca files write them
+        value = record.get(optional, "")
+        if not isinstance(value, str):
+            problems.append(f"{optional}: expected a string, got {json_type(value)}")
+        extra[optional] = value if isinstance(value, str) else ""
+    if problems:
+        return None, problems
+    prompt = instruction + (f"\n\n{extra['input']}" if extra["input"].strip() else "")
+    system = [{"role": "system", "content": extra["system"]}] if extra["system"].strip() else []
+    return [*system, {"role": "user", "content": prompt}, {"role": "assistant", "content": output}], []
+
+
+CHECKS = {CHAT: check_chat, PROMPT_COMPLETION: check_prompt_completion, SHAREGPT: check_sharegpt,
+          ALPACA: check_alpaca}
+# How each format's record is named in a length problem: the fields the tokens came from.
+LENGTH_FIELDS = {CHAT: "messages", PROMPT_COMPLETION: "prompt+completion", SHAREGPT: "conversations",
+                 ALPACA: "instruction+input+output"}
 
 
 def describe(fmt: str) -> str:
-    return {CHAT: "chat (messages)", PROMPT_COMPLETION: "prompt/completion"}[fmt]
+    return {CHAT: "chat (messages)", PROMPT_COMPLETION: "prompt/completion", SHAREGPT: "ShareGPT (conversations)",
+            ALPACA: "Alpaca (instruction/output)"}[fmt]

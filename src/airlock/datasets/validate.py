@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from airlock.datasets.records import CHECKS, CHAT, Messages, describe, detect_format, json_type
+from airlock.datasets.records import CHECKS, LENGTH_FIELDS, Messages, describe, detect_format, json_type
 from airlock.errors import InvalidInput, NotFound
 from airlock.store.base import sha256_bytes
 
@@ -92,7 +92,7 @@ def count_tokens(tokenizer: Any, messages: Messages) -> int:
 
 def _check_length(tokenizer: Any, max_length: int | None, fmt: str, messages: Messages,
                   too_long_hint: str) -> str | None:
-    field = "messages" if fmt == CHAT else "prompt+completion"
+    field = LENGTH_FIELDS[fmt]
     try:
         n = count_tokens(tokenizer, messages)
     except Exception as exc:  # a template may raise for role orders it does not support
@@ -143,8 +143,8 @@ def validate_bytes(
 
         fmt = detect_format(record)
         if fmt is None and file_format is None:
-            problems.add(lineno, "no 'messages' field (chat format) and no 'prompt'/'completion' "
-                                 "fields (prompt/completion format)")
+            problems.add(lineno, "no 'messages' (chat), 'conversations' (ShareGPT), 'instruction'/'output' "
+                                 "(Alpaca) or 'prompt'/'completion' field: not a record of a known format")
             continue
         if file_format is None:
             file_format, format_line = fmt, lineno

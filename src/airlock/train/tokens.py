@@ -1,6 +1,7 @@
 """Turning chat records into training tensors with the model's own chat template.
 
-Only assistant tokens carry a label; everything else is -100, so the loss measures answers, not
+Only assistant tokens carry a label, on every assistant turn of a conversation, each up to and
+including its end-of-turn token; everything else is -100, so the loss measures answers, not
 prompts. Spans are found by rendering the conversation up to each assistant turn, which works for
 any template whose rendering of a prefix is a prefix of the whole rendering.
 """
@@ -34,8 +35,19 @@ def _render(tokenizer, messages: list[dict], *, generation_prompt: bool) -> list
     return list(ids)
 
 
+def _turn_end(ids: list[int], start: int, end: int, special: set[int]) -> int:
+    """Where an assistant turn's trained span ends: after its end-of-turn token (the last special
+    token of the turn: Llama 3's <|eot_id|>, Qwen's <|im_end|>, Mistral's </s>, Gemma's
+    <end_of_turn>), so the separator a template writes between turns is not trained."""
+    for i in range(end - 1, start, -1):
+        if ids[i] in special:
+            return i + 1
+    return end
+
+
 def encode_chat(tokenizer, messages: list[dict], max_length: int, where: str = "record") -> Example:
     full = _render(tokenizer, messages, generation_prompt=False)
+    special = set(tokenizer.all_special_ids)
     labels = [IGNORE] * len(full)
     for i, message in enumerate(messages):
         if message["role"] != "assistant":
@@ -44,6 +56,7 @@ def encode_chat(tokenizer, messages: list[dict], max_length: int, where: str = "
         end = len(_render(tokenizer, messages[: i + 1], generation_prompt=False))
         if full[: len(prefix)] != prefix:
             raise InvalidInput(f"{where}: the chat template does not render turns as prefixes")
+        end = _turn_end(full, len(prefix), end, special)
         labels[len(prefix) : end] = full[len(prefix) : end]
     if len(full) > max_length:
         raise InvalidInput(f"{where}: {len(full)} tokens, longer than max_length {max_length}")
