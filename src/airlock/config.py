@@ -66,6 +66,9 @@ class Settings(BaseSettings):
     # A run held by a worker that died is queued again (to resume from its checkpoint) this many
     # times in all; after that it is marked interrupted.
     worker_max_attempts: int = 3
+    # The worker's Prometheus metrics (runs by state, tokens per second, GPU memory); 0: none.
+    worker_metrics_port: int = 0
+    worker_metrics_host: str = "127.0.0.1"
     # Checkpoints of runs in progress; the default is the home's training/ folder.
     checkpoints_dir: Path | None = None
     # The supervisor restarts a crashed service after 1, 2, 4 ... seconds, at most this long.

@@ -23,6 +23,7 @@ ROUTES = {
     ("POST", "/api/runs/{run_id}/cancel"): "runs:write",
     ("PUT", "/api/runs/{run_id}/priority"): "runs:write",
     ("POST", "/api/runs/{run_id}/resume"): "runs:write",
+    ("GET", "/api/runs/{run_id}/events"): "runs:read",
     ("POST", "/api/keys"): "keys:admin",
     ("GET", "/api/keys"): "keys:admin",
     ("DELETE", "/api/keys/{key_id}"): "keys:admin",

@@ -22,6 +22,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from airlock.access.ratelimit import RateLimiter
 from airlock.config import Settings, get_settings
 from airlock.gateway.control import api
+from airlock.gateway.events import events_api
 from airlock.gateway.errors import install_error_handlers
 from airlock.gateway.front import Front
 from airlock.gateway.limits import RequestLimits
@@ -113,6 +114,7 @@ def create_app(settings: Settings | None = None) -> Front:
     app.add_middleware(RequestLimits, settings=settings)
     app.include_router(ops)
     app.include_router(api)
+    app.include_router(events_api)
     return Front(app, OpenAIApi(app.state), settings, app.state.metrics)
 
 

@@ -26,7 +26,7 @@ api = APIRouter(prefix="/api")
 Key = dict[str, Any]
 
 
-def _airlock(request: Request) -> Airlock:
+def airlock_of(request: Request) -> Airlock:
     state = request.app.state
     if getattr(state, "airlock", None) is None:
         state.airlock = Airlock.open(state.settings)
@@ -45,21 +45,21 @@ async def upload_dataset(request: Request, name: str, key: Key = Depends(permit(
     settings = request.app.state.settings
     async with received(request, limit=settings.max_upload_bytes, folder=settings.home / "uploads") as path:
         return await run_in_threadpool(
-            lambda: add_dataset_upload(_airlock(request), path, name=name, actor=actor(key)))
+            lambda: add_dataset_upload(airlock_of(request), path, name=name, actor=actor(key)))
 
 
 @api.get("/datasets")
 def list_datasets(request: Request, key: Key = Depends(permit("datasets:read"))) -> list[dict]:
     from airlock.datasets.service import list_datasets as datasets
 
-    return datasets(_airlock(request))
+    return datasets(airlock_of(request))
 
 
 @api.get("/datasets/{name_or_digest:path}")
 def get_dataset(name_or_digest: str, request: Request, key: Key = Depends(permit("datasets:read"))) -> dict:
     from airlock.datasets.service import get_dataset as dataset
 
-    return dataset(_airlock(request), name_or_digest)
+    return dataset(airlock_of(request), name_or_digest)
 
 
 # Runs -------------------------------------------------------------------------------------------
@@ -72,7 +72,7 @@ class RunRequest(BaseModel):
     set: list[str] = []
 
 
-def _caller(key: Key):
+def caller_of(key: Key):
     """What this key may see and change in the run queue: a trainer its own runs, an approver
     sees every run, an admin sees and changes every run."""
     from airlock.workflow.queue import MAX_PRIORITY, PRIORITIES, Caller
@@ -88,8 +88,8 @@ def submit_run(body: RunRequest, request: Request, key: Key = Depends(permit("ru
     from airlock.workflow.submit import submit_request
 
     with redacted_errors(key):
-        return submit_request(_airlock(request), body.spec, body.set, actor=actor(key),
-                              max_priority=_caller(key).max_priority)
+        return submit_request(airlock_of(request), body.spec, body.set, actor=actor(key),
+                              max_priority=caller_of(key).max_priority)
 
 
 @api.get("/runs")
@@ -98,7 +98,7 @@ def list_runs(request: Request, limit: int = 50, state: Annotated[list[str] | No
     """The runs this key may see, newest first, with owner, priority and queue position."""
     from airlock.workflow.queue import list_queue
 
-    return [run_view(r, key) for r in list_queue(_airlock(request), _caller(key), states=state, limit=limit)]
+    return [run_view(r, key) for r in list_queue(airlock_of(request), caller_of(key), states=state, limit=limit)]
 
 
 @api.get("/runs/{run_id}")
@@ -106,8 +106,8 @@ def get_run(run_id: str, request: Request, key: Key = Depends(permit("runs:read"
     from airlock.workflow.queue import show_run
     from airlock.workflow.submit import queued_spec
 
-    airlock = _airlock(request)
-    return run_view({**show_run(airlock, _caller(key), run_id), **queued_spec(airlock, run_id)}, key)
+    airlock = airlock_of(request)
+    return run_view({**show_run(airlock, caller_of(key), run_id), **queued_spec(airlock, run_id)}, key)
 
 
 @api.post("/runs/{run_id}/cancel")
@@ -115,7 +115,7 @@ def cancel_run(run_id: str, request: Request, key: Key = Depends(permit("runs:wr
     """Cancel: a queued run at once, a running one at its next step after a checkpoint; 409 if finished."""
     from airlock.workflow.queue import cancel_run as cancel
 
-    return cancel(_airlock(request), _caller(key), run_id)
+    return cancel(airlock_of(request), caller_of(key), run_id)
 
 
 class PriorityRequest(BaseModel):
@@ -129,7 +129,7 @@ def set_priority(run_id: str, body: PriorityRequest, request: Request,
                  key: Key = Depends(permit("runs:write"))) -> dict:
     from airlock.workflow.queue import set_priority as reprioritise
 
-    return reprioritise(_airlock(request), _caller(key), run_id, body.priority)
+    return reprioritise(airlock_of(request), caller_of(key), run_id, body.priority)
 
 
 class ResumeRequest(BaseModel):
@@ -144,7 +144,7 @@ def resume_run(run_id: str, request: Request, body: ResumeRequest | None = None,
     """Queue a cancelled, failed or interrupted run again, to continue from its last checkpoint."""
     from airlock.workflow.queue import resume_run as resume
 
-    return resume(_airlock(request), _caller(key), run_id, time_limit=(body or ResumeRequest()).time_limit)
+    return resume(airlock_of(request), caller_of(key), run_id, time_limit=(body or ResumeRequest()).time_limit)
 
 
 # Keys -------------------------------------------------------------------------------------------
@@ -166,7 +166,7 @@ def create_key(body: KeyRequest, request: Request, key: Key = Depends(permit("ke
     """Make a key; the answer holds its secret, which is never shown again."""
     from airlock.access.keys import create_key as create, get_key
 
-    meta = _airlock(request).meta
+    meta = airlock_of(request).meta
     key_id, secret = create(meta, body.name, role=body.role, models=body.models, expires=body.expires,
                             rpm=body.rpm, tpm=body.tpm, actor=actor(key))
     return {**get_key(meta, key_id), "key": secret}
@@ -176,14 +176,14 @@ def create_key(body: KeyRequest, request: Request, key: Key = Depends(permit("ke
 def list_keys(request: Request, key: Key = Depends(permit("keys:admin"))) -> list[dict]:
     from airlock.access.keys import list_keys as keys
 
-    return keys(_airlock(request).meta)
+    return keys(airlock_of(request).meta)
 
 
 @api.delete("/keys/{key_id}")
 def revoke_key(key_id: str, request: Request, key: Key = Depends(permit("keys:admin"))) -> dict:
     from airlock.access.keys import revoke_key as revoke
 
-    return revoke(_airlock(request).meta, key_id, actor=actor(key))
+    return revoke(airlock_of(request).meta, key_id, actor=actor(key))
 
 
 # Aliases and models -----------------------------------------------------------------------------
@@ -201,26 +201,26 @@ def switch_alias(alias: str, body: AliasRequest, request: Request,
     """Serve a promoted model under `alias`: verified, loaded and smoke-tested before the switch."""
     from airlock.serve.deploy import deploy
 
-    return deploy(_airlock(request), body.model_id, alias, actor=actor(key))
+    return deploy(airlock_of(request), body.model_id, alias, actor=actor(key))
 
 
 @api.get("/aliases")
 def list_aliases(request: Request, key: Key = Depends(permit("aliases:read"))) -> list[dict]:
     from airlock.serve.deploy import list_aliases as aliases
 
-    return aliases(_airlock(request))
+    return aliases(airlock_of(request))
 
 
 @api.get("/models")
 def list_models(request: Request, key: Key = Depends(permit("models:read"))) -> list[dict]:
     from airlock.models.adapters import list_models as models
 
-    return models(_airlock(request))
+    return models(airlock_of(request))
 
 
 @api.post("/models/{model_id}/verify")
 def verify_model(model_id: str, request: Request, key: Key = Depends(permit("models:verify"))) -> dict:
     from airlock.models.signing import verify_model as verify
 
-    manifest = verify(_airlock(request), model_id)
+    manifest = verify(airlock_of(request), model_id)
     return {"model_id": model_id, "verified": True, "files": len(manifest["files"])}

@@ -176,7 +176,8 @@ def finetune(
                                             time.perf_counter() - started, learning_rate, float(grad_norm),
                                             tokens / (time.perf_counter() - step_started)))
             improved = False
-            if validation and (number == len(groups) or (config.eval_every and progress.step % config.eval_every == 0)):
+            every = progress.step % config.eval_every == 0 if config.eval_every else number == len(groups)
+            if validation and (every or progress.step == total):
                 improved, early_stop = evaluate_now(model, validation, config, pad_id, progress, controls)
                 if improved:
                     best_state = checkpoint.adapter_tensors_of(model)

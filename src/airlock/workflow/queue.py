@@ -166,3 +166,16 @@ def resume_run(airlock: Airlock, caller: Caller, run_id: str, *, time_limit: str
                    "WHERE run_id = ? AND status != 'succeeded'", [run_id])
     airlock.meta.audit(caller.actor, "run.resume", run_id, was=status)
     return {"run_id": run_id, "status": "queued", "position": queue_positions(airlock).get(run_id)}
+
+
+def run_events(airlock: Airlock, caller: Caller, run_id: str, after: int = 0, limit: int = 500) -> dict:
+    """The run's events after event id `after` (oldest first) and its state now: what the live
+    stream of `/api/runs/{id}/events` sends."""
+    import json
+
+    row = _visible(airlock, caller, run_id)
+    events = airlock.meta.query("SELECT id, at, kind, data_json FROM run_events WHERE run_id = ? AND id > ? "
+                                "ORDER BY id LIMIT ?", (run_id, after, limit))
+    return {"status": row["status"], "finished": row["status"] in FINISHED,
+            "events": [{"id": e["id"], "at": e["at"], "kind": e["kind"], "data": json.loads(e["data_json"])}
+                       for e in events]}

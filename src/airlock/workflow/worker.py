@@ -251,6 +251,11 @@ def serve_worker(airlock: Airlock) -> None:
     reconciler = threading.Thread(target=Reconciler(airlock).run_until, args=(worker.stop_event,),
                                   name="airlock-reconciler", daemon=True)
     reconciler.start()
+    if settings.worker_metrics_port:
+        from airlock.workflow.worker_metrics import serve_metrics
+
+        serve_metrics(worker, settings.worker_metrics_host, settings.worker_metrics_port)
+        log.info("metrics on http://%s:%d/metrics", settings.worker_metrics_host, settings.worker_metrics_port)
     log.info("worker %s (pid %d) ready; %s to hand out, %d CPU threads a run, nice %d", worker.id, os.getpid(),
              worker.capacity.describe(), settings.worker_threads, settings.worker_nice)
     worker.run_forever()

@@ -57,8 +57,9 @@ def run_row(airlock, run_id: str) -> dict:
     return airlock.meta.one("SELECT * FROM runs WHERE id = ?", (run_id,))
 
 
-def progress_step(airlock, run_id: str) -> int:
-    row = airlock.meta.one("SELECT progress_json FROM stages WHERE run_id = ? AND name = 'finetune'", (run_id,))
+def progress_step(airlock_or_meta, run_id: str) -> int:
+    meta = getattr(airlock_or_meta, "meta", airlock_or_meta)
+    row = meta.one("SELECT progress_json FROM stages WHERE run_id = ? AND name = 'finetune'", (run_id,))
     return (json.loads(row["progress_json"] or "{}") or {}).get("step", 0)
 
 
