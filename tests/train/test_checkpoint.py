@@ -114,12 +114,18 @@ def test_kill_9_during_a_checkpoint_write_leaves_the_previous_one_in_use(base, t
     ckpts = folder / "checkpoints"
     proc = subprocess.Popen([sys.executable, "-m", "airlock.train.job", str(folder)])
     deadline = time.monotonic() + 120
-    # Every step writes a checkpoint; kill the job the moment one is half-written.
+    # Every step writes a checkpoint. When one is seen half-written, the job is frozen (SIGSTOP);
+    # if the write is still half done, it is killed there; else it goes on and we look again.
+    def cut() -> list:
+        return [p for p in ckpts.iterdir() if p.name.startswith(".partial-")] if ckpts.is_dir() else []
+
     while time.monotonic() < deadline and proc.poll() is None:
-        partial = [p for p in ckpts.iterdir() if p.name.startswith(".partial-")] if ckpts.is_dir() else []
-        if partial and checkpoint.complete_steps(ckpts):
-            os.kill(proc.pid, signal.SIGKILL)
-            break
+        if cut() and checkpoint.complete_steps(ckpts):
+            os.kill(proc.pid, signal.SIGSTOP)
+            if cut():
+                os.kill(proc.pid, signal.SIGKILL)
+                break
+            os.kill(proc.pid, signal.SIGCONT)
     proc.wait(30)
     assert proc.returncode == -signal.SIGKILL, "the job ended before it could be killed mid-write"
     cut = [p.name for p in ckpts.iterdir() if p.name.startswith(".partial-")]

@@ -147,3 +147,16 @@ def test_a_time_limit_stops_the_run_with_its_checkpoint(airlock, tiny_models_dir
     assert "the run's time limit of 8 s was reached at step" in run["error"]
     assert f"airlock runs resume {run_id} --time-limit" in run["error"]
     assert show_run(airlock, OPERATOR, run_id)["checkpoints"]
+
+
+def test_a_run_of_two_processes_is_launched_on_torchrun_by_the_worker(airlock, tiny_models_dir, tmp_path):
+    run_id = submit_training(airlock, tmp_path, "ddp", nproc_per_node=2, batch_size=4)
+    assert show_run(airlock, OPERATOR, run_id)["resources"]["cpu_threads"] == 2  # one per process
+    worker = WorkerProcess(airlock.settings.home, AIRLOCK_WORKER_CPU_THREADS="2")
+    try:
+        run = wait_status(airlock, run_id, "succeeded", "failed")
+    finally:
+        worker.stop()
+    assert run["status"] == "succeeded", run["error"]
+    assert [e["processes"] for e in events(airlock, run_id, "started")] == [2]
+    assert len(losses(airlock, run_id)) == 4

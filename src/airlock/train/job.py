@@ -34,10 +34,14 @@ JOB, RECORDS, VALIDATION, EVENTS, STOP = "job.json", "records.jsonl", "validatio
 
 
 class Events:
-    def __init__(self, path: Path) -> None:
-        self.file = path.open("a", encoding="utf-8")
+    """Appends events to events.jsonl; in a torchrun job only the first process writes."""
+
+    def __init__(self, path: Path, writes: bool = True) -> None:
+        self.file = path.open("a", encoding="utf-8") if writes else None
 
     def emit(self, kind: str, **data) -> None:
+        if self.file is None:
+            return
         self.file.write(json.dumps({"kind": kind, "at": time.time(), **data}) + "\n")
         self.file.flush()
 
@@ -55,11 +59,13 @@ def _read_jsonl(path: Path) -> list:
 def run(job_dir: Path) -> int:
     from airlock.errors import AirlockError
     from airlock.train.config import LoraTrainConfig
+    from airlock.train.distributed import world_from_env
     from airlock.train.recipe import Controls, finetune
 
     job = json.loads((job_dir / JOB).read_text())
-    events = Events(job_dir / EVENTS)
-    events.emit("started", pid=os.getpid())
+    world = world_from_env()
+    events = Events(job_dir / EVENTS, writes=world.main)
+    events.emit("started", pid=os.getpid(), processes=world.size)
     try:
         config = LoraTrainConfig.model_validate(job["config"])
         records = _read_jsonl(job_dir / RECORDS)
@@ -72,6 +78,7 @@ def run(job_dir: Path) -> int:
             on_resume=lambda step: events.emit("resumed", step=step),
             on_eval=lambda step, loss: events.emit("eval", step=step, eval_loss=loss),
             on_setup=lambda plan: events.emit("setup", **plan),
+            world=world,
         )
         result = finetune(Path(job["base_dir"]), records, config, Path(job["adapter_dir"]), controls=controls,
                           validation_records=validation)

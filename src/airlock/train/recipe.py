@@ -18,7 +18,8 @@ from airlock.errors import InvalidInput, StageFailed
 from airlock.train import checkpoint
 from airlock.train.config import LoraTrainConfig
 from airlock.train.base import attention_of, device, load_base, packs_apart, training_dtype
-from airlock.train.tokens import Example, collate, encode_chat, label_count, pack
+from airlock.train.distributed import World, wrap
+from airlock.train.tokens import IGNORE, Example, collate, encode_chat, pack
 from airlock.train.validation import eval_loss, hold_out
 
 
@@ -47,6 +48,7 @@ class Controls:
     on_resume: Callable[[int], None] | None = None
     on_eval: Callable[[int, float], None] | None = None
     on_setup: Callable[[dict], None] | None = None  # what training will do, before its first step
+    world: World = field(default_factory=World)  # the processes of a torchrun job
 
 
 @dataclass
@@ -115,6 +117,8 @@ def finetune(
     elif config.gradient_checkpointing:
         base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model = get_peft_model(base, config.peft_config())
+    world = controls.world
+    trained = wrap(model, world)
     if validation_records is None:
         records, validation_records = hold_out(records, config.validation_split)
     examples = encode_dataset(tokenizer, records, config.max_length)
@@ -129,7 +133,7 @@ def finetune(
     autocast = torch.autocast(device().type, dtype=torch.bfloat16) if training_dtype(config.precision) == \
         torch.bfloat16 else contextlib.nullcontext()
 
-    if controls.on_setup:
+    if controls.on_setup and world.main:
         controls.on_setup({"total_steps": total, "examples": len(examples), "validation_examples": len(validation),
                            "packing": packing, "packing_note": packing_note})
 
@@ -158,7 +162,7 @@ def finetune(
         for number, group in enumerate(groups[progress.steps_in_epoch:], start=progress.steps_in_epoch + 1):
             step_started = time.perf_counter()
             learning_rate = optimizer.param_groups[0]["lr"]
-            loss, tokens = train_step(model, group, pad_id, packing, config.max_length, autocast)
+            loss, tokens = train_step(trained, group, world, pad_id, packing, config, autocast)
             if not math.isfinite(loss):
                 raise StageFailed(f"training diverged: the loss is {loss} at step {progress.step + 1} of "
                                   f"{total}; lower learning_rate (now {config.learning_rate})")
@@ -171,7 +175,7 @@ def finetune(
             progress.trained_tokens += tokens
             progress.losses.append(loss)
             result.trained_tokens = progress.trained_tokens
-            if controls.on_step:
+            if controls.on_step and world.main:
                 controls.on_step(StepReport(progress.step, total, epoch, loss, progress.trained_tokens,
                                             time.perf_counter() - started, learning_rate, float(grad_norm),
                                             tokens / (time.perf_counter() - step_started)))
@@ -183,9 +187,9 @@ def finetune(
                     best_state = checkpoint.adapter_tensors_of(model)
             if progress.step == total or early_stop:
                 break  # the last state is the adapter itself, saved below
-            stop = controls.should_stop()
+            stop = world.agree(controls.should_stop() if world.main else None)
             due = config.checkpoint_every and progress.step % config.checkpoint_every == 0
-            if controls.checkpoints is not None and (stop or due or improved):
+            if controls.checkpoints is not None and (stop or due or improved) and world.main:
                 path = checkpoint.save(controls.checkpoints, model, optimizer, scheduler, progress)
                 if controls.on_checkpoint:
                     controls.on_checkpoint(progress.step, path)
@@ -202,8 +206,10 @@ def finetune(
     if best_state is not None and progress.best_step != progress.step:
         set_peft_model_state_dict(model, best_state)
     result.best_step, result.best_eval_loss = progress.best_step, progress.best_eval_loss
-    model.save_pretrained(out_dir, safe_serialization=True)
-    stabilise_adapter(out_dir, base_name=Path(base_dir).name)
+    if world.main:
+        model.save_pretrained(out_dir, safe_serialization=True)
+        stabilise_adapter(out_dir, base_name=Path(base_dir).name)
+    world.barrier()
     return result
 
 
@@ -226,26 +232,33 @@ def steps_for_epoch(examples: list[Example], config: LoraTrainConfig, epoch: int
     return [batches[i:i + every] for i in range(0, len(batches), every)]
 
 
-def train_step(model, group: list[list[Example]], pad_id: int, packing: bool, capacity: int, autocast) -> tuple[float, int]:
-    """Forward and backward over one step's micro-batches, gradients summed, the loss a mean over
-    every answer token of the step (so accumulation equals one large batch); (loss, tokens)."""
+def train_step(model, group: list[list[Example]], world: World, pad_id: int, packing: bool,
+               config: LoraTrainConfig, autocast) -> tuple[float, int]:
+    """Forward and backward over this process's share of one step, in micro-batches of
+    `batch_size`, gradients summed and exchanged once; the loss is a mean over every answer token
+    of the whole step (so accumulation, and several processes, equal one large batch).
+    Returns (loss, tokens) of the whole step."""
+    examples = [e for batch in group for e in batch]
+    items = sum(sum(1 for label in e.labels[1:] if label != IGNORE) for e in examples)
+    mine, weight = world.share(examples)
+    micro = [mine[i:i + config.batch_size] for i in range(0, len(mine), config.batch_size)]
     device_of = next(model.parameters()).device
-    inputs = []
-    for batch in group:
+    loss = 0.0
+    for n, batch in enumerate(micro):
         if packing:
-            ids, labels, positions = pack(batch, max(capacity, max(len(e.input_ids) for e in batch)), pad_id)
-            inputs.append({"input_ids": ids, "labels": labels, "position_ids": positions})
+            ids, labels, positions = pack(batch, max(config.max_length, max(len(e.input_ids) for e in batch)), pad_id)
+            tensors = {"input_ids": ids, "labels": labels, "position_ids": positions}
         else:
             ids, labels, mask = collate(batch, pad_id)
-            inputs.append({"input_ids": ids, "labels": labels, "attention_mask": mask})
-    items = sum(label_count(i["labels"]) for i in inputs)
-    loss = 0.0
-    for tensors in inputs:
-        with autocast:
+            tensors = {"input_ids": ids, "labels": labels, "attention_mask": mask}
+        # Gradients are exchanged between processes once, after the last micro-batch.
+        sync = contextlib.nullcontext() if n == len(micro) - 1 or world.size == 1 else model.no_sync()
+        with sync, autocast:
             out = model(**{k: v.to(device_of) for k, v in tensors.items()}, use_cache=False, num_items_in_batch=items)
-        out.loss.backward()
-        loss += out.loss.item()
-    return loss, sum(len(e.input_ids) for batch in group for e in batch)
+        with sync:
+            (out.loss * (weight * world.size)).backward()
+        loss += out.loss.item() * weight
+    return world.all_sum(loss), sum(len(e.input_ids) for e in examples)
 
 
 def evaluate_now(model, validation: list[Example], config: LoraTrainConfig, pad_id: int,

@@ -233,7 +233,8 @@ def _resources(airlock: Airlock, spec: specs.WorkflowSpec, base: dict, params: d
     wanted = spec.resources
     trained = [p for p in params.values() if hasattr(p, "rank") and hasattr(p, "batch_size")]
     estimate = max((training_memory_mb(Path(base["path"]), p, gpu=wanted.gpus > 0) for p in trained), default=0)
-    return {"gpus": wanted.gpus, "cpu_threads": wanted.cpu_threads or max(airlock.settings.worker_threads, 1),
+    processes = max((getattr(p, "nproc_per_node", 1) for p in trained), default=1)
+    return {"gpus": wanted.gpus, "cpu_threads": wanted.cpu_threads or max(airlock.settings.worker_threads, processes),
             "memory_mb": int(wanted.memory_gb * 1024) if wanted.memory_gb else estimate,
             "memory_estimated": wanted.memory_gb is None}
 

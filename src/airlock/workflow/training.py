@@ -66,6 +66,21 @@ def child_env(threads: int, gpus: list[int]) -> dict[str, str]:
     return env
 
 
+def launch_command(folder: Path, config: dict, run_id: str) -> list[str]:
+    """The job as one process, or under torchrun: `nproc_per_node` processes here, and with
+    `nnodes` > 1 this host as one node of a rendezvous at `rdzv_endpoint` (training.md)."""
+    job = ["-m", "airlock.train.job", str(folder)]
+    processes, nodes = config.get("nproc_per_node", 1), config.get("nnodes", 1)
+    if processes == 1 and nodes == 1:
+        return [sys.executable, *job]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={processes}", f"--nnodes={nodes}"]
+    if nodes == 1:
+        torchrun.append("--standalone")
+    else:
+        torchrun += ["--rdzv_backend=c10d", f"--rdzv_endpoint={config['rdzv_endpoint']}", f"--rdzv_id={run_id}"]
+    return [*torchrun, *job]
+
+
 class EventReader:
     """New complete lines of events.jsonl since the last read."""
 
@@ -126,10 +141,11 @@ def train_in_child(ctx: StageContext, config: dict, records: list[list[dict]],
     folder = job_dir(ctx)
     prepare(folder, ctx.base_path, config, records, validation)
     claim = ctx.claim or {}
+    processes = config.get("nproc_per_node", 1)
     with (folder / "train.log").open("ab") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "airlock.train.job", str(folder)], stdout=log,
-                                stderr=subprocess.STDOUT, preexec_fn=die_with_parent,
-                                env=child_env(claim.get("cpu_threads", 1), claim.get("gpus", [])))
+        proc = subprocess.Popen(launch_command(folder, config, ctx.run_id), stdout=log, stderr=subprocess.STDOUT,
+                                preexec_fn=die_with_parent,
+                                env=child_env(max(claim.get("cpu_threads", 1) // processes, 1), claim.get("gpus", [])))
     reader, relay, asked = EventReader(folder / EVENTS), Relay(ctx), None
     try:
         while proc.poll() is None:
