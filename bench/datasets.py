@@ -52,3 +52,23 @@ def synthetic_records(count: int, seed: int = 0) -> list[list[dict]]:
 def write_jsonl(records: list[list[dict]], path: Path) -> Path:
     path.write_text("".join(json.dumps({"messages": m}) + "\n" for m in records))
     return path
+
+
+_CONTEXT = ("The operator carried the bundle across the air gap, verified its signatures against the trust "
+            "root, and installed it on the GPU host without any network. ")
+
+
+def short_chat_records(count: int, seed: int = 0) -> list[list[dict]]:
+    """`count` chats with short answers (10 to 60 tokens) and the prompts chat data has: most a
+    short question, about one in three a question about a passage given with it (40 to 160
+    tokens), as instruction sets with a context field are written."""
+    rng = random.Random(seed)
+    records = []
+    for n in range(count):
+        question = f"Question {n}: what does {rng.choice(_SUBJECTS)} do {rng.choice(_TAILS)}?"
+        if rng.random() < 0.33:
+            question = _CONTEXT * rng.randint(1, 4) + question
+        words = [w for _ in range(4) for w in _sentence(rng).split()]
+        answer = " ".join(words[: rng.randint(5, 30)]) + "."
+        records.append([{"role": "user", "content": question}, {"role": "assistant", "content": answer}])
+    return records

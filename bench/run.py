@@ -1,6 +1,7 @@
 """Run the benchmarks and write BENCHMARKS.md: `python -m bench [--quick] [--only NAME ...]`.
 
-Fine-tuning runs first, before any server is started, so nothing of ours competes with it for
+Fine-tuning (its throughput, then the fine-tuning service's packing, checkpoints and memory) runs
+first, before any server is started, so nothing of ours competes with it for
 the CPU; then the gateway's capacity and its cost over TLS, against a stand-in engine; the
 gateway-overhead and hand-off and soak benchmarks share one vLLM (see bench.serving), the soak
 last of them because it is the longest; the isolation benchmark starts a whole appliance of its
@@ -27,7 +28,7 @@ from airlock.config import REPO_ROOT  # noqa: E402
 from bench.report import Section, document, split_sections  # noqa: E402
 from bench.wrk import WrkMissing, wrk_path  # noqa: E402
 
-NAMES = ("finetune", "capacity", "gateway", "handoff", "isolation", "soak", "verify", "offline", "tls", "provision")
+NAMES = ("finetune", "training", "capacity", "gateway", "handoff", "isolation", "soak", "verify", "offline", "tls", "provision")
 NEEDS_WRK = ("capacity", "gateway", "isolation", "tls")
 TITLES = {"finetune": "1. Fine-tuning throughput", "capacity": "2. Gateway capacity",
           "gateway": "3. Gateway overhead against direct vLLM",
@@ -37,7 +38,8 @@ TITLES = {"finetune": "1. Fine-tuning throughput", "capacity": "2. Gateway capac
           "verify": "7. Bundle verification throughput",
           "offline": "8. Offline install of the CPU bundle",
           "tls": "9. Gateway over TLS against plain HTTP",
-          "provision": "10. Provisioning this machine in containers mode"}
+          "provision": "10. Provisioning this machine in containers mode",
+          "training": "11. The fine-tuning service"}
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -117,6 +119,11 @@ def main(argv: list[str] | None = None) -> int:
 
         attempt("finetune", "fine-tuning throughput: airlock's finetune.lora stage vs a plain PEFT loop",
                 lambda: finetune_bench.run(args.quick))
+    if "training" in wanted:
+        from bench import training_bench
+
+        attempt("training", "the fine-tuning service: packing, checkpoints, resume start-up, peak memory",
+                lambda: training_bench.run(args.quick))
 
     if "verify" in wanted:
         from bench import verify_bench

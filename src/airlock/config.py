@@ -49,6 +49,12 @@ class Settings(BaseSettings):
     vllm_max_model_len: int = 512
     vllm_startup_timeout_s: float = 300.0
     vllm_extra_args: str = ""
+    # On a GPU: the share of the GPU's memory vLLM takes (its --gpu-memory-utilization); a run
+    # that trains on the engine's GPU must fit in the rest, or the engine sleeps while it trains
+    # (vLLM's sleep mode, when engine_sleep_for_training is set), answering 503 meanwhile.
+    vllm_gpu_memory_utilization: float = 0.9
+    engine_gpus: str = "0"  # the GPUs the engine serves from on this host; "none": elsewhere
+    engine_sleep_for_training: bool = False
     # The served model's vLLM tool-call parser. Empty: the one its family uses (see
     # airlock.models.tool_calls), or none; "none" turns tool calling off.
     tool_call_parser: str = ""

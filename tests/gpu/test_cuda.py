@@ -39,3 +39,37 @@ def test_training_uses_the_gpu_and_cuda_vllm_serves_the_adapter(tiny_models_dir,
         reply = server.client.request("POST", "/v1/chat/completions", timeout=60, json={
             "model": "code-word", "messages": RECORDS[0][:1], "temperature": 0, "max_tokens": 8}).json()
         assert reply["choices"][0]["message"]["content"].strip() == "Bluebird."
+
+
+def test_qlora_trains_a_4bit_base_on_the_gpu(tiny_models_dir, tmp_path):
+    result = finetune(tiny_models_dir / "airlock-tiny", RECORDS * 4,
+                      LoraTrainConfig(method="qlora", epochs=20, batch_size=2, learning_rate=0.01), tmp_path / "q")
+    assert result.losses[-1] < result.losses[0] and (tmp_path / "q" / "adapter_model.safetensors").exists()
+
+
+def test_the_engine_sleeps_while_training_uses_its_gpu_and_serves_after(tiny_models_dir, tmp_path):
+    from vllm_fixtures import free_port
+
+    from airlock.workflow.gpu_share import gpu_totals_mib
+    from airlock.workflow.worker_metrics import gpu_memory
+
+    settings = Settings(home=tmp_path / "home", models_dir=tiny_models_dir, vllm_port=free_port(),
+                        engine_sleep_for_training=True, vllm_gpu_memory_utilization=0.5)
+    settings.ensure_dirs()
+    with VllmServer(settings) as server:
+        assert "--enable-sleep-mode" in server.command()
+        server.wait_ready()
+        awake_used = gpu_memory()[0][1]
+        server.client.sleep(level=1)
+        assert server.client.is_sleeping()
+        asleep_used = gpu_memory()[0][1]
+        assert asleep_used < awake_used / 2, (awake_used, asleep_used)
+        assert asleep_used < gpu_totals_mib()[0] * 2**20  # training now has the GPU's memory
+        result = finetune(tiny_models_dir / "airlock-tiny", RECORDS, LoraTrainConfig(epochs=30, batch_size=1),
+                          tmp_path / "adapter")
+        assert result.losses[-1] < result.losses[0]
+        server.client.wake_up()
+        assert not server.client.is_sleeping()
+        reply = server.client.request("POST", "/v1/completions", timeout=60, json={
+            "model": server.served_name, "prompt": "hello", "max_tokens": 4}).json()
+        assert reply["choices"][0]["text"] is not None

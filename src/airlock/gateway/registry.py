@@ -26,6 +26,7 @@ class Snapshot:
     keys: dict[str, dict[str, Any]] = field(default_factory=dict)
     aliases: dict[str, dict[str, Any]] = field(default_factory=dict)
     worker_heartbeat: str | None = None
+    engine_asleep: dict[str, Any] | None = None  # {"run_id", "retry_after_s"} while training sleeps it
     taken_at: float = 0.0
 
 
@@ -33,8 +34,9 @@ def read_snapshot(meta: Meta) -> Snapshot:
     aliases = {r["name"]: r for r in meta.query(
         "SELECT name, model_id, lora_name, base_model, updated_at FROM aliases")}
     beat = meta.one("SELECT MAX(heartbeat_at) AS at FROM workers")
+    asleep = meta.one("SELECT run_id, retry_after_s FROM engine_sleep ORDER BY since LIMIT 1")
     return Snapshot(keys=load_keys(meta), aliases=aliases, worker_heartbeat=beat["at"] if beat else None,
-                    taken_at=time.time())
+                    engine_asleep=asleep, taken_at=time.time())
 
 
 class Registry:

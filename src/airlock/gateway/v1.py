@@ -120,6 +120,8 @@ class OpenAIApi:
             body = {k: v for k, v in body.items() if v is not None or k == "prompt"}
             raw = b""
         upstream_model, base_model = resolve_model(snapshot, key, settings.serve_base_model, requested)
+        if snapshot.engine_asleep:
+            raise _asleep(requested, snapshot.engine_asleep)
         if route == COMPLETIONS and body["prompt"] is None:
             # OpenAI: "if prompt is not specified the model will generate as if from the beginning
             # of a new document", that is from the beginning-of-sequence token alone.
@@ -219,6 +221,13 @@ def _not_loaded(name: str) -> NotReady:
     exc = NotReady(f"the model {name!r} is not loaded in the engine right now (it is being verified "
                    "and restored); retry shortly")
     exc.retry_after = 2
+    return exc
+
+
+def _asleep(name: str, asleep: dict[str, Any]) -> NotReady:
+    exc = NotReady(f"the model {name!r} is not served right now: its engine sleeps while run "
+                   f"{asleep['run_id']} trains on its GPU; retry after the time in Retry-After")
+    exc.retry_after = asleep["retry_after_s"]
     return exc
 
 

@@ -148,7 +148,12 @@ MIGRATIONS: list[tuple[int, str]] = [
             kind TEXT NOT NULL,
             data_json TEXT NOT NULL
         );
-        CREATE INDEX run_events_run ON run_events(run_id, id)
+        CREATE INDEX run_events_run ON run_events(run_id, id);
+        CREATE TABLE engine_sleep (
+            run_id TEXT PRIMARY KEY,
+            since TEXT NOT NULL,
+            retry_after_s REAL NOT NULL
+        )
         """,
     ),
 ]

@@ -67,6 +67,22 @@ class EngineClient:
             raise NotReady(f"cannot {what}: the engine is not reachable at {self.where} "
                            f"({type(exc).__name__})") from exc
 
+    def sleep(self, level: int = 1) -> None:
+        """vLLM's sleep mode: level 1 moves the weights to host memory and frees the KV cache."""
+        resp = self._call("POST", f"/sleep?level={level}", "put the engine to sleep", timeout=120)
+        if resp.status_code != 200:
+            raise NotReady(f"the engine refused to sleep ({resp.status_code}): {vllm_message(resp)}; start it with "
+                           "AIRLOCK_ENGINE_SLEEP_FOR_TRAINING=true")
+
+    def wake_up(self) -> None:
+        resp = self._call("POST", "/wake_up", "wake the engine", timeout=300)
+        if resp.status_code != 200:
+            raise NotReady(f"the engine did not wake ({resp.status_code}): {vllm_message(resp)}")
+
+    def is_sleeping(self) -> bool:
+        resp = self._call("GET", "/is_sleeping", "ask whether the engine sleeps")
+        return resp.status_code == 200 and bool(resp.json().get("is_sleeping"))
+
     def loaded_adapters(self) -> list[str]:
         """Names of the adapters the engine serves now (its model list minus the base model)."""
         resp = self._call("GET", "/v1/models", "list the engine's models")

@@ -107,6 +107,10 @@ class VllmServer:
         # choice (the checkpoint's dtype) is right. An explicit --dtype in the extra args wins.
         if not self.gpu and not any(a == "--dtype" or a.startswith("--dtype=") for a in extra):
             cmd += ["--dtype", "float32"]
+        if self.gpu and not any(a.startswith("--gpu-memory-utilization") for a in extra):
+            cmd += ["--gpu-memory-utilization", str(s.vllm_gpu_memory_utilization)]
+        if s.engine_sleep_for_training:
+            cmd.append("--enable-sleep-mode")
         # Without a parser vLLM refuses requests with tools unless their tool_choice is "none".
         # A parser named in the extra args wins.
         parser = tool_call_parser(self.model_dir, s.tool_call_parser)
@@ -127,6 +131,8 @@ class VllmServer:
         for name, value in (("VLLM_HOST_IP", "127.0.0.1"), ("VLLM_NO_USAGE_STATS", "1"), ("DO_NOT_TRACK", "1"),
                             ("HF_HUB_OFFLINE", "1"), ("TRANSFORMERS_OFFLINE", "1")):
             env.setdefault(name, value)
+        if self.settings.engine_sleep_for_training:
+            env["VLLM_SERVER_DEV_MODE"] = "1"  # /sleep and /wake_up; the engine's door is airlock's alone
         if not self.gpu:
             # The CPU build reserves KV cache up front; 1 GiB is plenty for small models and
             # leaves memory for training beside it. An operator's own value is kept.

@@ -246,7 +246,7 @@ def train_step(model, group: list[list[Example]], world: World, pad_id: int, pac
     loss = 0.0
     for n, batch in enumerate(micro):
         if packing:
-            ids, labels, positions = pack(batch, max(config.max_length, max(len(e.input_ids) for e in batch)), pad_id)
+            ids, labels, positions = pack(batch, config.max_length, pad_id)
             tensors = {"input_ids": ids, "labels": labels, "position_ids": positions}
         else:
             ids, labels, mask = collate(batch, pad_id)

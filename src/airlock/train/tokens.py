@@ -89,21 +89,33 @@ def label_count(labels) -> int:
     return int((labels[..., 1:] != IGNORE).sum())
 
 
+def _balanced_rows(examples: list[Example], capacity: int) -> list[list[Example]]:
+    """As few rows as the capacity allows, as even as can be (longest example first, each into
+    the shortest row it fits in), so that padding the rows to the longest leaves little."""
+    total = sum(len(e.input_ids) for e in examples)
+    rows: list[list[Example]] = [[] for _ in range(-(-total // capacity))]
+    sizes = [0] * len(rows)
+    for e in sorted(examples, key=lambda e: len(e.input_ids), reverse=True):
+        fits = [i for i in range(len(rows)) if sizes[i] + len(e.input_ids) <= capacity]
+        if not fits:
+            rows.append([])
+            sizes.append(0)
+            fits = [len(rows) - 1]
+        i = min(fits, key=lambda i: sizes[i])
+        rows[i].append(e)
+        sizes[i] += len(e.input_ids)
+    return [r for r in rows if r]
+
+
 def pack(examples: list[Example], capacity: int, pad_id: int):
-    """Padding-free rows: examples placed whole into rows of at most `capacity` tokens (longest
-    first, first row with room), position ids restarting at each example so the model's mask
+    """Padding-free rows: examples placed whole into rows of at most `capacity` tokens (as even
+    as can be), position ids restarting at each example so the model's mask
     keeps examples apart, and each example's first label dropped so nothing is predicted across
     a boundary. Rows are right-padded to the longest row; padding is a segment of its own.
     Returns (input_ids, labels, position_ids)."""
     import torch
 
-    rows: list[list[Example]] = []
-    for e in sorted(examples, key=lambda e: len(e.input_ids), reverse=True):
-        row = next((r for r in rows if sum(len(x.input_ids) for x in r) + len(e.input_ids) <= capacity), None)
-        if row is None:
-            rows.append([e])
-        else:
-            row.append(e)
+    rows = _balanced_rows(examples, capacity)
     width = max(sum(len(x.input_ids) for x in r) for r in rows)
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)

@@ -44,6 +44,8 @@ def capacity_of(settings: Settings) -> Capacity:
     spec = settings.worker_gpus.strip().lower()
     gpus = detect_gpus() if spec == "auto" else [] if spec in ("", "none") else \
         [int(g) for g in spec.split(",") if g.strip()]
+    engine = settings.engine_gpus.strip().lower()
+    gpus = prefer(gpus, set() if engine in ("", "none") else {int(g) for g in engine.split(",") if g.strip()})
     threads = settings.worker_cpu_threads or max(settings.worker_threads, 1) * max(len(gpus), 1)
     return Capacity(cpu_threads=threads, memory_mb=int(settings.worker_memory_gb * 1024), gpus=gpus)
 
@@ -75,6 +77,11 @@ def allocate(want: dict, free: Capacity, accounted: bool) -> dict | None:
     if threads > free.cpu_threads or gpus > len(free.gpus) or (accounted and memory > free.memory_mb):
         return None
     return {"cpu_threads": threads, "gpus": free.gpus[:gpus], "memory_mb": memory}
+
+
+def prefer(gpus: list[int], avoid: set[int]) -> list[int]:
+    """GPUs in the order runs get them: those the engine does not serve from first."""
+    return sorted(gpus, key=lambda g: (g in avoid, g))
 
 
 @dataclass

@@ -172,7 +172,7 @@ def _dataset_fields(spec: specs.WorkflowSpec, types: dict) -> dict[str, str]:
     wanted = {"dataset": spec.dataset}
     for stage in spec.stages:
         for param in getattr(types.get(stage.uses), "dataset_params", ()):
-            if param in stage.with_:
+            if stage.with_.get(param) is not None:  # `null` names no dataset
                 wanted[f"{stage.name}.{param}"] = str(stage.with_[param])
     return wanted
 

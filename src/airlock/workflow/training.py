@@ -129,6 +129,10 @@ class Relay:
                  for s, n, v in metrics], pk=("run_id", "stage", "name", "step"))
         if self.last_step:
             s = self.last_step
+            left_s = (s["total_steps"] - s["step"]) * s["elapsed_s"] / max(s["step"], 1)
+            with self.ctx.airlock.meta.write() as db:  # the gateway's Retry-After while the engine sleeps
+                db.execute("UPDATE engine_sleep SET retry_after_s = ? WHERE run_id = ?",
+                           [max(round(left_s), 1), self.ctx.run_id])
             self.ctx.progress(step=s["step"], total=s["total_steps"], loss=round(s["loss"], 4),
                               tokens=s["tokens"], elapsed_s=round(s["elapsed_s"], 2),
                               tokens_per_second=round(s["tokens_per_second"], 1),

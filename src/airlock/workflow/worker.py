@@ -23,6 +23,7 @@ from datetime import UTC, datetime, timedelta
 from airlock.context import Airlock
 from airlock.meta.db import now
 from airlock.workflow.engine import execute_run
+from airlock.workflow.gpu_share import fit_beside_engine, gpu_totals_mib, sleep_engine, wake_engine
 from airlock.workflow.scheduler import capacity_of, never_fits, plan
 
 log = logging.getLogger("airlock.worker")
@@ -89,6 +90,16 @@ def mark_interrupted(airlock: Airlock, run_id: str, reason: str) -> None:
     airlock.meta.audit("worker", "run.interrupted", run_id, reason=reason)
 
 
+def refuse_run(airlock: Airlock, run_id: str, reason: str) -> None:
+    """A queued run that cannot start here fails before it starts, saying why with the numbers."""
+    with airlock.meta.write() as db:
+        changed = db.execute("UPDATE runs SET status = 'failed', error = ?, finished_at = ? "
+                             "WHERE id = ? AND status = 'queued'", [reason, now(), run_id]).rowcount
+        db.execute("UPDATE stages SET status = 'not-run' WHERE run_id = ? AND status = 'pending'", [run_id])
+    if changed:
+        airlock.meta.audit("worker", "run.refused", run_id, reason=reason)
+
+
 def requeue(airlock: Airlock, run_id: str, reason: str) -> None:
     """Back to the queue after its worker went away; training resumes from its checkpoint."""
     from airlock.workflow.training import list_checkpoints
@@ -140,12 +151,17 @@ class Worker:
             self.beat()
             self.stop_event.wait(HEARTBEAT_S)
 
-    def _execute(self, run_id: str, claim: dict) -> None:
+    def _execute(self, run_id: str, claim: dict, sleeps_engine: bool = False) -> None:
         try:
+            if sleeps_engine:
+                sleep_engine(self.airlock, run_id, retry_after_s=60)
             execute_run(self.airlock, run_id, claim=claim, shutdown=self.stop_event.is_set)
         except Exception:  # noqa: BLE001 - a broken run must not take the other runs down
             log.exception("run %s", run_id)
             mark_interrupted(self.airlock, run_id, "the worker failed while running it (see the worker's log)")
+        finally:
+            if sleeps_engine:
+                wake_engine(self.airlock, run_id)
 
     def tick(self) -> None:
         """Reap finished runs, start what fits, ask lower runs to make way for higher ones."""
@@ -155,16 +171,22 @@ class Worker:
                                            f"{QUEUE_ORDER}"):
             want = json.loads(row["resources_json"] or "{}")
             if why := never_fits(want, self.capacity):
-                mark_interrupted(self.airlock, row["id"], f"the run cannot start on this worker: {why}")
+                refuse_run(self.airlock, row["id"], f"the run cannot start on this worker: {why}")
                 continue
             queued.append({"id": row["id"], "priority": row["priority"], "want": want})
         running = [{"id": rid, "priority": self._priority(rid, slot), "claim": slot.claim, "started": slot.started}
                    for rid, slot in self.slots.items()]
         decided = plan(queued, running, self.capacity)
+        totals = gpu_totals_mib() if any(claim["gpus"] for _, claim in decided.start) else {}
         for run_id, claim in decided.start:
+            fit = fit_beside_engine(self.airlock, claim["gpus"], claim["memory_mb"], totals)
+            if fit.decision == "refuse":
+                refuse_run(self.airlock, run_id, fit.message)
+                continue
             if claim_run(self.airlock, self.id, run_id, claim):
-                log.info("starting %s with %s", run_id, claim)
-                thread = threading.Thread(target=self._execute, args=(run_id, claim), name=f"run-{run_id}", daemon=True)
+                log.info("starting %s with %s%s", run_id, claim, f" ({fit.message})" if fit.message else "")
+                thread = threading.Thread(target=self._execute, args=(run_id, claim, fit.decision == "sleep"),
+                                          name=f"run-{run_id}", daemon=True)
                 self.slots[run_id] = Slot(thread, claim, next(q["priority"] for q in queued if q["id"] == run_id), now())
                 thread.start()
         for run_id in decided.preempt:
