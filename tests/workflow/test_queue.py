@@ -4,6 +4,7 @@ a kill -9, against a real worker process that trains the tiny model in real job 
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
 import pytest
 
@@ -160,3 +161,44 @@ def test_a_run_of_two_processes_is_launched_on_torchrun_by_the_worker(airlock, t
     assert run["status"] == "succeeded", run["error"]
     assert [e["processes"] for e in events(airlock, run_id, "started")] == [2]
     assert len(losses(airlock, run_id)) == 4
+
+
+def test_a_full_disk_fails_the_run_clearly_and_keeps_the_database_and_the_earlier_checkpoint(
+        airlock, tiny_models_dir, tmp_path):
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    from airlock.train import checkpoint
+
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        pytest.skip("a tmpfs in a mount namespace needs root and unshare")
+    run_id = submit_training(airlock, tmp_path, "full", epochs=6, checkpoint_every=20)
+    training = airlock.settings.training_dir
+    training.mkdir(parents=True, exist_ok=True)
+    # The worker sees a 420 KiB tmpfs where checkpoints go: room for one checkpoint, not two.
+    env = {**os.environ, "AIRLOCK_HOME": str(airlock.settings.home)}
+    worker = subprocess.Popen(["unshare", "-m", "sh", "-c", f"mount -t tmpfs -o size=420k full {training} && "
+                               f"exec {sys.executable} -m airlock worker"], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    try:
+        run = wait_status(airlock, run_id, "failed", "succeeded", timeout=180)
+        # The worker's own view of the tmpfs, through its mount namespace.
+        seen = [p for p in Path(f"/proc/{worker.pid}/root").glob(f"{str(training).lstrip('/')}/{run_id}/finetune/checkpoints")]
+        kept = checkpoint.complete_steps(seen[0]) if seen else []
+        for step in kept:
+            checkpoint.check(checkpoint.path_of(seen[0], step))
+    finally:
+        worker.terminate()
+        worker.wait(30)
+    assert run["status"] == "failed"
+    assert "no space left on the device holding" in run["error"] and "the checkpoint of step 20 is intact" in run["error"]
+    assert kept == [20]
+    stage = show_run(airlock, OPERATOR, run_id)["stages"][0]
+    assert stage["status"] == "failed" and "no space left" in stage["error"]
+    assert airlock.meta.one("SELECT COUNT(*) AS n FROM audit WHERE action = 'run.failed' AND subject = ?",
+                            (run_id,))["n"] == 1
+    assert airlock.meta.query("PRAGMA integrity_check") == [{"integrity_check": "ok"}]
+    resumable = resume_run(airlock, OPERATOR, run_id)
+    assert resumable["status"] == "queued"  # and it could go on from step 20 once there is room

@@ -9,7 +9,8 @@ A checkpoint is one folder `step-NNNNNNNN` holding exactly these files:
   NumPy's generator states, epoch, position in the data order, the loss history) and the
   sha256 of every other file. It is written last.
 
-It is written into `.partial-step-N` and renamed when complete, so a folder named `step-N` is
+It is written, in a thread of its own while training goes on, into `.partial-step-N` and
+renamed when complete, so a folder named `step-N` is
 always whole: a write cut short (kill -9, a full disk) leaves only a `.partial-` folder, which
 is ignored and removed. A checkpoint folder holding any other file, a pickle above all, is
 refused before anything in it is read.
@@ -17,11 +18,14 @@ refused before anything in it is read.
 
 from __future__ import annotations
 
+import copy
 import errno
 import hashlib
 import json
 import random
 import shutil
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -82,30 +86,59 @@ def _optimizer_state(optimizer) -> tuple[dict, dict]:
     for index, values in state["state"].items():
         for name, value in values.items():
             if hasattr(value, "shape"):
-                tensors[f"state.{index}.{name}"] = value.detach().contiguous().cpu()
+                tensors[f"state.{index}.{name}"] = value.detach().to("cpu", copy=True).contiguous()
             else:
                 scalars[f"{index}.{name}"] = value
-    return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
+    return tensors, {"param_groups": copy.deepcopy(state["param_groups"]), "scalars": scalars}
+
+
+@dataclass
+class Snapshot:
+    """Copies of everything a checkpoint holds, taken between two steps, so that writing it can
+    go on while training does."""
+
+    step: int
+    best_step: int | None
+    adapter: dict
+    adapter_config: Any
+    optimizer: tuple[dict, dict]
+    scheduler: dict
+    rng: tuple[dict, dict]
+    progress: dict
+
+
+def snapshot(model, optimizer, scheduler, progress: Progress) -> Snapshot:
+    from peft import get_peft_model_state_dict
+
+    adapter = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in get_peft_model_state_dict(model).items()}
+    return Snapshot(step=progress.step, best_step=progress.best_step, adapter=adapter,
+                    adapter_config=copy.deepcopy(model.peft_config[model.active_adapter]),
+                    optimizer=_optimizer_state(optimizer), scheduler=copy.deepcopy(scheduler.state_dict()),
+                    rng=_rng_state(), progress=copy.deepcopy(progress.__dict__))
 
 
 def save(folder: Path, model, optimizer, scheduler, progress: Progress) -> Path:
-    """Write a checkpoint of `progress.step` under `folder`; returns its path."""
+    """Write a checkpoint of `progress.step` under `folder` now; returns its path."""
+    return write(folder, snapshot(model, optimizer, scheduler, progress))
+
+
+def write(folder: Path, snap: Snapshot) -> Path:
+    """Write a snapshot as the checkpoint of its step: into a partial folder, every file
+    fsynced, then renamed; the older checkpoints beyond the newest two and the best go."""
     from safetensors.torch import save_file
 
     folder.mkdir(parents=True, exist_ok=True)
-    final, partial = folder / _name(progress.step), folder / f"{PARTIAL}{_name(progress.step)}"
+    final, partial = folder / _name(snap.step), folder / f"{PARTIAL}{_name(snap.step)}"
     shutil.rmtree(partial, ignore_errors=True)
     try:
         partial.mkdir()
-        model.save_pretrained(partial, safe_serialization=True)
-        (partial / "README.md").unlink(missing_ok=True)
-        optimizer_tensors, optimizer_json = _optimizer_state(optimizer)
-        save_file(optimizer_tensors, partial / "optimizer.safetensors")
-        rng_tensors, rng_json = _rng_state()
-        save_file(rng_tensors, partial / "rng.safetensors")
+        save_file(snap.adapter, partial / "adapter_model.safetensors", metadata={"format": "pt"})
+        snap.adapter_config.save_pretrained(partial)
+        save_file(snap.optimizer[0], partial / "optimizer.safetensors")
+        save_file(snap.rng[0], partial / "rng.safetensors")
         digests = {name: _sha256(partial / name) for name in FILES if name != "state.json"}
-        state = {"format": 1, "progress": progress.__dict__, "optimizer": optimizer_json,
-                 "scheduler": scheduler.state_dict(), "rng": rng_json, "files": digests}
+        state = {"format": 1, "progress": snap.progress, "optimizer": snap.optimizer[1],
+                 "scheduler": snap.scheduler, "rng": snap.rng[1], "files": digests}
         (partial / "state.json").write_text(json.dumps(state, sort_keys=True))
         for name in FILES:
             fsync_path(partial / name)
@@ -118,12 +151,45 @@ def save(folder: Path, model, optimizer, scheduler, progress: Progress) -> Path:
         if _disk_full(exc):
             kept = latest_step(folder)
             raise StageFailed(f"no space left on the device holding {folder} while writing the checkpoint of "
-                              f"step {progress.step}; " + (f"the checkpoint of step {kept} is intact"
-                                                            if kept is not None else "no earlier checkpoint exists")
+                              f"step {snap.step}; " + (f"the checkpoint of step {kept} is intact"
+                                                        if kept is not None else "no earlier checkpoint exists")
                               + "; free space or set AIRLOCK_CHECKPOINTS_DIR, then `airlock runs resume`") from None
         raise
-    _prune(folder, keep={progress.best_step} - {None})
+    _prune(folder, keep={snap.best_step} - {None})
     return final
+
+
+class Writer:
+    """Writes checkpoints in a thread of their own, one at a time: training pays for copying
+    the state between two steps, not for the files and their fsyncs. A failed write is raised
+    at the next checkpoint or at `wait()`."""
+
+    def __init__(self, folder: Path, on_written: Callable[[int, Path], None] | None = None) -> None:
+        self.folder, self.on_written = folder, on_written
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    def submit(self, model, optimizer, scheduler, progress: Progress) -> None:
+        self.wait()
+        snap = snapshot(model, optimizer, scheduler, progress)
+        self._thread = threading.Thread(target=self._write, args=(snap,), name="checkpoint-writer")
+        self._thread.start()
+
+    def _write(self, snap: Snapshot) -> None:
+        try:
+            path = write(self.folder, snap)
+            if self.on_written:
+                self.on_written(snap.step, path)
+        except BaseException as exc:  # noqa: BLE001 - handed to the training thread
+            self._error = exc
+
+    def wait(self) -> None:
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
 
 
 def _disk_full(exc: Exception) -> bool:

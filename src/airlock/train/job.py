@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import threading
 import time
 import traceback
 from dataclasses import asdict
@@ -38,12 +39,15 @@ class Events:
 
     def __init__(self, path: Path, writes: bool = True) -> None:
         self.file = path.open("a", encoding="utf-8") if writes else None
+        self.lock = threading.Lock()  # the checkpoint writer's thread emits too
 
     def emit(self, kind: str, **data) -> None:
         if self.file is None:
             return
-        self.file.write(json.dumps({"kind": kind, "at": time.time(), **data}) + "\n")
-        self.file.flush()
+        line = json.dumps({"kind": kind, "at": time.time(), **data}) + "\n"
+        with self.lock:
+            self.file.write(line)
+            self.file.flush()
 
 
 def stop_reason(job_dir: Path) -> str | None:

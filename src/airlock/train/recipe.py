@@ -19,7 +19,7 @@ from airlock.train import checkpoint
 from airlock.train.config import LoraTrainConfig
 from airlock.train.base import attention_of, device, load_base, packs_apart, training_dtype
 from airlock.train.distributed import World, wrap
-from airlock.train.tokens import IGNORE, Example, collate, encode_chat, pack
+from airlock.train.tokens import Example, collate, encode_chat, pack
 from airlock.train.validation import eval_loss, hold_out
 
 
@@ -153,6 +153,8 @@ def finetune(
                          trained_tokens=progress.trained_tokens, resumed_from=resumed_from,
                          resumed_tokens=progress.trained_tokens, packing=packing, packing_note=packing_note)
 
+    writer = checkpoint.Writer(controls.checkpoints, controls.on_checkpoint) if controls.checkpoints else None
+
     # train
     model.train()
     started = time.perf_counter()
@@ -189,17 +191,19 @@ def finetune(
                 break  # the last state is the adapter itself, saved below
             stop = world.agree(controls.should_stop() if world.main else None)
             due = config.checkpoint_every and progress.step % config.checkpoint_every == 0
-            if controls.checkpoints is not None and (stop or due or improved) and world.main:
-                path = checkpoint.save(controls.checkpoints, model, optimizer, scheduler, progress)
-                if controls.on_checkpoint:
-                    controls.on_checkpoint(progress.step, path)
+            if writer is not None and (stop or due or improved) and world.main:
+                writer.submit(model, optimizer, scheduler, progress)
             if stop:
+                if writer is not None:
+                    writer.wait()
                 result.stopped, result.seconds = stop, time.perf_counter() - started
                 return result
         if early_stop:
             result.early_stopped_at = progress.step
             break
         progress.epoch, progress.steps_in_epoch = epoch + 1, 0
+    if writer is not None:
+        writer.wait()  # a checkpoint that could not be written fails the run here at the latest
     result.seconds = time.perf_counter() - started
 
     # save: the best evaluation's adapter where there was validation, PEFT format, safetensors only
@@ -239,7 +243,7 @@ def train_step(model, group: list[list[Example]], world: World, pad_id: int, pac
     of the whole step (so accumulation, and several processes, equal one large batch).
     Returns (loss, tokens) of the whole step."""
     examples = [e for batch in group for e in batch]
-    items = sum(sum(1 for label in e.labels[1:] if label != IGNORE) for e in examples)
+    items = sum(e.loss_tokens for e in examples)
     mine, weight = world.share(examples)
     micro = [mine[i:i + config.batch_size] for i in range(0, len(mine), config.batch_size)]
     device_of = next(model.parameters()).device
@@ -253,11 +257,14 @@ def train_step(model, group: list[list[Example]], world: World, pad_id: int, pac
             tensors = {"input_ids": ids, "labels": labels, "attention_mask": mask}
         # Gradients are exchanged between processes once, after the last micro-batch.
         sync = contextlib.nullcontext() if n == len(micro) - 1 or world.size == 1 else model.no_sync()
+        # The model's loss is the mean over this micro-batch's answer tokens; scaled to their
+        # share of the step's, the micro-batches add up to the mean over the whole step.
+        share = sum(e.loss_tokens for e in batch) / items
         with sync, autocast:
-            out = model(**{k: v.to(device_of) for k, v in tensors.items()}, use_cache=False, num_items_in_batch=items)
+            out = model(**{k: v.to(device_of) for k, v in tensors.items()}, use_cache=False)
         with sync:
-            (out.loss * (weight * world.size)).backward()
-        loss += out.loss.item() * weight
+            (out.loss * (share * weight * world.size)).backward()
+        loss += out.loss.item() * share * weight
     return world.all_sum(loss), sum(len(e.input_ids) for e in examples)
 
 

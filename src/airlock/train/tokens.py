@@ -9,6 +9,7 @@ any template whose rendering of a prefix is a prefix of the whole rendering.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 from airlock.errors import InvalidInput
 
@@ -23,6 +24,24 @@ class Example:
     @property
     def trained_tokens(self) -> int:
         return sum(1 for label in self.labels if label != IGNORE)
+
+    # Made once, not at every step that uses the example.
+    @cached_property
+    def ids_tensor(self):
+        import torch
+
+        return torch.tensor(self.input_ids, dtype=torch.long)
+
+    @cached_property
+    def labels_tensor(self):
+        import torch
+
+        return torch.tensor(self.labels, dtype=torch.long)
+
+    @cached_property
+    def loss_tokens(self) -> int:
+        """Tokens the causal LM loss counts (labels after its one-token shift)."""
+        return sum(1 for label in self.labels[1:] if label != IGNORE)
 
 
 def _render(tokenizer, messages: list[dict], *, generation_prompt: bool) -> list[int]:
@@ -78,8 +97,8 @@ def collate(examples: list[Example], pad_id: int):
     mask = torch.zeros((len(examples), width), dtype=torch.long)
     for row, e in enumerate(examples):
         n = len(e.input_ids)
-        ids[row, :n] = torch.tensor(e.input_ids)
-        labels[row, :n] = torch.tensor(e.labels)
+        ids[row, :n] = e.ids_tensor
+        labels[row, :n] = e.labels_tensor
         mask[row, :n] = 1
     return ids, labels, mask
 
@@ -124,8 +143,8 @@ def pack(examples: list[Example], capacity: int, pad_id: int):
         at = 0
         for e in row:
             end = at + len(e.input_ids)
-            ids[n, at:end] = torch.tensor(e.input_ids)
-            labels[n, at + 1:end] = torch.tensor(e.labels[1:])
+            ids[n, at:end] = e.ids_tensor
+            labels[n, at + 1:end] = e.labels_tensor[1:]
             positions[n, at:end] = torch.arange(len(e.input_ids))
             at = end
         positions[n, at:] = torch.arange(width - at)
