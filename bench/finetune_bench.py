@@ -20,7 +20,7 @@ import os
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
@@ -95,7 +95,7 @@ class StageRunner:
             events = Events(folder / "events.jsonl")
 
             def on_step(report) -> None:
-                events.emit("step", **asdict(report))
+                events.emit("step", **vars(report))
                 if after_step:
                     after_step(report.tokens)
 

@@ -41,7 +41,7 @@ def eval_loss(model, examples, batch_size: int, pad_id: int) -> float:
             for start in range(0, len(examples), batch_size):
                 ids, labels, mask = (t.to(model.device) for t in collate(examples[start:start + batch_size], pad_id))
                 n = label_count(labels)
-                out = model(input_ids=ids, attention_mask=mask, labels=labels, use_cache=False, num_items_in_batch=n)
+                out = model(input_ids=ids, attention_mask=mask, labels=labels)  # the mean over its n tokens
                 total += out.loss.item() * n
                 tokens += n
     finally:
