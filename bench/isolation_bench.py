@@ -6,9 +6,9 @@ socket, worker, gateway, each its own process), with the worker confined by its 
 quickstart's finetune stage with many more epochs, so it outlasts the measurement), and wrk sends
 chat completions through the gateway.
 
-Idle and training alternate in short runs: for an idle run the worker process is paused
-(SIGSTOP, mid-training: it uses no CPU at all), for a training run it continues (SIGCONT). Both
-kinds of run therefore see the same machine at nearly the same time. The ratio is training /
+Idle and training alternate in short runs: for an idle run the worker and its training job (a
+process of its own) are paused (SIGSTOP, mid-training: they use no CPU at all), for a training run
+they continue (SIGCONT). Both kinds of run therefore see the same machine at nearly the same time. The ratio is training /
 idle, for p50 and p99.
 """
 
@@ -29,7 +29,8 @@ import yaml
 from airlock.access.keys import create_key
 from airlock.config import REPO_ROOT, Settings
 from airlock.context import Airlock
-from bench.procs import ApplianceProcess, cpu_seconds, free_port, gateway_trouble, proc_status, settings_env
+from bench.procs import (ApplianceProcess, family_cpu_seconds, free_port, gateway_trouble, proc_status,
+                         settings_env, signal_family)
 from bench.report import Section
 from bench.stats import Latency, ratio
 from bench.wrk import WrkResult, lua_script, run_wrk, wrk_path
@@ -156,22 +157,23 @@ def run(quick: bool) -> Section:
             for plan in plans:
                 for r in range(plan.rounds):
                     for phase in (PHASES if r % 2 == 0 else PHASES[::-1]):
-                        os.kill(worker, signal.SIGSTOP if phase == "idle" else signal.SIGCONT)
+                        # The worker and its training job (a child process of its own) together.
+                        signal_family(worker, signal.SIGSTOP if phase == "idle" else signal.SIGCONT)
                         paused = phase == "idle"
                         time.sleep(0.5)  # a resumed worker gets back into its step first
-                        steps0, cpu0 = training.steps(), cpu_seconds(worker)
+                        steps0, cpu0 = training.steps(), family_cpu_seconds(worker)
                         result = run_wrk(url, scripts[plan.stream], connections=1, seconds=plan.seconds)
                         if not result.requests or result.failed > MAX_FAILED * result.requests:
                             raise RuntimeError(f"{plan.label}, {phase}: {result.failed} of {result.requests} requests "
                                                f"failed; the gateway reports: {gateway_trouble(app.url) or 'nothing'}")
-                        plan.runs[phase].append((result, training.steps() - steps0, cpu_seconds(worker) - cpu0))
-            os.kill(worker, signal.SIGCONT)
+                        plan.runs[phase].append((result, training.steps() - steps0, family_cpu_seconds(worker) - cpu0))
+            signal_family(worker, signal.SIGCONT)
             paused = False
             statuses = training.statuses()
             trouble = gateway_trouble(app.url)
         finally:
             if worker and paused:
-                os.kill(worker, signal.SIGCONT)
+                signal_family(worker, signal.SIGCONT)
             app.stop()
 
     trained = [steps for p in plans for _, steps, _ in p.runs["training"]]

@@ -83,6 +83,44 @@ def cpu_seconds(pid: int) -> float:
     return sum(cpu_times(pid))
 
 
+def _stat_fields(pid: int) -> list[str]:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return []
+
+
+def family(pid: int) -> list[int]:
+    """`pid` and every process below it (the worker and its training jobs), from /proc."""
+    parents: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and (fields := _stat_fields(int(entry))):
+            parents[int(entry)] = int(fields[1])
+    out, frontier = [pid], [pid]
+    while frontier:
+        frontier = [child for child, parent in parents.items() if parent in frontier]
+        out += frontier
+    return out
+
+
+def signal_family(pid: int, sig: int) -> None:
+    """Pause or resume a process with everything it started (SIGSTOP/SIGCONT)."""
+    for member in family(pid):
+        try:
+            os.kill(member, sig)
+        except ProcessLookupError:
+            pass
+
+
+def family_cpu_seconds(pid: int) -> float:
+    """CPU seconds of a process, its live descendants, and the children it has already reaped."""
+    tick = os.sysconf("SC_CLK_TCK")
+    fields = _stat_fields(pid)
+    reaped = (int(fields[13]) + int(fields[14])) / tick if fields else 0.0
+    return reaped + sum(cpu_seconds(member) for member in family(pid))
+
+
 _METRIC = re.compile(r'^(airlock_gateway_requests_total|airlock_gateway_upstream_errors_total)\{(.*)\} (\d+)$')
 _UPSTREAM = re.compile(r'^airlock_gateway_upstream_seconds_(sum|count) ([0-9.eE+-]+)$')
 _LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
