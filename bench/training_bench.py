@@ -4,8 +4,9 @@ of checkpoints at the default interval, the start-up of a resumed job, and peak 
 - Packing: `finetune()` with packing on (as a run trains by default) against `bench.plain_peft`
   on short chat data, batch 8, whole runs alternating; trained tokens per second (non-padding
   tokens / loop seconds) and the final loss of each.
-- Checkpoints: the time `checkpoint.save` takes, summed over a run with the default interval,
-  against the run's training time without it.
+- Checkpoints: the time training waits for its checkpoints (copying its state; the files are
+  written in a thread of their own), summed over a run with the default interval, against the
+  run's training time without it.
 - Resume start-up: seconds from starting the job's process to its first trained step, fresh and
   from a checkpoint.
 - Peak memory: the maximum resident set of the job's own process (`python -m airlock.train.job`)

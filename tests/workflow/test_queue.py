@@ -172,8 +172,8 @@ def test_a_full_disk_fails_the_run_clearly_and_keeps_the_database_and_the_earlie
 
     from airlock.train import checkpoint
 
-    if os.geteuid() != 0 or shutil.which("unshare") is None:
-        pytest.skip("a tmpfs in a mount namespace needs root and unshare")
+    if (os.geteuid() != 0 or shutil.which("unshare") is None) and not os.environ.get("CI"):
+        pytest.skip("a tmpfs in a mount namespace needs root and unshare (CI has both: there it runs)")
     run_id = submit_training(airlock, tmp_path, "full", epochs=6, checkpoint_every=20)
     training = airlock.settings.training_dir
     training.mkdir(parents=True, exist_ok=True)

@@ -117,11 +117,6 @@ def snapshot(model, optimizer, scheduler, progress: Progress) -> Snapshot:
                     rng=_rng_state(), progress=copy.deepcopy(progress.__dict__))
 
 
-def save(folder: Path, model, optimizer, scheduler, progress: Progress) -> Path:
-    """Write a checkpoint of `progress.step` under `folder` now; returns its path."""
-    return write(folder, snapshot(model, optimizer, scheduler, progress))
-
-
 def write(folder: Path, snap: Snapshot) -> Path:
     """Write a snapshot as the checkpoint of its step: into a partial folder, every file
     fsynced, then renamed; the older checkpoints beyond the newest two and the best go."""

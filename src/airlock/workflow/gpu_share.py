@@ -11,11 +11,10 @@ with the numbers.
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 from dataclasses import dataclass
 
 from airlock.context import Airlock
+from airlock.gpus import parse_ids, query
 from airlock.meta.db import now
 
 # What a sleeping engine still holds on its GPU (its CUDA context and allocator), in MiB.
@@ -28,26 +27,14 @@ class Fit:
     message: str = ""
 
 
-def engine_gpus(airlock: Airlock) -> set[int]:
-    spec = airlock.settings.engine_gpus.strip().lower()
-    return set() if spec in ("", "none") else {int(g) for g in spec.split(",") if g.strip()}
-
-
 def gpu_totals_mib() -> dict[int, float]:
-    """Each GPU's memory in MiB, as nvidia-smi reports it (no CUDA is initialised here)."""
-    if shutil.which("nvidia-smi") is None:
-        return {}
-    try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=index,memory.total", "--format=csv,noheader,nounits"],
-                             capture_output=True, text=True, timeout=20, check=True).stdout
-    except (OSError, subprocess.SubprocessError):
-        return {}
-    return {int(i): float(t) for i, t in (line.split(",") for line in out.strip().splitlines() if "," in line)}
+    """Each GPU's memory in MiB."""
+    return {int(index): float(total) for index, total in query("index", "memory.total")}
 
 
 def fit_beside_engine(airlock: Airlock, gpus: list[int], memory_mb: int, totals: dict[int, float]) -> Fit:
     """Whether a run needing `memory_mb` on each of `gpus` fits beside the engine."""
-    shared = sorted(set(gpus) & engine_gpus(airlock))
+    shared = sorted(set(gpus) & set(parse_ids(airlock.settings.engine_gpus)))
     if not shared:
         return Fit("fits")
     settings = airlock.settings

@@ -10,11 +10,10 @@ the lowest priority first, the most recently started first among equals.
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 from dataclasses import dataclass, field
 
 from airlock.config import Settings
+from airlock.gpus import parse_ids, query
 
 
 @dataclass
@@ -28,24 +27,10 @@ class Capacity:
         return f"{self.cpu_threads} CPU threads, {memory}, GPUs {self.gpus or 'none'}"
 
 
-def detect_gpus() -> list[int]:
-    """GPU indices nvidia-smi lists (no CUDA is initialised in the worker for this)."""
-    if shutil.which("nvidia-smi") is None:
-        return []
-    try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=index", "--format=csv,noheader"], capture_output=True,
-                             text=True, timeout=20, check=True).stdout
-    except (OSError, subprocess.SubprocessError):
-        return []
-    return [int(line) for line in out.split() if line.strip().isdigit()]
-
-
 def capacity_of(settings: Settings) -> Capacity:
-    spec = settings.worker_gpus.strip().lower()
-    gpus = detect_gpus() if spec == "auto" else [] if spec in ("", "none") else \
-        [int(g) for g in spec.split(",") if g.strip()]
-    engine = settings.engine_gpus.strip().lower()
-    gpus = prefer(gpus, set() if engine in ("", "none") else {int(g) for g in engine.split(",") if g.strip()})
+    auto = settings.worker_gpus.strip().lower() == "auto"
+    gpus = [int(row[0]) for row in query("index")] if auto else parse_ids(settings.worker_gpus)
+    gpus = prefer(gpus, set(parse_ids(settings.engine_gpus)))
     threads = settings.worker_cpu_threads or max(settings.worker_threads, 1) * max(len(gpus), 1)
     return Capacity(cpu_threads=threads, memory_mb=int(settings.worker_memory_gb * 1024), gpus=gpus)
 

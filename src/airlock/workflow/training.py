@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -44,10 +45,7 @@ def prepare(folder: Path, base_dir: Path, config: dict, records: list[list[dict]
     for stale in (STOP, EVENTS):
         (folder / stale).unlink(missing_ok=True)
     adapter = folder / "adapter"
-    if adapter.exists():
-        import shutil
-
-        shutil.rmtree(adapter)
+    shutil.rmtree(adapter, ignore_errors=True)
     job = {"base_dir": str(base_dir), "config": config, "checkpoints": str(folder / "checkpoints"),
            "adapter_dir": str(adapter)}
     (folder / JOB).write_text(json.dumps(job, indent=2))
@@ -122,21 +120,24 @@ class Relay:
             data = {k: v for k, v in event.items() if k not in ("kind", "losses", "eval_losses", "traceback", "path")}
             rows.append({"run_id": self.ctx.run_id, "at": now(), "kind": kind,
                          "data_json": json.dumps({"stage": self.ctx.stage, **data})})
+        progress = None
+        if self.last_step:
+            s = self.last_step
+            progress = {"step": s["step"], "total": s["total_steps"], "loss": round(s["loss"], 4),
+                        "tokens": s["tokens"], "elapsed_s": round(s["elapsed_s"], 2),
+                        "tokens_per_second": round(s["tokens_per_second"], 1), "checkpoint": self.last_checkpoint}
+            left_s = (s["total_steps"] - s["step"]) * s["elapsed_s"] / max(s["step"], 1)
+        # One transaction for all a read brought: events, metrics, progress, and the gateway's
+        # Retry-After while the engine sleeps for this run.
         with self.ctx.airlock.meta.write() as db:
             db["run_events"].insert_all(rows)
             db["stage_metrics"].upsert_all(
-                [{"run_id": self.ctx.run_id, "stage": self.ctx.stage, "step": s, "name": n, "value": v}
-                 for s, n, v in metrics], pk=("run_id", "stage", "name", "step"))
-        if self.last_step:
-            s = self.last_step
-            left_s = (s["total_steps"] - s["step"]) * s["elapsed_s"] / max(s["step"], 1)
-            with self.ctx.airlock.meta.write() as db:  # the gateway's Retry-After while the engine sleeps
+                [{"run_id": self.ctx.run_id, "stage": self.ctx.stage, "step": step, "name": n, "value": v}
+                 for step, n, v in metrics], pk=("run_id", "stage", "name", "step"))
+            if progress is not None:
+                db["stages"].update((self.ctx.run_id, self.ctx.stage), {"progress_json": json.dumps(progress)})
                 db.execute("UPDATE engine_sleep SET retry_after_s = ? WHERE run_id = ?",
                            [max(round(left_s), 1), self.ctx.run_id])
-            self.ctx.progress(step=s["step"], total=s["total_steps"], loss=round(s["loss"], 4),
-                              tokens=s["tokens"], elapsed_s=round(s["elapsed_s"], 2),
-                              tokens_per_second=round(s["tokens_per_second"], 1),
-                              checkpoint=self.last_checkpoint, force=self.final is not None)
 
 
 def train_in_child(ctx: StageContext, config: dict, records: list[list[dict]],

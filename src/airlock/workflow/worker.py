@@ -46,16 +46,6 @@ def claim_run(airlock: Airlock, worker_id: str, run_id: str, claim: dict) -> boo
         return cursor.rowcount == 1
 
 
-def claim_next(airlock: Airlock, worker_id: str, run_id: str | None = None) -> str | None:
-    """Claim the run the queue starts next (or `run_id`), with a claim of one run's worth."""
-    sql = "SELECT id FROM runs WHERE status = 'queued'" + (" AND id = ?" if run_id else "")
-    rows = airlock.meta.query(f"{sql} {QUEUE_ORDER} LIMIT 1", (run_id,) if run_id else ())
-    claim = {"cpu_threads": max(airlock.settings.worker_threads, 1), "gpus": [], "memory_mb": 0}
-    if rows and claim_run(airlock, worker_id, rows[0]["id"], claim):
-        return rows[0]["id"]
-    return None
-
-
 def _cutoff() -> str:
     return (datetime.now(UTC) - timedelta(seconds=ALIVE_WITHIN_S)).isoformat(timespec="milliseconds")
 
@@ -174,8 +164,11 @@ class Worker:
                 refuse_run(self.airlock, row["id"], f"the run cannot start on this worker: {why}")
                 continue
             queued.append({"id": row["id"], "priority": row["priority"], "want": want})
-        running = [{"id": rid, "priority": self._priority(rid, slot), "claim": slot.claim, "started": slot.started}
-                   for rid, slot in self.slots.items()]
+        ids = list(self.slots)
+        priorities = {r["id"]: r["priority"] for r in self.airlock.meta.query(
+            f"SELECT id, priority FROM runs WHERE id IN ({', '.join('?' for _ in ids)})", tuple(ids))} if ids else {}
+        running = [{"id": rid, "priority": priorities.get(rid, slot.priority), "claim": slot.claim,
+                    "started": slot.started} for rid, slot in self.slots.items()]
         decided = plan(queued, running, self.capacity)
         totals = gpu_totals_mib() if any(claim["gpus"] for _, claim in decided.start) else {}
         for run_id, claim in decided.start:
@@ -192,10 +185,6 @@ class Worker:
         for run_id in decided.preempt:
             with self.airlock.meta.write() as db:
                 db.execute("UPDATE runs SET control = 'preempt' WHERE id = ? AND control IS NULL", [run_id])
-
-    def _priority(self, run_id: str, slot: Slot) -> int:
-        row = self.airlock.meta.one("SELECT priority FROM runs WHERE id = ?", (run_id,))
-        return row["priority"] if row else slot.priority
 
     def run_forever(self) -> None:
         """The service loop: recover, then start runs until stopped; on stop, running training

@@ -9,26 +9,18 @@ and each GPU's memory in use (from nvidia-smi; no CUDA is initialised in the wor
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
 
 from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import GaugeMetricFamily
+
+from airlock.gpus import query
 
 STATES = ("queued", "claimed", "running", "succeeded", "failed", "cancelled", "interrupted")
 
 
 def gpu_memory() -> list[tuple[str, float, float]]:
-    """(index, used bytes, total bytes) per GPU nvidia-smi lists."""
-    if shutil.which("nvidia-smi") is None:
-        return []
-    try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=index,memory.used,memory.total", "--format=csv,noheader,nounits"],
-                             capture_output=True, text=True, timeout=10, check=True).stdout
-    except (OSError, subprocess.SubprocessError):
-        return []
-    rows = [line.split(",") for line in out.strip().splitlines() if line.count(",") == 2]
-    return [(i.strip(), float(u) * 2**20, float(t) * 2**20) for i, u, t in rows]
+    """(index, used bytes, total bytes) per GPU."""
+    return [(i, float(u) * 2**20, float(t) * 2**20) for i, u, t in query("index", "memory.used", "memory.total")]
 
 
 class WorkerCollector:
