@@ -132,10 +132,13 @@ def whole_runs(runner: StageRunner, pairs: int, scratch: Path) -> dict:
                 b_wall.append(wall)
         rows.append([f"whole runs, pair {pair + 1}", " then ".join(order), f"{b_rate[-1]:,.0f}",
                      f"{a_rate[-1]:,.0f}", f"{a_rate[-1] / b_rate[-1]:.3f}"])
-    # Same initial weights, same batches in the same order, same arithmetic: equal losses prove it.
-    gap = max(abs(x - y) for x, y in zip(a_res.losses, b_res.losses, strict=True))
-    return {"a": a_rate, "b": b_rate, "a_wall": a_wall, "b_wall": b_wall, "rows": rows, "loss_gap": gap,
-            "tokens": (a_res.trained_tokens, b_res.tokens), "final_loss": a_res.losses[-1]}
+    # Same initial weights, same batches in the same order: the first steps' losses agree to the
+    # rounding of the two optimizers (airlock's AdamW is fused), which later steps amplify.
+    first = max(abs(x - y) for x, y in zip(a_res.losses[:10], b_res.losses[:10], strict=True))
+    tail = max(1, len(a_res.losses) // 10)
+    return {"a": a_rate, "b": b_rate, "a_wall": a_wall, "b_wall": b_wall, "rows": rows, "first_gap": first,
+            "tokens": (a_res.trained_tokens, b_res.tokens),
+            "tail_loss": (sum(a_res.losses[-tail:]) / tail, sum(b_res.losses[-tail:]) / tail)}
 
 
 def lockstep_runs(runner: StageRunner, runs: int, scratch: Path) -> dict:
@@ -223,13 +226,18 @@ def run(quick: bool) -> Section:
             same = "identical" if whole["tokens"][0] == whole["tokens"][1] else f"DIFFERENT {whole['tokens']}"
             section.notes.append(
                 f"{w.name}: {w.steps} steps and {whole['tokens'][0]:,} tokens per run (counts {same}); largest "
-                f"per-step loss difference between the loops {whole['loss_gap']:.1e} (final loss "
-                f"{whole['final_loss']:.4f}), so both did the same work. Per-run ratios: whole runs "
+                f"loss difference between the loops over the first 10 steps {whole['first_gap']:.1e}, mean loss of "
+                f"the last tenth of the steps {whole['tail_loss'][0]:.4f} (airlock) and {whole['tail_loss'][1]:.4f} "
+                f"(baseline): both did the same work. Per-run ratios: whole runs "
                 f"{spread(pair_ratios)}, lockstep {spread(step['ratios'])}. Building a batch takes airlock's "
                 f"`collate` {ours_us:.0f} us (token lists to tensors, every step) against {plain_us:.0f} us for "
                 f"`pad_sequence` over tensors made once: {100 * (ours_us - plain_us) / (step['step_s'] * 1e6):.2f}% "
                 f"of a {1000 * step['step_s']:.1f} ms step.")
     section.notes += [
+        "Where airlock's loop gains on the plain one (docs/training.md, 'What makes a step fast'): the model "
+        "computes logits only at the positions the loss reads, AdamW runs fused, and no full garbage collection "
+        "runs during training. Without the first two the loop measured 0.965 (quickstart) and 0.927 (synthetic) "
+        "of the baseline.",
         "Lockstep: each loop runs in its own thread and hands a baton to the other after every step, so "
         "step k of one loop and step k of the other run milliseconds apart; only the time a loop holds the "
         "baton counts (its whole step: batch building, forward, backward, optimizer, progress callback). "

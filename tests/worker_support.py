@@ -20,13 +20,16 @@ DATA = REPO_ROOT / "examples" / "datasets" / "quickstart.jsonl"
 
 
 def submit_training(airlock, tmp_path: Path, name: str, *, priority: str = "normal", time_limit: str | None = None,
-                    **params) -> str:
-    """Queue a one-stage run that fine-tunes the tiny model on the quickstart's eight records."""
-    spec = {"name": name, "base_model": "airlock-tiny", "dataset": str(DATA), "priority": priority,
+                    resources: dict | None = None, dataset: Path = DATA, **params) -> str:
+    """Queue a one-stage run that fine-tunes the tiny model (on the quickstart's eight records
+    unless told otherwise)."""
+    spec = {"name": name, "base_model": "airlock-tiny", "dataset": str(dataset), "priority": priority,
             "stages": [{"name": "finetune", "uses": "finetune.lora",
                         "with": {"epochs": 2, "rank": 4, "batch_size": 1, "seed": 5, **params}}]}
     if time_limit:
         spec["time_limit"] = time_limit
+    if resources:
+        spec["resources"] = resources
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(spec))
     return submit(airlock, path, actor="os:test")["run_id"]
@@ -78,3 +81,16 @@ def losses(airlock, run_id: str) -> list[float]:
     rows = airlock.meta.query("SELECT value FROM stage_metrics WHERE run_id = ? AND name = 'loss' ORDER BY step",
                               (run_id,))
     return [r["value"] for r in rows]
+
+
+WORDS = "the gateway checks every request before anything is loaded and records it in the audit log".split()
+
+
+def long_records(path: Path, count: int = 64, words: int = 300) -> Path:
+    """A dataset of `count` chats with answers of `words` words (about 1.1 tokens a word)."""
+    with path.open("w") as f:
+        for n in range(count):
+            answer = " ".join(WORDS[(n + i) % len(WORDS)] for i in range(words))
+            f.write(json.dumps({"messages": [{"role": "user", "content": f"Describe item {n}."},
+                                             {"role": "assistant", "content": answer}]}) + "\n")
+    return path

@@ -73,3 +73,28 @@ def test_the_engine_sleeps_while_training_uses_its_gpu_and_serves_after(tiny_mod
         reply = server.client.request("POST", "/v1/completions", timeout=60, json={
             "model": server.served_name, "prompt": "hello", "max_tokens": 4}).json()
         assert reply["choices"][0]["text"] is not None
+
+
+def test_out_of_memory_on_the_gpu_fails_the_run_with_the_reason_and_frees_the_gpu(airlock, tiny_models_dir,
+                                                                                 tmp_path):
+    """The run's memory_gb is its share of the GPU (torch's per-process fraction): a batch that
+    needs more raises CUDA's out-of-memory error in the job, which ends and leaves the GPU."""
+    import subprocess
+
+    from worker_support import WorkerProcess, events, long_records, submit_training, wait_status
+
+    data = long_records(tmp_path / "long.jsonl", words=400)
+    run_id = submit_training(airlock, tmp_path, "gpu-oom", dataset=data, resources={"gpus": 1, "memory_gb": 0.25},
+                             batch_size=64, max_length=512, epochs=1)
+    worker = WorkerProcess(airlock.settings.home, AIRLOCK_WORKER_GPUS="0")
+    try:
+        run = wait_status(airlock, run_id, "failed", "succeeded", timeout=300)
+    finally:
+        worker.stop()
+    assert run["status"] == "failed"
+    assert "out of memory on GPU" in run["error"] and "within the run's limit of 256 MiB of GPU" in run["error"]
+    assert "use method: qlora" in run["error"]
+    pid = events(airlock, run_id, "started")[0]["pid"]
+    apps = subprocess.run(["nvidia-smi", "--query-compute-apps=pid", "--format=csv,noheader"], capture_output=True,
+                          text=True, check=True).stdout.split()
+    assert str(pid) not in apps, "the failed job still holds GPU memory"

@@ -100,21 +100,36 @@ class Snapshot:
     step: int
     best_step: int | None
     adapter: dict
-    adapter_config: Any
+    adapter_config: bytes
     optimizer: tuple[dict, dict]
     scheduler: dict
     rng: tuple[dict, dict]
     progress: dict
 
 
-def snapshot(model, optimizer, scheduler, progress: Progress) -> Snapshot:
-    from peft import get_peft_model_state_dict
+class AdapterSource:
+    """The adapter's tensors and config file, found once per training: PEFT's state dict walks
+    every module of the model, and its config does not change while training (the two were most
+    of a checkpoint's cost on a small model, measured)."""
 
-    adapter = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in get_peft_model_state_dict(model).items()}
-    return Snapshot(step=progress.step, best_step=progress.best_step, adapter=adapter,
-                    adapter_config=copy.deepcopy(model.peft_config[model.active_adapter]),
-                    optimizer=_optimizer_state(optimizer), scheduler=copy.deepcopy(scheduler.state_dict()),
-                    rng=_rng_state(), progress=copy.deepcopy(progress.__dict__))
+    def __init__(self, model) -> None:
+        import tempfile
+
+        from peft import get_peft_model_state_dict
+
+        # The state dict's tensors share storage with the parameters the optimizer updates in
+        # place, so copying them later copies the weights as they are then.
+        self.tensors = get_peft_model_state_dict(model)
+        with tempfile.TemporaryDirectory() as scratch:
+            model.peft_config[model.active_adapter].save_pretrained(scratch)
+            self.config = (Path(scratch) / "adapter_config.json").read_bytes()
+
+    def snapshot(self, optimizer, scheduler, progress: Progress) -> Snapshot:
+        adapter = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in self.tensors.items()}
+        return Snapshot(step=progress.step, best_step=progress.best_step, adapter=adapter,
+                        adapter_config=self.config, optimizer=_optimizer_state(optimizer),
+                        scheduler=copy.deepcopy(scheduler.state_dict()), rng=_rng_state(),
+                        progress=copy.deepcopy(progress.__dict__))
 
 
 def write(folder: Path, snap: Snapshot) -> Path:
@@ -128,7 +143,7 @@ def write(folder: Path, snap: Snapshot) -> Path:
     try:
         partial.mkdir()
         save_file(snap.adapter, partial / "adapter_model.safetensors", metadata={"format": "pt"})
-        snap.adapter_config.save_pretrained(partial)
+        (partial / "adapter_config.json").write_bytes(snap.adapter_config)
         save_file(snap.optimizer[0], partial / "optimizer.safetensors")
         save_file(snap.rng[0], partial / "rng.safetensors")
         digests = {name: _sha256(partial / name) for name in FILES if name != "state.json"}
@@ -163,10 +178,12 @@ class Writer:
         self.folder, self.on_written = folder, on_written
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
+        self._source: AdapterSource | None = None
 
     def submit(self, model, optimizer, scheduler, progress: Progress) -> None:
         self.wait()
-        snap = snapshot(model, optimizer, scheduler, progress)
+        self._source = self._source or AdapterSource(model)
+        snap = self._source.snapshot(optimizer, scheduler, progress)
         self._thread = threading.Thread(target=self._write, args=(snap,), name="checkpoint-writer")
         self._thread.start()
 

@@ -29,6 +29,7 @@ import traceback
 from pathlib import Path
 
 from airlock.children import die_with_parent
+from airlock.train.limits import apply_memory_limit, is_out_of_memory, out_of_memory_message
 
 JOB, RECORDS, VALIDATION, EVENTS, STOP = "job.json", "records.jsonl", "validation.jsonl", "events.jsonl", "stop"
 
@@ -77,18 +78,35 @@ def run(job_dir: Path) -> int:
     world = world_from_env()
     events = Events(job_dir / EVENTS, writes=world.main)
     events.emit("started", pid=os.getpid(), processes=world.size)
+    plan: dict = {"total_steps": None, "done": 0}
+    limit = None
+
+    def on_step(report) -> None:
+        plan["done"] = report.step
+        events.emit("step", **vars(report))
+
+    def on_setup(setup: dict) -> None:
+        plan.update(setup, done=plan["done"])
+        events.emit("setup", **setup)
+
+    def on_resume(step: int) -> None:
+        plan["done"] = step
+        events.emit("resumed", step=step)
+
     try:
+        if job.get("memory_limit_mb"):
+            limit = apply_memory_limit(job["memory_limit_mb"], world.size)
         config = LoraTrainConfig.model_validate(job["config"])
         records = _read_jsonl(job_dir / RECORDS)
         validation = _read_jsonl(job_dir / VALIDATION) if (job_dir / VALIDATION).exists() else None
         controls = Controls(
             checkpoints=Path(job["checkpoints"]),
             should_stop=lambda: stop_reason(job_dir),
-            on_step=lambda report: events.emit("step", **vars(report)),
+            on_step=on_step,
             on_checkpoint=lambda step, path: events.emit("checkpoint", step=step, path=str(path)),
-            on_resume=lambda step: events.emit("resumed", step=step),
+            on_resume=on_resume,
             on_eval=lambda step, loss: events.emit("eval", step=step, eval_loss=loss),
-            on_setup=lambda plan: events.emit("setup", **plan),
+            on_setup=on_setup,
             world=world,
         )
         result = finetune(Path(job["base_dir"]), records, config, Path(job["adapter_dir"]), controls=controls,
@@ -97,6 +115,12 @@ def run(job_dir: Path) -> int:
         events.emit("failed", message=str(exc))
         return 1
     except Exception as exc:  # noqa: BLE001 - any failure is reported with its reason
+        if is_out_of_memory(exc):
+            where = "GPU " + os.environ.get("CUDA_VISIBLE_DEVICES", "?") if "cuda" in str(exc).lower() else "the CPU"
+            events.emit("failed", out_of_memory=True, message=out_of_memory_message(
+                exc, where=where, steps_done=plan["done"], total=plan["total_steps"], config=job["config"],
+                limit=limit), detail=str(exc)[:2000])
+            return 1
         events.emit("failed", message=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc(limit=8))
         return 1
     summary = {"step": len(result.losses), "steps": result.steps, "losses": result.losses, "trained_tokens": result.trained_tokens,

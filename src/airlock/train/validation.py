@@ -31,8 +31,10 @@ def eval_loss(model, examples, batch_size: int, pad_id: int) -> float:
     generator is drawn from, so an evaluation changes nothing a resume must restore)."""
     import torch
 
+    from airlock.train.loss import answer_loss, keeps_logits
     from airlock.train.tokens import collate, label_count
 
+    selective = keeps_logits(model)
     was_training = model.training
     model.eval()
     total, tokens = 0.0, 0
@@ -41,8 +43,8 @@ def eval_loss(model, examples, batch_size: int, pad_id: int) -> float:
             for start in range(0, len(examples), batch_size):
                 ids, labels, mask = (t.to(model.device) for t in collate(examples[start:start + batch_size], pad_id))
                 n = label_count(labels)
-                out = model(input_ids=ids, attention_mask=mask, labels=labels)  # the mean over its n tokens
-                total += out.loss.item() * n
+                loss = answer_loss(model, ids, labels, selective, attention_mask=mask)  # the mean over its n tokens
+                total += loss.item() * n
                 tokens += n
     finally:
         model.train(was_training)

@@ -61,7 +61,9 @@ def allocate(want: dict, free: Capacity, accounted: bool) -> dict | None:
     threads, gpus, memory = want.get("cpu_threads", 1), want.get("gpus", 0), want.get("memory_mb", 0)
     if threads > free.cpu_threads or gpus > len(free.gpus) or (accounted and memory > free.memory_mb):
         return None
-    return {"cpu_threads": threads, "gpus": free.gpus[:gpus], "memory_mb": memory}
+    # A memory figure the run named itself is also its limit; an estimate is only reserved.
+    return {"cpu_threads": threads, "gpus": free.gpus[:gpus], "memory_mb": memory,
+            "memory_limit": want.get("memory_estimated") is False}
 
 
 def prefer(gpus: list[int], avoid: set[int]) -> list[int]:

@@ -33,7 +33,8 @@ class Resources(BaseModel):
     gpus: int = Field(0, ge=0, le=64, description="GPUs the run's training takes (0: the CPU)")
     cpu_threads: int | None = Field(None, ge=1, le=1024,
                                     description="CPU threads (default AIRLOCK_WORKER_THREADS)")
-    memory_gb: float | None = Field(None, gt=0, description="memory to reserve (default: estimated)")
+    memory_gb: float | None = Field(None, gt=0, description="memory to reserve, and the most the run may use "
+                                    "(default: estimated, reserved only)")
 
 
 class WorkflowSpec(BaseModel):

@@ -38,7 +38,7 @@ def job_dir(ctx: StageContext) -> Path:
 
 
 def prepare(folder: Path, base_dir: Path, config: dict, records: list[list[dict]],
-            validation: list[list[dict]] | None = None) -> None:
+            validation: list[list[dict]] | None = None, memory_limit_mb: int = 0) -> None:
     """The job's inputs; checkpoints of an earlier attempt stay, so the job resumes from them."""
     folder.mkdir(parents=True, exist_ok=True)
     folder.chmod(0o700)
@@ -47,7 +47,7 @@ def prepare(folder: Path, base_dir: Path, config: dict, records: list[list[dict]
     adapter = folder / "adapter"
     shutil.rmtree(adapter, ignore_errors=True)
     job = {"base_dir": str(base_dir), "config": config, "checkpoints": str(folder / "checkpoints"),
-           "adapter_dir": str(adapter)}
+           "adapter_dir": str(adapter), "memory_limit_mb": memory_limit_mb}
     (folder / JOB).write_text(json.dumps(job, indent=2))
     for name, rows in ((RECORDS, records), (VALIDATION, validation)):
         (folder / name).unlink(missing_ok=True)
@@ -144,8 +144,9 @@ def train_in_child(ctx: StageContext, config: dict, records: list[list[dict]],
                    should_stop: Callable[[], str | None], validation: list[list[dict]] | None = None) -> dict:
     """Run the job to its end; returns the `done` event. Raises RunStopped or StageFailed."""
     folder = job_dir(ctx)
-    prepare(folder, ctx.base_path, config, records, validation)
     claim = ctx.claim or {}
+    prepare(folder, ctx.base_path, config, records, validation,
+            memory_limit_mb=claim["memory_mb"] if claim.get("memory_limit") else 0)
     processes = config.get("nproc_per_node", 1)
     with (folder / "train.log").open("ab") as log:
         proc = subprocess.Popen(launch_command(folder, config, ctx.run_id), stdout=log, stderr=subprocess.STDOUT,
