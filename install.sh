@@ -4,7 +4,9 @@
 #   ./install.sh                 online dev set-up: .venv from the hash-locked wheels/*.lock files
 #                                (torch, vLLM, airlock's dependencies, test packages), airlock itself
 #                                (editable), the playbooks' Ansible collections (playbooks/collections,
-#                                from the wheel wheels/collections.lock names), the reference model
+#                                from the wheel wheels/collections.lock names), the web UI's uPlot
+#                                (src/airlock/web/static/vendor/uplot, from wheels/web.lock's wheel),
+#                                the reference model
 #   ./install.sh --force         redo the pip steps even when nothing changed
 #   ./install.sh --update-lock   regenerate wheels/requirements-{cpu,cuda,test}.lock (pip's resolver,
 #                                for the targets' platform; pins of the old locks are kept where they
@@ -18,18 +20,20 @@
 #
 # A second run with unchanged inputs takes seconds: a stamp in .venv records a hash of
 # pyproject.toml, this script and the lock files, and the pip steps are skipped while it matches;
-# the collections are rewritten only when they differ from the locked wheel's.
+# the collections and uPlot are rewritten only when they differ from their locked wheels'.
 set -euo pipefail
 
 LOCK_DIR="wheels"
 TEST_LOCK="$LOCK_DIR/requirements-test.lock"
 COLLECTIONS_LOCK="$LOCK_DIR/collections.lock"
 COLLECTIONS_LIST="playbooks/collections.txt"
+WEB_LOCK="$LOCK_DIR/web.lock"
 VENV=".venv"
 STAMP="$VENV/.airlock-install-stamp"
-# The collections' source wheel, kept so an unchanged install checks the vendored tree against it
-# without a download.
+# The collections' and uPlot's source wheels, kept so an unchanged install checks the vendored files
+# against them without a download.
 COLLECTIONS_CACHE="$VENV/.airlock-collections-wheel"
+WEB_ASSETS_CACHE="$VENV/.airlock-web-assets-wheel"
 REFERENCE_MODEL="offline_models/airlock-tiny"
 
 say() { printf 'airlock install: %s\n' "$*"; }
@@ -178,6 +182,12 @@ collections_said="$("$py" -m airlock.bundle.collections --repo . --cache "$COLLE
     || die "vendoring the collections of $COLLECTIONS_LIST from $COLLECTIONS_LOCK failed (see above)"
 say "$collections_said"
 
+# --- the web UI's chart library, uPlot, served from src/airlock/web/static/vendor/uplot -------------
+# Checked on every run like the collections, and left alone while it matches the locked wheel's files.
+web_assets_said="$("$py" -m airlock.bundle.webassets --repo . --cache "$WEB_ASSETS_CACHE")" \
+    || die "vendoring the web UI's uPlot from $WEB_LOCK failed (see above)"
+say "$web_assets_said"
+
 [ "$stamp_current" -eq 1 ] || input_hash > "$STAMP"
 
 # --- reference model ---------------------------------------------------------------------------
@@ -189,7 +199,7 @@ else
 fi
 
 # --- tools the tests and benchmarks drive: wrk (HTTP load), strace (proves no outbound connect),
-#     podman, runc and debootstrap (the service images) ---
+#     podman, runc and debootstrap (the service images), chromium (the web UI in a real browser) ---
 system_tool() {  # COMMAND PACKAGE WHAT
     if command -v "$1" >/dev/null 2>&1; then
         say "$1 present ($3)"
@@ -211,5 +221,8 @@ system_tool strace strace "the offline-bundle test's proof of no outbound connec
 system_tool podman podman "the service images: building, loading and running them"
 system_tool runc runc "podman's container runtime"
 system_tool debootstrap debootstrap "the service images' Debian base"
+# Playwright drives Debian's chromium: `playwright install` would fetch a browser that no lock
+# pins or hashes, while the system package comes from the host's own, updated archive.
+system_tool chromium chromium "the web UI's browser tests"
 
 say "done ($target). Run the tests with: $VENV/bin/pytest"

@@ -97,6 +97,8 @@ class Settings(BaseSettings):
     # the engine closes them (vLLM after its keep-alive of engine_keep_alive_s).
     engine_pool_idle_s: float = 3.0
     engine_keep_alive_s: int = 30
+    # A web UI session lasts this long after sign-in (the key's own expiry or revocation ends it sooner).
+    web_session_hours: float = 8.0
     # Per-key rate limits for keys created without their own (0: no limit).
     default_rpm: int = 0
     default_tpm: int = 0

@@ -17,6 +17,11 @@ from airlock.errors import IntegrityFailure, InvalidInput
 
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 HEX = "ab" * 32
+# What airlock.bundle.webassets.vendor_web_assets reports (tests/bundle/test_webassets.py checks it).
+UPLOT = {"name": "uplot", "version": "1.6.16", "license": "MIT", "path": "airlock/web/static/vendor/uplot",
+         "served_from": "/static/vendor/uplot/", "files": {"uPlot.iife.js": "ef" * 32, "uPlot.min.css": HEX},
+         "source": {"name": "uplot-python", "version": "1.1.1", "sha256": "cd" * 32,
+                    "file": "uplot_python-1.1.1-py3-none-any.whl"}}
 
 
 def sample(**changes) -> dict:
@@ -130,7 +135,7 @@ def test_the_payload_listing_refuses_links(tmp_path: Path) -> None:
         file_entries(tmp_path / "p")
 
 
-def test_the_sbom_lists_wheels_models_images_and_image_packages() -> None:
+def test_the_sbom_lists_wheels_models_images_image_packages_and_the_web_uis_uplot() -> None:
     files = {"models/m/model.safetensors": {"size": 1, "sha256": HEX, "mode": "0644"},
              "images/airlock-gateway.oci.tar": {"size": 1, "sha256": "ab" * 32, "mode": "0644"},
              "images/airlock-worker.oci.tar": {"size": 1, "sha256": "cd" * 32, "mode": "0644"}}
@@ -140,7 +145,8 @@ def test_the_sbom_lists_wheels_models_images_and_image_packages() -> None:
                       images=[{"service": "gateway", "tag": "localhost/airlock-gateway:0.1.0-5", "python": ["pyyaml"],
                                "file": "images/airlock-gateway.oci.tar", "debian": [libc]},
                               {"service": "worker", "tag": "localhost/airlock-worker:0.1.0-5", "python": ["torch"],
-                               "file": "images/airlock-worker.oci.tar", "debian": [libc]}])
+                               "file": "images/airlock-worker.oci.tar", "debian": [libc]}],
+                      web_assets=[UPLOT])
     assert sbom["bomFormat"] == "CycloneDX" and sbom["specVersion"] == "1.5"
     purls = [c.get("purl") for c in sbom["components"]]
     assert "pkg:pypi/pyyaml@6.0.3" in purls
@@ -156,3 +162,12 @@ def test_the_sbom_lists_wheels_models_images_and_image_packages() -> None:
     assert gateway["hashes"] == [{"alg": "SHA-256", "content": "ab" * 32}]
     model = next(c for c in sbom["components"] if c["type"] == "machine-learning-model")
     assert model["properties"] == [{"name": "airlock:file:model.safetensors", "value": HEX}]
+    uplot = next(c for c in sbom["components"] if c["name"] == "uplot")
+    assert (uplot["version"], uplot["licenses"], uplot["purl"]) == ("1.6.16", [{"license": {"id": "MIT"}}],
+                                                                   "pkg:npm/uplot@1.6.16")
+    (ancestor,) = uplot["pedigree"]["ancestors"]
+    assert ancestor["purl"] == "pkg:pypi/uplot-python@1.1.1"
+    assert ancestor["hashes"] == [{"alg": "SHA-256", "content": "cd" * 32}]
+    assert {"name": "airlock:served-from", "value": "/static/vendor/uplot/"} in uplot["properties"]
+    assert {"name": "airlock:file:uPlot.iife.js", "value": "ef" * 32} in uplot["properties"]
+    assert {"name": "airlock:source", "value": "uplot_python-1.1.1-py3-none-any.whl"} in uplot["properties"]

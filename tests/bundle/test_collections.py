@@ -4,8 +4,6 @@ listed ones; a wheel of other bytes, an unsafe member or an unlisted dependency 
 from __future__ import annotations
 
 import json
-import shutil
-import stat
 import subprocess
 import sys
 import textwrap
@@ -16,12 +14,14 @@ from pathlib import Path
 import pytest
 
 import airlock
-from airlock.bundle.collections import (LOCK, NAMES, TREE, VENDORED, cached_wheel, fetch, read_lock, read_names,
-                                        vendor_collections, vendor_locked, vendored)
+from airlock.bundle.collections import (LOCK, NAMES, TREE, VENDORED, read_names, vendor_collections, vendor_locked,
+                                        vendored)
+from airlock.bundle.locked_wheel import cached_wheel, fetch, read_lock
 from airlock.bundle.payload import sha256_file
 from airlock.bundle.sbom import build_sbom
 from airlock.config import REPO_ROOT
 from airlock.errors import IntegrityFailure, InvalidInput
+from wheel_factory import cache_holding, files_under, flipped_copy, one_wheel_lock, small_wheel
 
 REPO_LOCK = REPO_ROOT / LOCK
 PODMAN = f"{TREE}/containers/podman/"
@@ -34,24 +34,8 @@ def ansible_wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return cached_wheel(REPO_LOCK, INSTALL_CACHE) or fetch(REPO_LOCK, tmp_path_factory.mktemp("collections-wheel"))
 
 
-def files_under(folder: Path) -> set[str]:
-    return {p.relative_to(folder).as_posix() for p in folder.rglob("*") if not p.is_dir()}
-
-
-def small_wheel(path: Path, members: dict[str, bytes], *, links: tuple[str, ...] = ()) -> Path:
-    with zipfile.ZipFile(path, "w") as z:
-        for name, data in members.items():
-            z.writestr(name, data)
-        for name in links:
-            info = zipfile.ZipInfo(name)
-            info.external_attr = (stat.S_IFLNK | 0o777) << 16
-            z.writestr(info, "/etc/passwd")
-    return path
-
-
 def lock_for(path: Path, wheel: Path) -> Path:
-    path.write_text(f"# a test lock\nansible==1.0 --hash=sha256:{sha256_file(wheel)}\n")
-    return path
+    return one_wheel_lock(path, "ansible", wheel)
 
 
 def collection_manifest(namespace: str, name: str, version: str = "1.0.0", dependencies: dict | None = None) -> bytes:
@@ -94,9 +78,7 @@ def test_vendoring_the_locked_wheel_extracts_containers_podman_and_nothing_else(
 
 
 def test_the_checkouts_collections_are_left_alone_when_current(ansible_wheel: Path, tmp_path: Path) -> None:
-    cache = tmp_path / "cache"
-    cache.mkdir()
-    shutil.copy2(ansible_wheel, cache / ansible_wheel.name)
+    cache = cache_holding(ansible_wheel, tmp_path)
     dest = tmp_path / "collections"
     done, written = vendor_locked(REPO_ROOT, dest, cache)
     assert written and [c["name"] for c in done] == ["containers.podman"]
@@ -107,13 +89,7 @@ def test_the_checkouts_collections_are_left_alone_when_current(ansible_wheel: Pa
 
 def test_a_wheel_of_other_bytes_is_refused_naming_the_file_and_both_hashes(ansible_wheel: Path,
                                                                            tmp_path: Path) -> None:
-    changed = tmp_path / ansible_wheel.name
-    shutil.copy2(ansible_wheel, changed)
-    with changed.open("r+b") as f:
-        f.seek(changed.stat().st_size // 2)
-        byte = f.read(1)
-        f.seek(-1, 1)
-        f.write(bytes([byte[0] ^ 0xFF]))
+    changed = flipped_copy(ansible_wheel, tmp_path)
     dest = tmp_path / "collections"
     with pytest.raises(IntegrityFailure) as caught:
         vendor_collections(changed, ["containers.podman"], dest, lock_path=REPO_LOCK)
@@ -191,7 +167,7 @@ BARE = textwrap.dedent("""
     import sys, sysconfig
     from pathlib import Path
     sys.path.insert(0, sys.argv[1])
-    from airlock.bundle.collections import read_lock, vendor_collections
+    from airlock.bundle.collections import vendor_collections
     done = vendor_collections(Path(sys.argv[2]), ["containers.podman"], Path(sys.argv[3]), lock_path=Path(sys.argv[4]))
     stdlib = sysconfig.get_paths()["stdlib"]
     outside = sorted(name for name, mod in sys.modules.items()

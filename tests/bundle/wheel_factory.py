@@ -1,4 +1,5 @@
-"""Small real wheels and sdists for the lock and wheel tests, and a pip that sees only them.
+"""Small real wheels and sdists for the lock and wheel tests, and a pip that sees only them;
+small zips, locks and altered copies for the vendoring tests (collections, web assets).
 
 The wheels are valid zip files with METADATA, WHEEL and RECORD, so pip reads their requirements
 and installs them like any other; `only_local_index` points the real pip subprocess at a folder of
@@ -11,6 +12,8 @@ import base64
 import hashlib
 import io
 import os
+import shutil
+import stat
 import tarfile
 import zipfile
 from pathlib import Path
@@ -53,6 +56,48 @@ def make_sdist(folder: Path, name: str, version: str) -> Path:
         member.size = len(setup)
         tar.addfile(member, io.BytesIO(setup))
     return path
+
+
+def small_wheel(path: Path, members: dict[str, bytes], *, links: tuple[str, ...] = ()) -> Path:
+    """A zip of just these members (and symbolic links to /etc/passwd), for the vendoring tests."""
+    with zipfile.ZipFile(path, "w") as z:
+        for name, data in members.items():
+            z.writestr(name, data)
+        for name in links:
+            info = zipfile.ZipInfo(name)
+            info.external_attr = (stat.S_IFLNK | 0o777) << 16
+            z.writestr(info, "/etc/passwd")
+    return path
+
+
+def one_wheel_lock(path: Path, name: str, wheel: Path) -> Path:
+    """A lock of the vendoring kind (airlock.bundle.locked_wheel) pinning `wheel` as NAME 1.0."""
+    path.write_text(f"# a test lock\n{name}==1.0 --hash=sha256:{sha256_file(wheel)}\n")
+    return path
+
+
+def flipped_copy(wheel: Path, folder: Path) -> Path:
+    """A copy of `wheel` under its own name with the byte in its middle inverted."""
+    changed = folder / wheel.name
+    shutil.copy2(wheel, changed)
+    with changed.open("r+b") as f:
+        f.seek(changed.stat().st_size // 2)
+        byte = f.read(1)
+        f.seek(-1, 1)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    return changed
+
+
+def cache_holding(wheel: Path, folder: Path) -> Path:
+    """`folder`/cache, a wheel cache of the vendoring kind holding a copy of `wheel`."""
+    cache = folder / "cache"
+    cache.mkdir()
+    shutil.copy2(wheel, cache / wheel.name)
+    return cache
+
+
+def files_under(folder: Path) -> set[str]:
+    return {p.relative_to(folder).as_posix() for p in folder.rglob("*") if not p.is_dir()}
 
 
 def lock_line(name: str, version: str, *wheels: Path) -> str:

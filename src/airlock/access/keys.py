@@ -77,18 +77,33 @@ def parse_models(models: list[str] | str | None) -> list[str] | None:
 def create_key(meta: Meta, name: str, *, role: str = DEFAULT_ROLE, models: list[str] | str | None = None,
                expires: str | None = None, rpm: int = 0, tpm: int = 0,
                actor: str = "operator") -> tuple[str, str]:
-    """Make a key; return (key_id, secret). The secret is never stored and cannot be shown again."""
+    """Make a key; return (key_id, secret). The secret is never stored and cannot be shown again.
+
+    Every field is checked before any is refused, so a caller (the web UI's form) sees all its
+    problems at once."""
+    problems: list[str] = []
+
+    def checked(parse, value):
+        try:
+            return parse(value)
+        except InvalidInput as exc:
+            problems.append(exc.message)
+            return None
+
     name = (name or "").strip()
     if not name:
-        raise InvalidInput("an API key needs a name (what application or person it is for)")
-    if len(name) > _MAX_NAME:
-        raise InvalidInput(f"API key name is {len(name)} characters long; at most {_MAX_NAME}")
-    check_role(role)
-    scope = parse_models(models)
-    expires_at = parse_expiry(expires)
-    for label, value in (("--rpm", rpm), ("--tpm", tpm)):
-        if value < 0:
-            raise InvalidInput(f"{label} {value}: a limit is 0 (none) or positive")
+        problems.append("an API key needs a name (what application or person it is for)")
+    elif len(name) > _MAX_NAME:
+        problems.append(f"API key name is {len(name)} characters long; at most {_MAX_NAME}")
+    checked(check_role, role)
+    scope = checked(parse_models, models)
+    expires_at = checked(parse_expiry, expires)
+    problems += [f"{label} {value}: a limit is 0 (none) or positive"
+                 for label, value in (("--rpm", rpm), ("--tpm", tpm)) if value < 0]
+    if len(problems) == 1:
+        raise InvalidInput(problems[0])
+    if problems:
+        raise InvalidInput(f"the API key was not created: {len(problems)} problems", problems=problems)
     with meta.write() as db:
         while True:
             key_id = secrets.token_hex(_ID_BYTES)
@@ -178,6 +193,11 @@ def check_key(keys: dict[str, dict[str, Any]], authorization: str | None,
     if not hmac.compare_digest(hash_secret(token), stored) or row is None:
         # One message for an unknown id and a wrong secret: no oracle for which ids exist.
         raise Unauthorized("invalid API key: it is unknown or its secret is wrong")
+    return check_usable(row, at)
+
+
+def check_usable(row: dict[str, Any], at: datetime | None = None) -> dict[str, Any]:
+    """The key row, unless it is revoked or expired (Unauthorized, saying which and when)."""
     if row["revoked_at"]:
         raise Unauthorized(f"API key {row['id']} was revoked at {row['revoked_at']}")
     if row["expires_at"] and datetime.fromisoformat(row["expires_at"]) <= (at or datetime.now(UTC)):

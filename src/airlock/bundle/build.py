@@ -1,6 +1,7 @@
 """`airlock bundle build`: everything a target host needs, in one signed, split, verifiable bundle.
 
-On a connected host: the target's wheels (binary only, hash-locked), airlock's own wheel, the chosen
+On a connected host: the target's wheels (binary only, hash-locked), airlock's own wheel (with the
+web UI's uPlot, vendored from its locked wheel into the package data first), the chosen
 models (safetensors only), the playbooks with the Ansible collections they use, the service images
 when asked, an SBOM, one deterministic tar split into media-sized parts, and beside the parts the
 stand-alone verifier, the installer, the trust root and the manifest with its DSSE envelope signed
@@ -21,7 +22,7 @@ from pathlib import Path
 from typing import Callable
 
 from airlock import __version__
-from airlock.bundle import manifest as bm
+from airlock.bundle import manifest as bm, webassets
 from airlock.bundle.check import read_json, verify_bundle
 from airlock.bundle.collections import VENDORED, vendor_locked
 from airlock.bundle.images import build_images
@@ -82,9 +83,14 @@ def _signers(req: BuildRequest) -> tuple[list, dict]:
     return keys, root_doc
 
 
-def _payload(req: BuildRequest, payload: Path, sequence: int) -> tuple[list[dict], dict, list[dict], list[dict]]:
+def _payload(req: BuildRequest, payload: Path, sequence: int) -> tuple[list[dict], dict, list[dict], dict]:
+    """(wheels, contents, images, what was vendored from locked wheels: {collections, web_assets})."""
     wheels_dir = payload / "wheels"
     wheels = fetch_wheels(req.repo / "wheels" / f"requirements-{req.target}.lock", wheels_dir, target=req.target)
+    # airlock's wheel is built from the checkout's sources, so the web UI's uPlot is put there first:
+    # exactly the locked wheel's files, whatever a development install left in the folder.
+    with tempfile.TemporaryDirectory(prefix="airlock-web-assets-") as cache:
+        uplot, _ = webassets.vendor_locked(req.repo, req.repo / webassets.VENDORED, Path(cache))
     own = build_own_wheel(req.repo, wheels_dir)
     lock = (req.repo / "wheels" / f"requirements-{req.target}.lock").read_text()
     (wheels_dir / "requirements.lock").write_text(
@@ -100,7 +106,7 @@ def _payload(req: BuildRequest, payload: Path, sequence: int) -> tuple[list[dict
         collections, _ = vendor_locked(req.repo, payload / VENDORED, Path(cache))
     images = build_images(req.repo, wheels_dir, payload / "images", target=req.target, release=f"{__version__}-{sequence}",
                           version=__version__, mirror=debian_mirror(req.debian_mirror)) if req.images else []
-    return wheels, {"models": models}, images, collections
+    return wheels, {"models": models}, images, {"collections": collections, "web_assets": [uplot]}
 
 
 def _not_vendored(repo: Path) -> Callable[[str, list[str]], list[str]]:
@@ -139,11 +145,11 @@ def build(req: BuildRequest) -> dict:
     req.out.mkdir(parents=True, exist_ok=True)
     staging = req.out / ".payload"
     try:
-        wheels, contents, images, collections = _payload(req, staging, sequence)
+        wheels, contents, images, vendored = _payload(req, staging, sequence)
         files_so_far = file_entries(staging)
         sbom = build_sbom(version=__version__, created=req.now,
                           wheels=[{**w, "file": Path(w["path"]).name} for w in wheels],
-                          models=req.models, files=files_so_far, images=images, collections=collections)
+                          models=req.models, files=files_so_far, images=images, **vendored)
         (staging / "sbom.cdx.json").write_bytes(canonical_json(sbom))
         files = file_entries(staging)
         parts = _write_parts(staging, files, req.out, req.part_size)

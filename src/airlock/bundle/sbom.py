@@ -1,11 +1,11 @@
 """The bundle's software bill of materials, CycloneDX 1.5 JSON.
 
 Every wheel (as a PyPI package URL with its sha256), every model folder (a machine-learning-model
-component with each file's digest), every Ansible collection of the playbooks (its version, and as
-its pedigree the wheel it was taken from, with that wheel's sha256), every service image (a
-container component with its archive's digest) and every package found in the images' layers (a
-Debian package URL) is one component, so a site's vulnerability scanner can read what crossed the
-air gap.
+component with each file's digest), every Ansible collection of the playbooks and the web UI's
+uPlot (its version, and as its pedigree the wheel it was taken from, with that wheel's sha256),
+every service image (a container component with its archive's digest) and every package found in
+the images' layers (a Debian package URL) is one component, so a site's vulnerability scanner can
+read what crossed the air gap.
 """
 
 from __future__ import annotations
@@ -37,16 +37,40 @@ def _model(name: str, files: dict[str, dict]) -> dict:
                            for rel, entry in sorted(files.items()) if rel.startswith(prefix)]}
 
 
+def _from_wheel(source: dict) -> dict:
+    """The pedigree of what was extracted from a locked wheel: that wheel, with its sha256."""
+    return {"ancestors": [{"type": "library", "name": source["name"], "version": source["version"],
+                           "purl": f"pkg:pypi/{source['name']}@{source['version']}",
+                           "hashes": [{"alg": "SHA-256", "content": source["sha256"]}]}]}
+
+
+def _source_properties(source: dict) -> list[dict]:
+    return [{"name": "airlock:source", "value": source["file"]},
+            {"name": "airlock:source-sha256", "value": source["sha256"]}]
+
+
 def _collection(collection: dict) -> dict:
     """An Ansible collection of the playbooks, descended from the wheel it was extracted from."""
     source = collection["source"]
     return {"type": "library", "name": collection["name"], "version": collection["version"],
-            "pedigree": {"ancestors": [{"type": "library", "name": source["name"], "version": source["version"],
-                                        "purl": f"pkg:pypi/{source['name']}@{source['version']}",
-                                        "hashes": [{"alg": "SHA-256", "content": source["sha256"]}]}]},
+            "pedigree": _from_wheel(source),
             "properties": [{"name": "airlock:path", "value": f"{VENDORED.as_posix()}/{collection['path']}"},
-                           {"name": "airlock:source", "value": source["file"]},
-                           {"name": "airlock:source-sha256", "value": source["sha256"]}]}
+                           *_source_properties(source)]}
+
+
+def _web_asset(asset: dict) -> dict:
+    """A library the web UI serves (uPlot), carried inside airlock's own wheel and descended from the
+    wheel its files were extracted from; each file's sha256, as served."""
+    source = asset["source"]
+    return {"type": "library", "name": asset["name"], "version": asset["version"],
+            "licenses": [{"license": {"id": asset["license"]}}],
+            "purl": f"pkg:npm/{asset['name']}@{asset['version']}",
+            "pedigree": _from_wheel(source),
+            "properties": [{"name": "airlock:path", "value": asset["path"]},
+                           {"name": "airlock:served-from", "value": asset["served_from"]},
+                           *({"name": f"airlock:file:{name}", "value": digest}
+                             for name, digest in sorted(asset["files"].items())),
+                           *_source_properties(source)]}
 
 
 def _debs(images: list[dict]) -> list[dict]:
@@ -72,13 +96,15 @@ def _image(image: dict, files: dict[str, dict]) -> dict:
 
 def build_sbom(*, version: str, created: datetime, wheels: list[dict], models: list[str],
                files: dict[str, dict], images: list[dict], collections: Sequence[dict] = (),
-               serial: str | None = None) -> dict:
+               web_assets: Sequence[dict] = (), serial: str | None = None) -> dict:
     """`images`: per image its service, tag, archive file, Debian packages ({name, version, arch})
     and Python package names (each also a wheel of the bundle, whose component names the image).
-    `collections`: what `airlock.bundle.collections.vendor_collections` reports."""
+    `collections`: what `airlock.bundle.collections.vendor_collections` reports; `web_assets`: what
+    `airlock.bundle.webassets.vendor_web_assets` reports."""
     components = [_wheel(w, images) for w in sorted(wheels, key=lambda w: w["file"])]
     components += [_model(name, files) for name in models]
     components += [_collection(c) for c in collections]
+    components += [_web_asset(a) for a in web_assets]
     components += [_image(image, files) for image in images]
     components += _debs(images)
     return {"bomFormat": "CycloneDX", "specVersion": SPEC,

@@ -92,7 +92,8 @@ def fetch_wheels(lock_path: Path, out_dir: Path, *, target: str) -> list[dict]:
     return check_wheels(out_dir, lock, source=str(lock_path))
 
 
-def _copy_sources(repo_root: Path, dest: Path) -> None:
+def copy_own_sources(repo_root: Path, dest: Path) -> None:
+    """What the build of airlock's own wheel reads, copied from the checkout into `dest`."""
     skip = shutil.ignore_patterns("__pycache__", "*.egg-info")
     for name in OWN_SOURCES:
         if (repo_root / name).is_dir():
@@ -109,7 +110,7 @@ def build_own_wheel(repo_root: Path, out_dir: Path) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="airlock-own-wheel-") as tmp:
         source, built = Path(tmp) / "source", Path(tmp) / "built"
-        _copy_sources(repo_root, source)
+        copy_own_sources(repo_root, source)
         run_pip(["wheel", "--no-deps", "--no-build-isolation", "--quiet", "--wheel-dir", str(built), str(source)],
                 what=f"building airlock's own wheel from {repo_root} (with the installed build backend, setuptools)",
                 extra_env={"SOURCE_DATE_EPOCH": SOURCE_DATE_EPOCH, "PIP_NO_INDEX": "1"}, timeout_s=BUILD_TIMEOUT_S)

@@ -113,10 +113,12 @@ def worker(
 
 @command
 def gateway() -> None:
-    """Run the gateway service alone: the OpenAI API, the control API and probes (foreground)."""
+    """Run the gateway service alone: the OpenAI API, the control API, the web UI and probes
+    (foreground)."""
     from airlock.gateway.app import serve_gateway
+    from airlock.web import install
 
-    serve_gateway(get_settings(), log_level="warning")
+    serve_gateway(get_settings(), log_level="warning", ui=install)
 
 
 def snippets(gateway_url: str, alias: str, key: str, cafile: Path | None = None) -> str:

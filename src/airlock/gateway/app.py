@@ -11,7 +11,7 @@ independent gateways as they like from different settings.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 
@@ -20,6 +20,7 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 
 from airlock.access.ratelimit import RateLimiter
+from airlock.access.sessions import Sessions
 from airlock.config import Settings, get_settings
 from airlock.gateway.control import api
 from airlock.gateway.events import events_api
@@ -82,7 +83,9 @@ async def metrics(request: Request) -> PlainTextResponse:
                              media_type="text/plain; version=0.0.4")
 
 
-def create_app(settings: Settings | None = None) -> Front:
+def create_app(settings: Settings | None = None, ui: Callable[[FastAPI], None] | None = None) -> Front:
+    """The gateway; `ui` adds the web UI's routes (airlock.web.install), which build on this
+    package and so are handed in rather than imported."""
     settings = settings or get_settings()
     settings.home.mkdir(parents=True, exist_ok=True)
     meta = open_meta(settings.db_path)
@@ -109,16 +112,20 @@ def create_app(settings: Settings | None = None) -> Front:
     app.state.metrics = Metrics()
     app.state.engine = Engine(settings, app.state.metrics)
     app.state.started = int(datetime.now().timestamp())
+    app.state.sessions = Sessions(lifetime_s=settings.web_session_hours * 3600)
     install_error_handlers(app)
     # Oversized bodies never reach a route or a parser (the front bounds headers).
     app.add_middleware(RequestLimits, settings=settings)
     app.include_router(ops)
     app.include_router(api)
     app.include_router(events_api)
+    if ui is not None:
+        ui(app)
     return Front(app, OpenAIApi(app.state), settings, app.state.metrics)
 
 
-def serve_gateway(settings: Settings | None = None, *, log_level: str = "info") -> None:
+def serve_gateway(settings: Settings | None = None, *, log_level: str = "info",
+                  ui: Callable[[FastAPI], None] | None = None) -> None:
     """Run the gateway in the foreground on settings.gateway_host:gateway_port until stopped,
     over TLS when settings.tls_cert and tls_key are set."""
     import uvicorn
@@ -130,5 +137,5 @@ def serve_gateway(settings: Settings | None = None, *, log_level: str = "info") 
         tls = {"ssl_certfile": str(settings.tls_cert), "ssl_keyfile": str(settings.tls_key)}
     # httptools, named rather than picked by "auto": h11 would answer an oversized header block
     # itself with a bare 400 and a reset, before RequestLimits can name the setting.
-    uvicorn.run(create_app(settings), host=settings.gateway_host, port=settings.gateway_port,
+    uvicorn.run(create_app(settings, ui), host=settings.gateway_host, port=settings.gateway_port,
                 http="httptools", log_level=log_level, proxy_headers=False, server_header=False, **tls)

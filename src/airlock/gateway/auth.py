@@ -8,17 +8,51 @@ from typing import Any
 from fastapi import Request
 
 from airlock.access.keys import check_key
+from airlock.access.sessions import COOKIE, CSRF_HEADER, Sessions, check_csrf, key_of_session
 from airlock.access.roles import require_permission
 from airlock.errors import Forbidden
 
 
+SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
+
+
 async def require_key(request: Request) -> dict[str, Any]:
-    """The caller's key row (from the in-memory registry), or 401 in OpenAI's error format."""
+    """The caller's key row (from the in-memory registry), or 401 in OpenAI's error format: from
+    an `Authorization: Bearer` header, or else from the web UI's session cookie."""
     snapshot = await request.app.state.registry.current()
-    key = check_key(snapshot.keys, request.headers.get("authorization"))
+    authorization = request.headers.get("authorization")
+    if authorization is None and COOKIE in request.cookies:
+        headers = request.headers
+        key = key_of_cookie(request.app.state.sessions, snapshot.keys, request.cookies[COOKIE], request.method,
+                            origin=headers.get("origin"), own_origin=f"{request.url.scheme}://{headers.get('host', '')}",
+                            csrf=headers.get(CSRF_HEADER))
+    else:
+        key = check_key(snapshot.keys, authorization)
     request.state.api_key = key
     request.state.snapshot = snapshot
     return key
+
+
+def key_of_cookie(sessions: Sessions, keys: dict[str, dict], token: str, method: str, *, origin: str | None,
+                  own_origin: str, csrf: str | None) -> dict[str, Any]:
+    """The key behind a session cookie; a change must also carry the session's CSRF token and
+    come from a page of this origin."""
+    session = sessions.find(token)
+    key = key_of_session(session, keys)
+    if method not in SAFE_METHODS:
+        check_origin(origin, own_origin)
+        check_csrf(session, csrf)
+    return key
+
+
+def check_same_origin(request: Request) -> None:
+    check_origin(request.headers.get("origin"), f"{request.url.scheme}://{request.headers.get('host', '')}")
+
+
+def check_origin(origin: str | None, own_origin: str) -> None:
+    """A browser names the page a change comes from (Origin); it must be one of ours."""
+    if origin is not None and origin != own_origin:
+        raise Forbidden(f"a change from the page of another site ({origin}) is refused")
 
 
 def permit(permission: str) -> Callable:

@@ -76,7 +76,11 @@ def from_airlock_error(exc: AirlockError) -> JSONResponse:
     headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
     if (retry_after := getattr(exc, "retry_after", None)) is not None:
         headers = {"Retry-After": str(max(1, math.ceil(retry_after)))}
-    return error_response(str(exc), status, exc.code, getattr(exc, "param", None), headers)
+    body = error_body(str(exc), status, exc.code, getattr(exc, "param", None))
+    if exc.problems:
+        # Beside OpenAI's fields: every problem on its own, for a client (the web UI) to list.
+        body["error"] |= {"summary": exc.message, "problems": exc.problems}
+    return JSONResponse(body, status_code=status, headers=headers)
 
 
 async def _airlock_error(_: Request, exc: AirlockError) -> JSONResponse:

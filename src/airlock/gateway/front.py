@@ -45,6 +45,11 @@ class Head:
     authorization: str | None = None
     content_length: int | None = None
     chunked: bool = False
+    # For the web UI's playground, which calls /v1 with its session cookie instead of a key.
+    cookie: str | None = None
+    csrf: str | None = None
+    origin: str | None = None
+    host: str = ""
 
 
 def read_head(scope: Scope, max_bytes: int) -> Head | BadRequest:
@@ -61,6 +66,14 @@ def read_head(scope: Scope, max_bytes: int) -> Head | BadRequest:
             head.chunked = True
         elif name == b"x-request-id" and len(value) <= _MAX_REQUEST_ID and _VISIBLE.fullmatch(value):
             head.request_id = value
+        elif name == b"cookie":
+            head.cookie = value.decode("latin-1")
+        elif name == b"x-csrf-token":
+            head.csrf = value.decode("latin-1")
+        elif name == b"origin":
+            head.origin = value.decode("latin-1")
+        elif name == b"host":
+            head.host = value.decode("latin-1")
     if not head.request_id:
         head.request_id = new_request_id()
     if size > max_bytes:

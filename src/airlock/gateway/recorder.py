@@ -1,5 +1,6 @@
-"""The gateway's writes, made off the event loop: keys' last use, rate-limit state, and audit
-rows for refused requests. One thread drains them about once a second (at once for audit rows),
+"""The gateway's writes, made off the event loop: keys' last use, how often each key called each
+model (adapter or base model: the lineage view's last link), rate-limit state, and audit rows for refused
+requests. One thread drains them about once a second (at once for audit rows),
 so a slow database delays the record, never a request.
 """
 
@@ -24,6 +25,7 @@ class Recorder:
         self.meta = meta
         self._rate_state = rate_state or (lambda: [])
         self._last_used: dict[str, float] = {}
+        self._calls: dict[tuple[str, str], int] = {}  # (answering model, key id) -> requests since the last flush
         self._audits: queue.SimpleQueue = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._wake = threading.Event()
@@ -33,10 +35,12 @@ class Recorder:
     def start(self) -> None:
         self._thread.start()
 
-    def used(self, key_id: str) -> None:
+    def used(self, key_id: str, model: str | None = None) -> None:
         at = time.time()  # formatted at the flush, not on every request
         with self._lock:
             self._last_used[key_id] = at
+            if model is not None:
+                self._calls[(model, key_id)] = self._calls.get((model, key_id), 0) + 1
 
     def refused(self, actor: str, key_id: str, permission: str, method: str, path: str) -> None:
         self._audits.put((actor, "request.refused", key_id,
@@ -62,11 +66,16 @@ class Recorder:
     def flush(self) -> None:
         with self._lock:
             used, self._last_used = self._last_used, {}
+            calls, self._calls = self._calls, {}
         buckets = self._rate_state()
-        if used or buckets:
+        if used or buckets or calls:
             with self.meta.write() as db:
                 for key_id, at in used.items():
                     db.execute("UPDATE api_keys SET last_used_at = ? WHERE id = ?", [_iso(at), key_id])
+                for (model, key_id), count in calls.items():
+                    db.execute("INSERT INTO model_calls (model, key_id, requests, last_at) VALUES (?, ?, ?, ?) "
+                               "ON CONFLICT (model, key_id) DO UPDATE SET requests = requests + excluded.requests, "
+                               "last_at = excluded.last_at", [model, key_id, count, _iso(used[key_id])])
                 if buckets:
                     db["rate_buckets"].upsert_all(buckets, pk=("key_id", "kind"))
         while True:

@@ -22,7 +22,8 @@ from starlette.types import Receive, Scope, Send
 
 from airlock.access.keys import check_key
 from airlock.errors import AirlockError, NotReady
-from airlock.gateway.auth import check_permission
+from airlock.access.sessions import session_token
+from airlock.gateway.auth import check_permission, key_of_cookie
 from airlock.gateway.errors import BadRequest, ModelNotFound, UpstreamError, error_body, from_airlock_error
 from airlock.gateway.fields import CHAT_ACCEPTED, COMPLETION_ACCEPTED, refuse_unknown_fields
 from airlock.gateway.front import Head, read_body, send_bytes
@@ -63,7 +64,7 @@ class OpenAIApi:
         scope["airlock.route"] = route
         try:
             snapshot = await self.state.registry.current()
-            key = check_key(snapshot.keys, head.authorization)
+            key = self._key(scope, head, snapshot)
             check_permission(self.state.recorder, key, "inference", method, path)
             if route == MODELS:
                 await send_bytes(send, 200, encode_json({"object": "list", "data": self._cards(snapshot, key)}))
@@ -82,6 +83,14 @@ class OpenAIApi:
                 await send_bytes(send, 500, encode_json(body))
             except RuntimeError:
                 pass  # the answer had already started: the server closes the connection
+
+    def _key(self, scope: Scope, head: Head, snapshot: Snapshot) -> dict[str, Any]:
+        """The key of an `Authorization: Bearer` header, or of the web UI's session cookie."""
+        token = session_token(head.cookie) if head.authorization is None and head.cookie else None
+        if token is None:
+            return check_key(snapshot.keys, head.authorization)
+        return key_of_cookie(self.state.sessions, snapshot.keys, token, scope["method"], origin=head.origin,
+                             own_origin=f"{scope['scheme']}://{head.host}", csrf=head.csrf)
 
     # --- models ------------------------------------------------------------------------------
 
@@ -128,7 +137,7 @@ class OpenAIApi:
             body["prompt"] = [self._bos_token(base_model)]
             raw = b""
         state.limiter.admit(key)
-        state.recorder.used(key["id"])
+        state.recorder.used(key["id"], upstream_model)  # the adapter (or base model) that answers
         if upstream_model != requested or not raw:
             body["model"] = upstream_model
             raw = encode_json(body)

@@ -156,4 +156,16 @@ MIGRATIONS: list[tuple[int, str]] = [
         )
         """,
     ),
+    (
+        4,
+        """
+        CREATE TABLE model_calls (
+            model TEXT NOT NULL,
+            key_id TEXT NOT NULL,
+            requests INTEGER NOT NULL,
+            last_at TEXT NOT NULL,
+            PRIMARY KEY (model, key_id)
+        )
+        """,
+    ),
 ]

@@ -105,8 +105,8 @@ def check_model_dir(folder: Path) -> None:
 
 
 def describe_model(folder: Path, *, tool_call_parser_override: str = "") -> dict:
-    """Name, path, architecture, parameter count, digest and vLLM tool-call parser (None: no
-    tool calling) of one usable model folder."""
+    """Name, path, architecture, parameter count, context length, digest and vLLM tool-call
+    parser (None: no tool calling) of one usable model folder."""
     folder = Path(folder)
     check_model_dir(folder)
     config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
@@ -117,6 +117,7 @@ def describe_model(folder: Path, *, tool_call_parser_override: str = "") -> dict
         "architecture": architectures[0] if architectures else None,
         "model_type": config.get("model_type"),
         "parameters": count_parameters(folder),
+        "context_length": config.get("max_position_embeddings"),
         "tool_call_parser": tool_call_parser(folder, tool_call_parser_override),
         "digest": model_digest(folder),
     }
