@@ -16,7 +16,7 @@ import pytest
 from airlock.config import REPO_ROOT, Settings
 from airlock.context import Airlock
 
-pytest_plugins = ["vllm_fixtures"]
+pytest_plugins = ["vllm_fixtures", "browser_fixtures"]
 
 EXAMPLES = REPO_ROOT / "examples"
 # podman on hosts such as CI's (no systemd as PID 1, a cgroup mode crun refuses, no CAP_SYS_RESOURCE)

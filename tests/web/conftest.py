@@ -1,26 +1,18 @@
-"""The web UI's tests run in a real browser: Debian's chromium (install.sh installs it), driven by
-sync Playwright. The helpers they assert with are in browser_harness.py."""
+"""The web UI's tests run against a real gateway (`ui_gateway`) and in a real browser (the
+`browser` fixture of tests/browser_fixtures.py); tests/browser_harness.py holds what they assert with."""
 
 from __future__ import annotations
 
-import os
-import shutil
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
-from playwright.sync_api import Browser, sync_playwright
+from gateway_support import Gateway, gateway_settings, run_gateway
+
+from airlock.web import install
 
 
-@pytest.fixture(scope="session")
-def browser() -> Iterator[Browser]:
-    """One headless chromium for each test process (xdist's workers start one each)."""
-    executable = shutil.which("chromium")
-    if executable is None:
-        reason = "chromium is not installed (./install.sh installs Debian's chromium package)"
-        if os.environ.get("CI"):
-            pytest.fail(f"{reason}; CI has it, so there the browser tests run")
-        pytest.skip(reason)
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=executable, headless=True)
-        yield browser
-        browser.close()
+@pytest.fixture
+def ui_gateway(tmp_path: Path) -> Iterator[Gateway]:
+    """A gateway serving the web UI, on a fresh home, with an admin key (`.key`)."""
+    yield from run_gateway(gateway_settings(tmp_path / "home"), ui=install)

@@ -4,11 +4,9 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
-import pytest
 from gateway_support import Gateway, gateway_settings, run_gateway
 
 from airlock.access.keys import revoke_key
@@ -16,11 +14,6 @@ from airlock.meta import open_meta
 from airlock.web import install
 
 DATA = Path(__file__).resolve().parents[2] / "examples" / "datasets" / "quickstart.jsonl"
-
-
-@pytest.fixture
-def ui_gateway(tmp_path: Path) -> Iterator[Gateway]:
-    yield from run_gateway(gateway_settings(tmp_path / "home"), ui=install)
 
 
 def signed_in(gateway: Gateway, secret: str) -> tuple[httpx.Client, str]:

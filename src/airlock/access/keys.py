@@ -103,7 +103,7 @@ def create_key(meta: Meta, name: str, *, role: str = DEFAULT_ROLE, models: list[
     if len(problems) == 1:
         raise InvalidInput(problems[0])
     if problems:
-        raise InvalidInput(f"the API key was not created: {len(problems)} problems", problems=problems)
+        raise InvalidInput(f"{len(problems)} problems with the API key", problems=problems)
     with meta.write() as db:
         while True:
             key_id = secrets.token_hex(_ID_BYTES)

@@ -164,16 +164,23 @@ def _is_bare_date(value: str) -> bool:
 
 def list_rows(meta: Meta, actor: str | None = None, action: str | None = None,
               since: str | datetime | None = None, until: str | datetime | None = None,
-              limit: int | None = None) -> list[dict[str, Any]]:
+              limit: int | None = None, subject: str | None = None,
+              before_id: int | None = None) -> list[dict[str, Any]]:
     """Audit rows oldest first (as the log reads); `limit` keeps the newest N of the matches.
 
     `action` is exact (`apikey.create`) or, ending in a dot, a prefix (`apikey.`). `since` is
-    inclusive, `until` exclusive. Each row carries its detail parsed, as `detail`.
+    inclusive, `until` exclusive. `subject` is exact. `before_id` keeps the rows older than that
+    id: the next page of a listing read newest first, stable while new rows are appended. Each
+    row carries its detail parsed, as `detail`.
     """
     where, params = [], []
-    if actor:
-        where.append("actor = ?")
-        params.append(actor)
+    for column, value in (("actor", actor), ("subject", subject)):
+        if value:
+            where.append(f"{column} = ?")
+            params.append(value)
+    if before_id is not None:
+        where.append("id < ?")
+        params.append(before_id)
     if action and action.endswith("."):
         where.append("substr(action, 1, ?) = ?")
         params += [len(action), action]
@@ -190,5 +197,14 @@ def list_rows(meta: Meta, actor: str | None = None, action: str | None = None,
     sql += " ORDER BY id DESC" + (" LIMIT ?" if limit else "")
     rows = meta.query(sql, tuple(params + ([limit] if limit else [])))
     for row in rows:
-        row["detail"] = json.loads(row.pop("detail_json") or "{}")
+        row["detail"] = _detail_of(row.pop("detail_json"))
     return rows[::-1]
+
+
+def _detail_of(stored: str | None) -> Any:
+    """A row's detail parsed; one edited into something that is not JSON is kept as it stands,
+    so the listing of a tampered log still shows the row that `verify` names."""
+    try:
+        return json.loads(stored or "{}")
+    except ValueError:
+        return {"unreadable": stored}

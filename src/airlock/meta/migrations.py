@@ -165,7 +165,9 @@ MIGRATIONS: list[tuple[int, str]] = [
             requests INTEGER NOT NULL,
             last_at TEXT NOT NULL,
             PRIMARY KEY (model, key_id)
-        )
+        );
+        ALTER TABLE models ADD COLUMN checked_at TEXT;
+        ALTER TABLE models ADD COLUMN check_error TEXT
         """,
     ),
 ]

@@ -40,6 +40,7 @@ def get_model(airlock: Airlock, model_id: str) -> dict:
 def list_models(airlock: Airlock) -> list[dict]:
     rows = airlock.meta.query(
         """SELECT m.id, m.kind, m.base_model, m.tree_digest, m.manifest_digest, m.run_id, m.created_at,
+                  m.checked_at, m.check_error,
                   (SELECT COUNT(*) FROM promotions p WHERE p.model_id = m.id) AS promotions,
                   (SELECT group_concat(a.name) FROM aliases a WHERE a.model_id = m.id) AS aliases
            FROM models m ORDER BY m.created_at"""

@@ -10,6 +10,7 @@ import json
 
 from airlock.context import Airlock
 from airlock.errors import IntegrityFailure
+from airlock.meta.db import now
 from airlock.models.adapters import check_tree, get_model
 from airlock.trust.keys import appliance_public_key, ensure_appliance_key
 from airlock.trust.manifest import build_manifest, sign_manifest, verify_envelope
@@ -36,10 +37,26 @@ def sign_candidate(airlock: Airlock, model_id: str, eval_results: dict) -> str:
 
 
 def verify_model(airlock: Airlock, model_id: str) -> dict:
-    """Signature, manifest contents and every stored byte; returns the verified manifest."""
+    """Signature, manifest contents and every stored byte; returns the verified manifest. The
+    outcome is recorded on the model (checked_at, check_error) for the pages that list models."""
     model = get_model(airlock, model_id)
     if not model["manifest_digest"]:
         raise IntegrityFailure(f"model {model_id} has no signed manifest yet (it has not passed evaluation)")
+    try:
+        manifest = _verified_manifest(airlock, model_id, model)
+    except (IntegrityFailure, ValueError) as exc:
+        _record_check(airlock, model_id, str(exc))
+        raise
+    _record_check(airlock, model_id, None)
+    return manifest
+
+
+def _record_check(airlock: Airlock, model_id: str, error: str | None) -> None:
+    with airlock.meta.write() as db:
+        db["models"].update(model_id, {"checked_at": now(), "check_error": error})
+
+
+def _verified_manifest(airlock: Airlock, model_id: str, model: dict) -> dict:
     envelope = json.loads(airlock.store.get_bytes(model["manifest_digest"]))
     manifest = verify_envelope(envelope, appliance_public_key(airlock.settings))
     problems = []

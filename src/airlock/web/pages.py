@@ -27,6 +27,11 @@ NAV = [
     ("Runs", "/runs", "runs:read"),
     ("New fine-tune", "/runs/new", "runs:write"),
     ("Datasets", "/datasets", "datasets:read"),
+    ("Models", "/models", "models:read"),
+    ("Serving", "/serving", "aliases:read"),
+    ("Playground", "/playground", "inference"),
+    ("Keys", "/keys", "keys:admin"),
+    ("Audit", "/audit", "audit:read"),
 ]
 
 
@@ -66,8 +71,11 @@ def page(permission: str):
 def render(request: Request, template: str, key: dict | None, status: int = 200, **context) -> HTMLResponse:
     session = getattr(request.state, "session", None)
     nav = [(label, path) for label, path, permission in NAV if key and has_permission(key["role"], permission)]
+    # The one entry this page belongs to: the longest path that is the page's or a parent of it.
+    current = max((p for _, p in nav if request.url.path == p or request.url.path.startswith(p + "/")),
+                  key=len, default=None)
     return templates.TemplateResponse(request, template, {
-        "key": key, "csrf": session.csrf if session else "", "nav": nav, "path": request.url.path,
+        "key": key, "csrf": session.csrf if session else "", "nav": nav, "current": current,
         "status_code": status, **context,
     }, status_code=status)
 

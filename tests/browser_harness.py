@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -91,7 +93,8 @@ def check_accessibility(page: Page, name: str) -> list[dict]:
     """Runs axe-core on the page and fails on any critical violation; returns all violations.
     axe is evaluated through the DevTools protocol, which a strict Content-Security-Policy does not
     govern: a <script> tag with axe in it would be refused on the web UI's pages."""
-    violations = Axe().run(page).response["violations"]
+    with _scroll_kept(page):
+        violations = Axe().run(page).response["violations"]
     critical = [v for v in violations if v["impact"] == "critical"]
     lines = [f"{v['id']}: {v['help']} at {', '.join(_selector(node['target']) for node in v['nodes'])}"
              for v in critical]
@@ -110,5 +113,18 @@ def screenshot(page: Page, name: str) -> Path:
     folder = Path(os.environ.get(SCREENSHOTS_ENV) or DEFAULT_SCREENSHOTS)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{name}.png"
-    page.screenshot(path=path, full_page=True)
+    with _scroll_kept(page):
+        page.screenshot(path=path, full_page=True)
     return path
+
+
+@contextmanager
+def _scroll_kept(page: Page) -> Iterator[None]:
+    """Put the page back where it was scrolled to: after axe or a full-page capture has scrolled
+    it, headless chromium sends the next clicks to what was under the pointer before (measured:
+    a submit button's click landed on its form), until the page scrolls again."""
+    x, y = page.evaluate("[window.scrollX, window.scrollY]")
+    try:
+        yield
+    finally:
+        page.evaluate("([x, y]) => window.scrollTo(x, y)", [x, y])

@@ -1,0 +1,66 @@
+"""The models pages: every adapter with its verification state, and one adapter's signed manifest
+in readable form with its lineage drawn as a chain (dataset -> run -> adapter -> promotion ->
+alias -> the keys that called it). An adapter's page checks it against its signed manifest
+(signature, then every stored file's digest) as the engine's load does; the list shows the
+outcome of each adapter's latest check, wherever it was made."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import HTMLResponse
+
+from airlock.access.roles import has_permission
+from airlock.errors import AirlockError
+from airlock.gateway.control import airlock_of
+from airlock.web.pages import page, render
+
+router = APIRouter(include_in_schema=False)
+
+
+def verification(airlock, model_id: str) -> tuple[dict[str, Any], dict | None]:
+    """({state, reason}, the verified manifest or None): verified, unsigned (not yet evaluated),
+    or failed with the reason."""
+    from airlock.models.signing import verify_model
+
+    try:
+        return {"state": "verified", "reason": ""}, verify_model(airlock, model_id)
+    except AirlockError as exc:
+        unsigned = "has no signed manifest yet" in exc.message
+        return {"state": "unsigned" if unsigned else "failed", "reason": str(exc)}, None
+
+
+@router.get("/models", response_class=HTMLResponse)
+def models_page(request: Request, key: dict = Depends(page("models:read"))) -> HTMLResponse:
+    from airlock.models.adapters import list_models
+
+    models = list(reversed(list_models(airlock_of(request))))  # newest first
+    for model in models:
+        model["verification"] = latest_check(model)
+    return render(request, "models.html", key, models=models)
+
+
+def latest_check(model: dict) -> dict[str, Any]:
+    if not model["manifest_digest"]:
+        return {"state": "unsigned", "reason": "not evaluated yet, so not signed"}
+    if not model["checked_at"]:
+        return {"state": "unchecked", "reason": "signed, not checked since"}
+    if model["check_error"]:
+        return {"state": "failed", "reason": model["check_error"], "at": model["checked_at"]}
+    return {"state": "verified", "reason": "", "at": model["checked_at"]}
+
+
+@router.get("/models/{model_id}", response_class=HTMLResponse)
+def model_page(model_id: str, request: Request, key: dict = Depends(page("models:read"))) -> HTMLResponse:
+    from airlock.workflow.lineage import lineage
+
+    airlock = airlock_of(request)
+    try:
+        chain = lineage(airlock, model_id)
+    except AirlockError as exc:
+        return render(request, "error.html", key, status=exc.http_status, error=exc.message)
+    state, manifest = verification(airlock, model_id)
+    files = sorted((manifest or {}).get("files", {}).items())
+    return render(request, "model.html", key, chain=chain, verification=state, manifest=manifest, files=files,
+                  can_verify=has_permission(key["role"], "models:verify"))

@@ -1,0 +1,220 @@
+"""The web UI in a real browser (Debian's chromium) against a real appliance (`airlock up`: the
+engine on vLLM, the worker, the gateway): the whole journey from a JSONL file to a chat with the
+fine-tuned model, cancelling a run and the queue behind a higher priority, and a dataset that
+holds markup. Every page is checked for requests leaving the origin, critical accessibility
+violations and console errors, and photographed for review."""
+
+from __future__ import annotations
+
+import json
+import re
+import sqlite3
+import time
+from pathlib import Path
+
+import pytest
+from browser_harness import assert_same_origin, check_accessibility, open_page, screenshot
+from e2e_support import QA, REPO_ROOT
+from playwright.sync_api import Page, expect
+from waiting import wait_for
+
+pytestmark = [pytest.mark.slow, pytest.mark.vllm]
+DATASETS = REPO_ROOT / "examples" / "datasets"
+ALIAS = "web-assistant"
+RUN_TIMEOUT_MS = 420_000
+
+
+@pytest.fixture(scope="module")
+def trainer(appliance) -> str:
+    out = appliance.cli("apikey", "create", "--name", "web-trainer", "--role", "trainer").stdout
+    return re.search(r"ak-[A-Za-z0-9_-]+", out).group(0)
+
+
+def sign_in(page: Page, secret: str) -> None:
+    page.goto("/")
+    expect(page).to_have_url(re.compile(r"/sign-in"))
+    page.fill("#key", secret)
+    page.click("main button[type=submit]")
+    expect(page).to_have_url(re.compile(r"/runs$"))
+
+
+def look(page: Page, name: str) -> None:
+    """Every page the journey passes: accessible, photographed."""
+    check_accessibility(page, name)
+    screenshot(page, name)
+
+
+def upload(page: Page, path: Path, name: str) -> None:
+    page.goto("/datasets")
+    page.set_input_files("#file", str(path))
+    page.fill("#name", name)
+    page.click("#upload button[type=submit]")
+
+
+def db(appliance) -> sqlite3.Connection:
+    return sqlite3.connect(appliance.home / "airlock.db")
+
+
+def recorded_step(appliance, run_id: str) -> int:
+    with db(appliance) as conn:
+        row = conn.execute("SELECT MAX(json_extract(data_json, '$.step')) FROM run_events "
+                           "WHERE run_id = ? AND kind = 'step'", (run_id,)).fetchone()
+    return row[0] or 0
+
+
+def shown_step(page: Page) -> int:
+    return int(page.get_attribute("[data-progress-text]", "data-step") or 0)
+
+
+def test_the_whole_journey_from_a_jsonl_file_to_a_chat_with_the_fine_tuned_model(appliance, browser, trainer, tmp_path):
+    good = (DATASETS / "quickstart.jsonl").read_text()
+    broken = tmp_path / "facts.jsonl"
+    broken.write_text(good + '{"messages": [{"role": "user", "content": "no answer"}]}\n')
+    with open_page(browser, appliance.gateway_url, "/") as recorded:
+        page = recorded.page
+        look(page, "sign-in")
+        sign_in(page, trainer)
+        look(page, "runs-empty")
+
+        # A broken line is named with its line number, and nothing is stored.
+        upload(page, broken, "facts")
+        expect(page.locator("[data-problems] li")).to_contain_text(["facts:9: messages: no assistant message"])
+        expect(page.locator("[data-status]")).to_contain_text("Not stored")
+        look(page, "datasets-upload-error")
+        fixed = tmp_path / "facts-fixed.jsonl"
+        fixed.write_text(good)
+        upload(page, fixed, "facts")
+        expect(page).to_have_url(re.compile(r"/datasets/sha256:[0-9a-f]{64}$"))
+        expect(page.locator("dl.facts")).to_contain_text("8")
+        expect(page.locator("svg.histogram rect")).not_to_have_count(0)
+        look(page, "dataset")
+
+        # The form: its YAML says what will run; the run starts from it.
+        page.goto("/runs/new")
+        page.fill("#f-name", "web-journey")
+        page.select_option("#f-dataset", "facts")
+        for field, value in {"epochs": "150", "learning_rate": "0.01", "batch_size": "1", "seed": "3"}.items():
+            page.fill(f"#f-{field}", value)
+        page.select_option("#f-eval", "facts")  # the quickstart's evaluation asks its training facts
+        page.fill("#f-alias", ALIAS)
+        expect(page.locator("[data-yaml]")).to_contain_text("with: {alias: web-assistant}")
+        expect(page.locator("[data-command]")).to_have_text("airlock workflow run web-journey.yaml --wait")
+        look(page, "new-fine-tune")
+        page.click("#new-run button[type=submit]")
+        # Queueing checks the whole workflow first (the base model's digest, every record's length).
+        expect(page).to_have_url(re.compile(r"/runs/run-[0-9a-f]+$"), timeout=60_000)
+        run_id = page.url.rsplit("/", 1)[1]
+
+        # The loss chart grows while training runs, each recorded step on screen within a second.
+        lags = []
+        wait_for(lambda: recorded_step(appliance, run_id) > 0, 240, "the first step to be recorded")
+        while (step := recorded_step(appliance, run_id)) < 1200:
+            seen_at = time.monotonic()
+            # Polled from here: the page's CSP refuses the string evaluation wait_for_function uses.
+            wait_for(lambda: shown_step(page) >= step, 5, f"step {step} on the page", every=0.02)
+            lags.append(time.monotonic() - seen_at)
+            if len(lags) >= 5:
+                break
+            page.wait_for_timeout(300)
+        assert lags and max(lags) < 1.0, lags
+        assert len(page.locator("[data-chart=loss] canvas").all()) == 1
+        look(page, "run-training")
+        expect(page.locator("[data-run-status]")).to_have_text("succeeded", timeout=RUN_TIMEOUT_MS)
+        page.reload()
+        expect(page.locator(".timeline .stage.succeeded")).to_have_count(4)
+        look(page, "run-succeeded")
+
+        # The adapter: verified against its signed manifest, with its lineage.
+        page.goto("/models")
+        page.locator("tr", has=page.locator(f"a[href='/runs/{run_id}']")).locator("a").first.click()
+        expect(page.locator("[data-verification]")).to_have_text("verified")
+        lineage = page.locator("ol.lineage")
+        for link in ("facts", run_id, "#", f"{ALIAS} (serving)"):
+            expect(lineage).to_contain_text(link)
+        model_url = page.url
+        look(page, "model")
+
+        # The playground: the alias answers with the trained answer, the base model does not.
+        question, answer = QA[0][:-1], QA[0][-1]["content"]
+        page.goto(f"/playground?alias={ALIAS}")
+        page.fill("#p-prompt", question[-1]["content"])
+        if question[0]["role"] == "system":
+            page.fill("#p-system", question[0]["content"])
+        page.click("form[data-playground] button[type=submit]")
+        expect(page.locator('[data-answer="tuned"]')).to_have_text(answer, timeout=60_000)
+        expect(page.locator('[data-answer="base"]')).not_to_be_empty(timeout=60_000)
+        assert page.inner_text('[data-answer="base"]').strip() != answer
+        page.click("[data-show-code]")
+        expect(page.locator("[data-code-python]")).to_contain_text(f'model="{ALIAS}"')
+        look(page, "playground")
+
+        # The keys that called it: the trainer's own, from the playground.
+        key_id = trainer.split("-")[1]
+        page.wait_for_timeout(1500)  # the gateway records calls once a second
+        page.goto(model_url)
+        expect(page.locator("ol.lineage")).to_contain_text(f"key {key_id}")
+    assert_same_origin(recorded.requests, appliance.gateway_url)
+    unexpected = [e for e in recorded.console_errors + recorded.page_errors if "status of 400" not in e]
+    assert unexpected == []  # the one 400 is the broken upload's
+
+
+def test_cancel_a_running_run_and_a_second_waits_behind_a_higher_priority(appliance, browser, trainer, tmp_path):
+    long = {"name": "long-high", "base_model": "airlock-tiny", "dataset": "facts", "priority": "high",
+            "stages": [{"name": "finetune", "uses": "finetune.lora", "with": {"epochs": 2000, "seed": 11, "batch_size": 1}}]}
+    with open_page(browser, appliance.gateway_url, "/") as recorded:
+        page = recorded.page
+        sign_in(page, trainer)
+        if page.goto("/datasets/facts").status == 404:
+            fixed = tmp_path / "facts.jsonl"
+            fixed.write_text((DATASETS / "quickstart.jsonl").read_text())
+            upload(page, fixed, "facts")
+        csrf = page.get_attribute('meta[name="csrf-token"]', "content")
+        queue = [page.request.post(f"{appliance.gateway_url}/api/runs", headers={"x-csrf-token": csrf},
+                                   data={"spec": spec}, fail_on_status_code=True).json()["run_id"]
+                 for spec in (long, {**long, "name": "after-it", "priority": "low"})]
+        high, low = queue
+        page.goto("/runs")
+        wait_for(lambda: recorded_step(appliance, high) > 0, 240, "the high-priority run to train")
+        page.reload()
+        row = page.locator(f"tr[data-run-row='{low}']")
+        expect(row).to_contain_text("queued")
+        expect(row).to_contain_text("#1")
+        expect(page.locator(f"tr[data-run-row='{high}']")).to_contain_text("running")
+        look(page, "runs-queue")
+
+        page.goto(f"/runs/{high}")
+        page.once("dialog", lambda dialog: dialog.accept())
+        page.click("button[data-api$='/cancel']")
+        expect(page.locator("[data-run-status]")).to_have_text("cancelled", timeout=60_000)
+        page.reload()
+        expect(page.locator("table").last).to_contain_text("finetune")  # the checkpoint of the cancel
+        look(page, "run-cancelled")
+        wait_for(lambda: db(appliance).execute("SELECT status FROM runs WHERE id = ?", (low,)).fetchone()[0]
+                 != "queued", 120, "the low-priority run to start once the other was cancelled")
+        page.goto(f"/runs/{low}")
+        page.once("dialog", lambda dialog: dialog.accept())
+        page.click("button[data-api$='/cancel']")
+        expect(page.locator("[data-run-status]")).to_have_text("cancelled", timeout=60_000)
+    assert_same_origin(recorded.requests, appliance.gateway_url)
+    assert recorded.page_errors == []
+
+
+def test_a_dataset_of_script_tags_and_markup_is_shown_as_text_never_run(appliance, browser, trainer, tmp_path):
+    hostile = tmp_path / "markup.jsonl"
+    hostile.write_text(json.dumps({"messages": [
+        {"role": "user", "content": "<script>window.ran = 1</script><img src=x onerror='window.ran = 2'>"},
+        {"role": "assistant", "content": "<b>bold</b> <a href='javascript:window.ran=3'>link</a>"}]}) + "\n")
+    with open_page(browser, appliance.gateway_url, "/") as recorded:
+        page = recorded.page
+        dialogs = []
+        page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
+        sign_in(page, trainer)
+        upload(page, hostile, "<i>markup</i>")
+        expect(page).to_have_url(re.compile(r"/datasets/sha256:"))
+        turn = page.locator(".turn.user pre")
+        expect(turn).to_have_text("<script>window.ran = 1</script><img src=x onerror='window.ran = 2'>")
+        expect(page.locator("h1")).to_have_text("Dataset “<i>markup</i>”")
+        assert page.locator(".chat img, .chat script, .chat b, .chat a").count() == 0
+        assert page.evaluate("window.ran") is None and dialogs == []
+        look(page, "dataset-markup")
+    assert_same_origin(recorded.requests, appliance.gateway_url)
