@@ -51,6 +51,24 @@ def upload(page: Page, path: Path, name: str) -> None:
     page.click("#upload button[type=submit]")
 
 
+def with_facts(page: Page, tmp_path: Path) -> None:
+    """The quickstart's records stored as `facts`, whichever test runs first."""
+    if page.goto("/datasets/facts").status == 404:
+        facts = tmp_path / "facts.jsonl"
+        facts.write_text((DATASETS / "quickstart.jsonl").read_text())
+        upload(page, facts, "facts")
+        expect(page).to_have_url(re.compile(r"/datasets/sha256:"))
+
+
+def queue(page: Page, appliance, spec: dict) -> str:
+    """A run queued through /api with the page's session and CSRF token, as the page's script does."""
+    page.goto("/runs")
+    csrf = page.get_attribute('meta[name="csrf-token"]', "content")
+    answer = page.request.post(f"{appliance.gateway_url}/api/runs", headers={"x-csrf-token": csrf},
+                               data={"spec": spec}, fail_on_status_code=True)
+    return answer.json()["run_id"]
+
+
 def db(appliance) -> sqlite3.Connection:
     return sqlite3.connect(appliance.home / "airlock.db")
 
@@ -160,19 +178,12 @@ def test_the_whole_journey_from_a_jsonl_file_to_a_chat_with_the_fine_tuned_model
 
 def test_cancel_a_running_run_and_a_second_waits_behind_a_higher_priority(appliance, browser, trainer, tmp_path):
     long = {"name": "long-high", "base_model": "airlock-tiny", "dataset": "facts", "priority": "high",
-            "stages": [{"name": "finetune", "uses": "finetune.lora", "with": {"epochs": 2000, "seed": 11, "batch_size": 1}}]}
+            "stages": [{"name": "finetune", "uses": "finetune.lora", "with": {"epochs": 1000, "seed": 11, "batch_size": 1}}]}
     with open_page(browser, appliance.gateway_url, "/") as recorded:
         page = recorded.page
         sign_in(page, trainer)
-        if page.goto("/datasets/facts").status == 404:
-            fixed = tmp_path / "facts.jsonl"
-            fixed.write_text((DATASETS / "quickstart.jsonl").read_text())
-            upload(page, fixed, "facts")
-        csrf = page.get_attribute('meta[name="csrf-token"]', "content")
-        queue = [page.request.post(f"{appliance.gateway_url}/api/runs", headers={"x-csrf-token": csrf},
-                                   data={"spec": spec}, fail_on_status_code=True).json()["run_id"]
-                 for spec in (long, {**long, "name": "after-it", "priority": "low"})]
-        high, low = queue
+        with_facts(page, tmp_path)
+        high, low = (queue(page, appliance, spec) for spec in (long, {**long, "name": "after-it", "priority": "low"}))
         page.goto("/runs")
         wait_for(lambda: recorded_step(appliance, high) > 0, 240, "the high-priority run to train")
         page.reload()
@@ -213,8 +224,76 @@ def test_a_dataset_of_script_tags_and_markup_is_shown_as_text_never_run(applianc
         expect(page).to_have_url(re.compile(r"/datasets/sha256:"))
         turn = page.locator(".turn.user pre")
         expect(turn).to_have_text("<script>window.ran = 1</script><img src=x onerror='window.ran = 2'>")
-        expect(page.locator("h1")).to_have_text("Dataset “<i>markup</i>”")
+        expect(page.locator("h1")).to_have_text("Dataset <i>markup</i>")  # the quotes are the q element's
         assert page.locator(".chat img, .chat script, .chat b, .chat a").count() == 0
         assert page.evaluate("window.ran") is None and dialogs == []
         look(page, "dataset-markup")
     assert_same_origin(recorded.requests, appliance.gateway_url)
+
+
+def key_of(appliance, name: str, role: str) -> str:
+    out = appliance.cli("apikey", "create", "--name", name, "--role", role).stdout
+    return re.search(r"ak-[A-Za-z0-9_-]+", out).group(0)
+
+
+def test_runs_compared_an_alias_switched_and_rolled_back_and_what_an_approver_sees(appliance, browser, tmp_path):
+    admin, approver = key_of(appliance, "web-admin", "admin"), key_of(appliance, "web-approver", "approver")
+    with open_page(browser, appliance.gateway_url, "/") as recorded:
+        page = recorded.page
+        sign_in(page, admin)
+        with_facts(page, tmp_path)
+        runs = []
+        for seed in (21, 22):  # two adapters, each promoted and served under one alias in turn
+            spec = {"name": f"switch-{seed}", "base_model": "airlock-tiny", "dataset": "facts", "stages": [
+                {"name": "finetune", "uses": "finetune.lora", "with": {"epochs": 40, "learning_rate": 0.01,
+                                                                       "batch_size": 1, "seed": seed}},
+                {"name": "evaluate", "uses": "evaluate.compare", "needs": ["finetune"],
+                 "with": {"eval_set": "facts", "min_exact_match": 0.9}},
+                {"name": "promote", "uses": "gate.promote", "needs": ["evaluate"], "with": {"min_exact_match": 0.9}},
+                {"name": "serve", "uses": "serve.vllm", "needs": ["promote"], "with": {"alias": "web-switch"}}]}
+            run_id = queue(page, appliance, spec)
+            page.goto(f"/runs/{run_id}")
+            expect(page.locator("[data-run-status]")).to_have_text("succeeded", timeout=RUN_TIMEOUT_MS)
+            runs.append(run_id)
+
+        page.goto("/runs")
+        for run_id in runs:
+            page.check(f"input[name=ids][value='{run_id}']")
+        page.click("form[data-compare] > button[type=submit]")
+        expect(page).to_have_url(re.compile(r"/runs/compare\?"))
+        expect(page.locator("tr.differs")).to_contain_text(["finetune.seed"])
+        expect(page.locator("[data-chart=loss] canvas")).to_have_count(1)
+        look(page, "runs-compare")
+
+        def served() -> str:
+            return page.locator("section", has=page.locator("h2", has_text="web-switch")).locator("p code").first.inner_text()
+
+        models = [db(appliance).execute("SELECT id FROM models WHERE run_id = ?", (r,)).fetchone()[0] for r in runs]
+        page.goto("/serving")
+        assert served() == models[1]
+        look(page, "serving")
+        page.once("dialog", lambda dialog: dialog.accept())
+        page.click(f"button:has-text('Roll back to {models[0]}')")
+        expect(page.locator("section", has_text="web-switch").locator("p code").first).to_have_text(models[0],
+                                                                                                    timeout=60_000)
+        page.select_option("form[data-switch='web-switch'] select", models[1])
+        page.click("form[data-switch='web-switch'] button[type=submit]")
+        expect(page.locator("section", has_text="web-switch").locator("p code").first).to_have_text(models[1],
+                                                                                                    timeout=60_000)
+        history = page.locator("section", has_text="web-switch").locator("tbody tr")
+        expect(history).to_have_count(4)  # served, served, rolled back, switched
+
+    with open_page(browser, appliance.gateway_url, "/") as recorded_approver:
+        page = recorded_approver.page
+        sign_in(page, approver)
+        nav = page.locator("header nav")
+        expect(nav).not_to_contain_text("New fine-tune")
+        expect(nav).not_to_contain_text("Serving")
+        expect(nav).not_to_contain_text("Keys")
+        expect(page.locator(f"tr[data-run-row='{runs[0]}']")).to_be_visible()  # every run, read only
+        assert page.locator("button[data-api$='/cancel']").count() == 0
+        page.goto("/datasets")
+        assert page.locator("form[data-upload]").count() == 0
+        look(page, "runs-approver")
+        assert page.goto("/serving").status == 403
+    assert_same_origin(recorded.requests + recorded_approver.requests, appliance.gateway_url)

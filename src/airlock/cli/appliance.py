@@ -152,7 +152,8 @@ def demo(
     set_: list[str] = typer.Option([], "--set", help="Override a workflow value: KEY=VALUE. Repeatable."),
     exit_after: bool = typer.Option(False, "--exit", help="Stop the appliance once the demo has printed its snippets."),
 ) -> None:
-    """Start the appliance, run the quickstart workflow, and print an API key and snippets to call it."""
+    """Start the appliance, run the quickstart workflow, and print an API key and snippets to call
+    it, and the web UI's address with a trainer key to sign in with."""
     from airlock.access.keys import create_key
     from airlock.cli.workflow import follow
     from airlock.errors import StageFailed
@@ -184,6 +185,9 @@ def demo(
         _say(f"[green]serving alias [bold]{alias}[/bold] at {url}/v1[/]")
         _say(f"API key for {alias} (inference only, shown once): [bold]{key}[/]")
         console.print(snippets(url, alias, key, cafile), highlight=False, soft_wrap=True)
+        _, trainer = create_key(airlock.meta, f"demo-web-{run_id}", role="trainer", actor=cli_actor())
+        _say(f"web UI: [bold]{url}/[/] (sign in with this trainer key, shown once: [bold]{trainer}[/]; "
+             f"the playground asks [bold]{alias}[/] and its base model side by side)")
         if supervisor and not exit_after:
             _say("serving; Ctrl-C (or `airlock down`) stops")
             supervisor.stop_requested.wait()
