@@ -297,3 +297,50 @@ def test_runs_compared_an_alias_switched_and_rolled_back_and_what_an_approver_se
         look(page, "runs-approver")
         assert page.goto("/serving").status == 403
     assert_same_origin(recorded.requests + recorded_approver.requests, appliance.gateway_url)
+
+
+def test_a_failed_stage_says_why_and_a_flipped_byte_shows_the_adapter_failing_verification(appliance, browser,
+                                                                                             trainer, tmp_path):
+    def workflow(name: str, epochs: int, least: float) -> dict:
+        return {"name": name, "base_model": "airlock-tiny", "dataset": "facts", "stages": [
+            {"name": "finetune", "uses": "finetune.lora", "with": {"epochs": epochs, "learning_rate": 0.01,
+                                                                   "batch_size": 1, "seed": 31}},
+            {"name": "evaluate", "uses": "evaluate.compare", "needs": ["finetune"],
+             "with": {"eval_set": "facts", "min_exact_match": least}}]}
+
+    with open_page(browser, appliance.gateway_url, "/") as recorded:
+        page = recorded.page
+        sign_in(page, trainer)
+        with_facts(page, tmp_path)
+        failing, signed = queue(page, appliance, workflow("too-short", 1, 1.0)), \
+            queue(page, appliance, workflow("signed", 40, 0.0))
+        page.goto(f"/runs/{failing}")
+        expect(page.locator("[data-run-status]")).to_have_text("failed", timeout=RUN_TIMEOUT_MS)
+        page.reload()
+        reason = page.locator(".failure .error")
+        expect(reason).to_contain_text("exact match")
+        expect(reason).to_contain_text("is under min_exact_match 1.00")
+        look(page, "run-failed")
+
+        page.goto(f"/runs/{signed}")
+        expect(page.locator("[data-run-status]")).to_have_text("succeeded", timeout=RUN_TIMEOUT_MS)
+        model_id, tree_digest = db(appliance).execute("SELECT id, tree_digest FROM models WHERE run_id = ?",
+                                                      (signed,)).fetchone()
+        page.goto(f"/models/{model_id}")
+        expect(page.locator("[data-verification]")).to_have_text("verified")
+        blobs = appliance.home / "store" / "blobs" / "sha256"
+        tree = json.loads((blobs / tree_digest[7:9] / tree_digest[7:]).read_text())
+        weights = tree["files"]["adapter_model.safetensors"]["sha256"][7:]
+        blob = blobs / weights[:2] / weights
+        blob.chmod(0o644)
+        data = bytearray(blob.read_bytes())
+        data[len(data) // 2] ^= 0x01  # one bit of the adapter's weights, on disk
+        blob.write_bytes(bytes(data))
+        page.reload()
+        expect(page.locator("[data-verification]")).to_have_text("failed")
+        expect(page.locator(".verification .error")).to_contain_text("adapter_model.safetensors")
+        look(page, "model-tampered")
+        page.goto("/models")
+        expect(page.locator("tr", has=page.locator(f"a[href='/models/{model_id}']")).locator(".check")).to_have_text("failed")
+        look(page, "models")
+    assert_same_origin(recorded.requests, appliance.gateway_url)
