@@ -47,6 +47,18 @@ reply = client.chat.completions.create(model="quickstart-assistant", messages=js
                                        temperature=0, max_tokens=40)
 print("ANSWER:" + reply.choices[0].message.content)
 PY
+# The installed release serves the web UI and every asset of it (the chart library included) itself.
+"$PYTHON" - <<'PY'
+import httpx
+page = httpx.get("http://127.0.0.1:8080/sign-in")
+chart = httpx.get("http://127.0.0.1:8080/static/vendor/uplot/uPlot.iife.js")
+style = httpx.get("http://127.0.0.1:8080/static/app.css")
+if page.status_code == 200 and "Sign in" in page.text and chart.status_code == 200 and "uPlot" in chart.text[:400] \
+        and style.status_code == 200 and "default-src 'self'" in page.headers["content-security-policy"]:
+    print("WEBUI")
+else:
+    print("WEBUI MISSING", page.status_code, chart.status_code, style.status_code)
+PY
 "$airlock" down
 wait $demo || true
 echo "DONE"
@@ -104,6 +116,7 @@ def test_a_bundle_installs_and_serves_with_no_network_and_no_outbound_attempt(cp
     assert done.returncode == 0, f"{done.stdout[-3000:]}\n{done.stderr[-3000:]}\n{log[-3000:]}"
     assert f"ANSWER:{QA[0][-1]['content']}" in done.stdout
     assert "DONE" in done.stdout and "COLLECTIONS" in done.stdout
+    assert "WEBUI\n" in done.stdout, done.stdout[-2000:]
     # podman loaded the service images from their verified archives, with no network either
     tags = [image["tag"] for image in json.loads((bundle / "manifest.json").read_bytes())["contents"]["images"]]
     assert len(tags) == 3 and f"loaded into podman: {', '.join(tags)}" in done.stdout
