@@ -9,6 +9,8 @@ are not counted, so a record trains on a few tokens more than it shows here.
 from __future__ import annotations
 
 import math
+import threading
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -42,12 +44,28 @@ def record_lengths(records: list[list[dict]], tokenizer_file: Path | None) -> tu
     return [len(t.split()) for t in texts], "words"
 
 
+# A dataset never changes under its digest, so what was counted once holds for good; a few are kept.
+_COUNTED: OrderedDict[tuple[str, str, int], dict[str, Any]] = OrderedDict()
+_KEEP = 16
+_LOCK = threading.Lock()  # pages are rendered in a thread pool
+
+
 def profile(airlock: Airlock, digest_or_name: str, *, tokenizer_file: Path | None = None,
             preview: int = 5) -> dict[str, Any]:
     """The dataset's row, its total and per-record lengths as a histogram, and its first records."""
     row = get_dataset(airlock, digest_or_name)
-    records = load_records(airlock, row["digest"])
-    lengths, unit = record_lengths(records, tokenizer_file)
-    return {**row, "unit": unit, "total": sum(lengths), "longest": max(lengths, default=0),
-            "mean": round(sum(lengths) / len(lengths), 1) if lengths else 0,
-            "histogram": histogram(lengths), "preview": records[:preview]}
+    cache_key = (row["digest"], str(tokenizer_file), preview)
+    with _LOCK:
+        counted = _COUNTED.get(cache_key)
+    if counted is None:
+        records = load_records(airlock, row["digest"])
+        lengths, unit = record_lengths(records, tokenizer_file)
+        counted = {"unit": unit, "total": sum(lengths), "longest": max(lengths, default=0),
+                   "mean": round(sum(lengths) / len(lengths), 1) if lengths else 0,
+                   "histogram": histogram(lengths), "preview": records[:preview]}
+    with _LOCK:
+        _COUNTED[cache_key] = counted
+        _COUNTED.move_to_end(cache_key)
+        while len(_COUNTED) > _KEEP:
+            _COUNTED.popitem(last=False)
+    return {**row, **counted}

@@ -35,10 +35,14 @@ function setUpLiveRun(section) {
     charts.tokens_per_second.setData([steps, tps]);
   };
   const later = () => { if (!pending) { pending = true; requestAnimationFrame(redraw); } };
+  // A step seen again (trained again after a resume from an earlier checkpoint) replaces its values.
+  const index = new Map();
   const at = (step) => {
-    let i = steps.indexOf(step);
-    if (i === -1) { steps.push(step); loss.push(null); evalLoss.push(null); lr.push(null); tps.push(null); i = steps.length - 1; }
-    return i;
+    if (!index.has(step)) {
+      index.set(step, steps.length);
+      steps.push(step); loss.push(null); evalLoss.push(null); lr.push(null); tps.push(null);
+    }
+    return index.get(step);
   };
   const source = new EventSource("/api/runs/" + section.dataset.liveRun + "/events");
   source.addEventListener("step", (e) => {
