@@ -339,6 +339,7 @@ def test_a_failed_stage_says_why_and_a_flipped_byte_shows_the_adapter_failing_ve
         page.reload()
         expect(page.locator("[data-verification]")).to_have_text("failed")
         expect(page.locator(".verification .error")).to_contain_text("adapter_model.safetensors")
+        assert str(appliance.home) not in page.inner_text("main")  # the store's path is for admins only
         look(page, "model-tampered")
         page.goto("/models")
         expect(page.locator("tr", has=page.locator(f"a[href='/models/{model_id}']")).locator(".check")).to_have_text("failed")

@@ -14,6 +14,7 @@ from fastapi.responses import HTMLResponse
 from airlock.access.roles import has_permission
 from airlock.errors import AirlockError
 from airlock.gateway.control import airlock_of
+from airlock.gateway.redact import redact_text, sees_internals
 from airlock.web.pages import page, render
 
 router = APIRouter(include_in_schema=False)
@@ -37,8 +38,13 @@ def models_page(request: Request, key: dict = Depends(page("models:read"))) -> H
 
     models = list(reversed(list_models(airlock_of(request))))  # newest first
     for model in models:
-        model["verification"] = latest_check(model)
+        model["verification"] = shown(latest_check(model), key)
     return render(request, "models.html", key, models=models)
+
+
+def shown(check: dict[str, Any], key: dict) -> dict[str, Any]:
+    """A check as this key may read it: the store's host paths are for admins (as on /api)."""
+    return check if sees_internals(key) else {**check, "reason": redact_text(check["reason"])}
 
 
 def latest_check(model: dict) -> dict[str, Any]:
@@ -61,6 +67,7 @@ def model_page(model_id: str, request: Request, key: dict = Depends(page("models
     except AirlockError as exc:
         return render(request, "error.html", key, status=exc.http_status, error=exc.message)
     state, manifest = verification(airlock, model_id)
+    state = shown(state, key)
     files = sorted((manifest or {}).get("files", {}).items())
     return render(request, "model.html", key, chain=chain, verification=state, manifest=manifest, files=files,
                   can_verify=has_permission(key["role"], "models:verify"))

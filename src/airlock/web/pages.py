@@ -17,6 +17,7 @@ from airlock.access.roles import has_permission
 from airlock.access.sessions import COOKIE, check_csrf, key_of_session
 from airlock.errors import AirlockError, Forbidden, Unauthorized
 from airlock.gateway.auth import check_permission, check_same_origin
+from airlock.gateway.redact import redact_text, sees_internals
 from airlock.web import TEMPLATES
 
 router = APIRouter(include_in_schema=False)
@@ -70,6 +71,8 @@ def page(permission: str):
 
 def render(request: Request, template: str, key: dict | None, status: int = 200, **context) -> HTMLResponse:
     session = getattr(request.state, "session", None)
+    if context.get("error") and not (key and sees_internals(key)):
+        context["error"] = redact_text(context["error"])  # host paths are for admins, as on /api
     nav = [(label, path) for label, path, permission in NAV if key and has_permission(key["role"], permission)]
     # The one entry this page belongs to: the longest path that is the page's or a parent of it.
     current = max((p for _, p in nav if request.url.path == p or request.url.path.startswith(p + "/")),
