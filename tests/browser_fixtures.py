@@ -12,9 +12,11 @@ import pytest
 from playwright.sync_api import Browser, sync_playwright
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
-    """One headless chromium for each test process (xdist's workers start one each)."""
+    """A headless chromium for a test module. Not for the whole session: sync Playwright runs an
+    event loop in the test process's main thread while it is open, and every later test of the
+    process would find a running loop there (one that asserts its code runs off the loop did)."""
     executable = shutil.which("chromium")
     if executable is None:
         reason = "chromium is not installed (./install.sh installs Debian's chromium package)"

@@ -51,11 +51,18 @@ def upload(page: Page, path: Path, name: str) -> None:
     page.click("#upload button[type=submit]")
 
 
+def facts_text() -> str:
+    """The quickstart's records in other bytes: the store keeps a dataset by its digest, so the
+    quickstart's own file, which other tests of this appliance add, would keep its first name."""
+    records = [json.loads(line) for line in (DATASETS / "quickstart.jsonl").read_text().splitlines() if line.strip()]
+    return "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in records)
+
+
 def with_facts(page: Page, tmp_path: Path) -> None:
     """The quickstart's records stored as `facts`, whichever test runs first."""
     if page.goto("/datasets/facts").status == 404:
         facts = tmp_path / "facts.jsonl"
-        facts.write_text((DATASETS / "quickstart.jsonl").read_text())
+        facts.write_text(facts_text())
         upload(page, facts, "facts")
         expect(page).to_have_url(re.compile(r"/datasets/sha256:"))
 
@@ -85,7 +92,7 @@ def shown_step(page: Page) -> int:
 
 
 def test_the_whole_journey_from_a_jsonl_file_to_a_chat_with_the_fine_tuned_model(appliance, browser, trainer, tmp_path):
-    good = (DATASETS / "quickstart.jsonl").read_text()
+    good = facts_text()
     broken = tmp_path / "facts.jsonl"
     broken.write_text(good + '{"messages": [{"role": "user", "content": "no answer"}]}\n')
     with open_page(browser, appliance.gateway_url, "/") as recorded:
