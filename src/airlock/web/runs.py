@@ -17,11 +17,12 @@ from airlock.errors import AirlockError
 from airlock.gateway.control import airlock_of, caller_of
 from airlock.gateway.redact import run_view
 from airlock.web.pages import page, render
+from airlock.workflow.queue import RESUMABLE
+from airlock.workflow.runs import FINISHED
 
 router = APIRouter(include_in_schema=False)
 
 CHANGEABLE = ("queued", "running")  # a run in these states can be cancelled or reprioritised
-RESUMABLE = ("cancelled", "failed", "interrupted")
 CURVES = ("loss", "eval_loss", "learning_rate", "tokens_per_second")
 
 
@@ -84,7 +85,7 @@ def run_page(run_id: str, request: Request, key: dict = Depends(page("runs:read"
         stage["seconds"] = _seconds(stage["started_at"], stage["finished_at"])
     training = next((s["name"] for s in run["stages"] if s["uses"].startswith("finetune.")), None)
     return render(request, "run.html", key, run=run, training=training, manageable=_may_manage(key, run),
-                  changeable=CHANGEABLE, resumable=RESUMABLE)
+                  changeable=CHANGEABLE, resumable=RESUMABLE, finished=FINISHED)
 
 
 def _settings_of(run: dict[str, Any]) -> dict[str, str]:
