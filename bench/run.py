@@ -28,7 +28,8 @@ from airlock.config import REPO_ROOT  # noqa: E402
 from bench.report import Section, document, split_sections  # noqa: E402
 from bench.wrk import WrkMissing, wrk_path  # noqa: E402
 
-NAMES = ("finetune", "training", "capacity", "gateway", "handoff", "isolation", "soak", "verify", "offline", "tls", "provision")
+NAMES = ("finetune", "training", "capacity", "gateway", "handoff", "isolation", "soak", "verify", "offline", "tls",
+         "provision", "uploads")
 NEEDS_WRK = ("capacity", "gateway", "isolation", "tls")
 TITLES = {"finetune": "1. Fine-tuning throughput", "capacity": "2. Gateway capacity",
           "gateway": "3. Gateway overhead against direct vLLM",
@@ -39,7 +40,8 @@ TITLES = {"finetune": "1. Fine-tuning throughput", "capacity": "2. Gateway capac
           "offline": "8. Offline install of the CPU bundle",
           "tls": "9. Gateway over TLS against plain HTTP",
           "provision": "10. Provisioning this machine in containers mode",
-          "training": "11. The fine-tuning service"}
+          "training": "11. The fine-tuning service",
+          "uploads": "12. Gateway memory during dataset uploads"}
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -130,6 +132,12 @@ def main(argv: list[str] | None = None) -> int:
 
         attempt("verify", "bundle verification: bytes hashed per second against sha256sum",
                 lambda: verify_bench.run(args.quick))
+
+    if "uploads" in wanted:
+        from bench import upload_bench
+
+        attempt("uploads", "uploads: the gateway's peak memory for dataset uploads of 1x, 4x and 16x a base size",
+                lambda: upload_bench.run(args.quick))
 
     if "offline" in wanted:
         from bench import offline_bench

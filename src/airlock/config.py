@@ -83,6 +83,11 @@ class Settings(BaseSettings):
     # Bounds on every request the gateway accepts (413 or 400 naming the parameter).
     max_body_bytes: int = 4 * 1024 * 1024
     max_upload_bytes: int = 256 * 1024 * 1024
+    # Uploads are validated line by line, so a dataset line longer than this is refused by line
+    # number; uploads in progress at once, per key and in all, answer 429 beyond these.
+    max_record_bytes: int = 1024 * 1024
+    max_uploads_per_key: int = 1
+    max_uploads: int = 4
     max_header_bytes: int = 16 * 1024
     max_n: int = 8
     max_completion_tokens: int = 4096

@@ -218,3 +218,33 @@ def test_a_record_the_chat_template_refuses(write_jsonl, tokenizer):
         "data.jsonl:2: messages: the model's chat template rejected this record: "
         "system messages are not supported"
     ]
+
+
+# Line by line, in bounded memory ------------------------------------------------------------------
+
+
+def test_a_record_at_the_line_limit_passes_and_one_byte_more_is_refused_by_line(tmp_path):
+    from airlock.datasets.validate import validate_bytes, validate_upload
+
+    record = b'{"prompt": "q", "completion": "' + b"a" * 100 + b'"}'
+    first = b'{"prompt": "p", "completion": "c"}\n'
+    ok = validate_bytes(first + record + b"\n", source="d", max_record_bytes=len(record))
+    assert (ok.count, ok.lines) == (2, 2)
+
+    path = tmp_path / "d.jsonl"
+    path.write_bytes(first + record + b"x\n" + first)
+    with pytest.raises(InvalidInput) as info:
+        validate_upload(path, source="d", max_record_bytes=len(record))
+    assert info.value.problems == [f"d:2: a record of more than {len(record)} bytes, longer than any record a "
+                                   "model's context holds; split the document"]
+
+
+def test_an_upload_is_validated_without_keeping_its_records_and_hashes_every_byte(tmp_path):
+    from airlock.datasets.validate import validate_upload
+
+    data = b"".join(b'{"prompt": "q%d", "completion": "a"}\r\n\n' % i for i in range(50))
+    path = tmp_path / "d.jsonl"
+    path.write_bytes(data)
+    result = validate_upload(path, source="d")
+    assert (result.count, result.records, result.lines, result.size) == (50, [], 100, len(data))
+    assert result.digest == "sha256:" + hashlib.sha256(data).hexdigest()

@@ -73,12 +73,12 @@ def validate(path: PathArg, model: ModelOpt = None, max_length: MaxLengthOpt = N
     tokenizer = _tokenizer(model, max_length)
     with _problems_listed():
         result = validate_dataset(path, tokenizer=tokenizer, max_length=max_length)
-    summary = {"source": result.source, "format": result.format, "records": len(result.records),
+    summary = {"source": result.source, "format": result.format, "records": result.count,
                "lines": result.lines, "digest": result.digest, "size": result.size}
     if as_json:
         print_json(summary)
         return
-    typer.echo(f"{result.source}: valid, {len(result.records)} records in {result.format} format "
+    typer.echo(f"{result.source}: valid, {result.count} records in {result.format} format "
                f"({result.lines} lines), {result.digest}")
 
 

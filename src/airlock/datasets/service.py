@@ -6,12 +6,20 @@ The CLI and the HTTP API both call these functions; neither holds dataset logic 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 from airlock.context import Airlock
 from airlock.datasets.records import Messages
-from airlock.datasets.validate import read_dataset_file, validate_bytes
+from airlock.datasets.validate import (
+    MAX_RECORD_BYTES,
+    ValidatedDataset,
+    check_dataset_file,
+    validate_bytes,
+    validate_stream,
+    validate_upload,
+)
 from airlock.errors import IntegrityFailure, InvalidInput, NotFound
 from airlock.meta.db import now
 from airlock.store.base import DIGEST_RE
@@ -47,43 +55,48 @@ def add_dataset(
     """
     path = Path(path)
     name = _check_name(name if name is not None else path.stem)
-    return _add_bytes(airlock, read_dataset_file(path), name=name, label=path.name, source=path.name,
-                      tokenizer=tokenizer, max_length=max_length, actor=actor)
+    check_dataset_file(path)
+    with path.open("rb") as stream:
+        validated = validate_stream(stream, source=path.name, tokenizer=tokenizer, max_length=max_length,
+                                    keep_records=False)
+    return _store(airlock, lambda: airlock.store.put_file(path), validated, name=name, source=path.name,
+                  actor=actor)
 
 
-def add_dataset_upload(airlock: Airlock, upload: bytes | Path | BinaryIO, *, name: str,
-                       actor: str) -> dict[str, Any]:
-    """Add a dataset received over HTTP: its bytes, or the temporary file they were received into.
+def add_dataset_upload(airlock: Airlock, upload: Path | bytes, *, name: str, actor: str,
+                       max_record_bytes: int = MAX_RECORD_BYTES) -> dict[str, Any]:
+    """Add a dataset received over HTTP: the temporary file it was streamed into (or its bytes).
 
-    Problems and the row name the dataset by `name` only: where the bytes lay on the way in is
-    the receiver's business, never part of an answer.
+    A file is validated line by line and stored from the file, so the memory it takes stays
+    within a fixed bound whatever its size. Problems and the row name the dataset by `name` only:
+    where the bytes lay on the way in is the receiver's business, never part of an answer.
     """
     name = _check_name(name)
-    if isinstance(upload, Path):
-        data = upload.read_bytes()
-    elif isinstance(upload, bytes):
-        data = upload
-    else:
-        data = upload.read()
-    return _add_bytes(airlock, data, name=name, label=name, source="upload", actor=actor)
+    if isinstance(upload, bytes):
+        validated = validate_bytes(upload, source=name, keep_records=False, max_record_bytes=max_record_bytes)
+        return _store(airlock, lambda: airlock.store.put_bytes(upload), validated, name=name, source="upload",
+                      actor=actor)
+    validated = validate_upload(upload, source=name, max_record_bytes=max_record_bytes)
+    return _store(airlock, lambda: airlock.store.put_file(upload), validated, name=name, source="upload",
+                  actor=actor)
 
 
-def _add_bytes(airlock: Airlock, data: bytes, *, name: str, label: str, source: str,
-               tokenizer: Any = None, max_length: int | None = None, actor: str) -> dict[str, Any]:
-    validated = validate_bytes(data, source=label, tokenizer=tokenizer, max_length=max_length)
-
+def _store(airlock: Airlock, put: Callable[[], str], validated: ValidatedDataset, *, name: str, source: str,
+           actor: str) -> dict[str, Any]:
     existing = _row_by_digest(airlock, validated.digest)
     if existing is not None:
         return existing
 
-    # The bytes that were validated are the bytes stored: no second read of the file.
-    digest = airlock.store.put_bytes(data)
+    # The store hashes what it copies: a file that changed after it was validated has another
+    # digest, and is refused rather than recorded under the validated one.
+    digest = put()
     if digest != validated.digest:
-        raise IntegrityFailure(f"store returned {digest} for bytes that hash to {validated.digest}")
+        raise IntegrityFailure(f"{name}: the file changed while it was added (validated {validated.digest}, "
+                               f"stored {digest}); nothing was recorded")
 
     row = {
         "digest": digest, "name": name, "format": validated.format,
-        "records": len(validated.records), "source": source, "created_at": now(),
+        "records": validated.count, "source": source, "created_at": now(),
     }
     with airlock.meta.write() as db:
         # Checked again under the write lock: another process may have added it meanwhile.
@@ -153,6 +166,6 @@ def load_records(airlock: Airlock, digest: str) -> list[Messages]:
     except InvalidInput as exc:
         # It was valid when added and the store checked its hash: the rules changed, not the file.
         raise IntegrityFailure(f"stored dataset {row['digest']} no longer validates: {exc}") from exc
-    if validated.format != row["format"] or len(validated.records) != row["records"]:
+    if validated.format != row["format"] or validated.count != row["records"]:
         raise IntegrityFailure(f"stored dataset {row['digest']} does not match its metadata row")
     return validated.records

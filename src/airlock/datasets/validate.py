@@ -6,14 +6,16 @@ store holds under the digest (there is no window in which the file could change 
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from airlock.datasets.records import CHECKS, LENGTH_FIELDS, Messages, describe, detect_format, json_type
 from airlock.errors import InvalidInput, NotFound
-from airlock.store.base import sha256_bytes
 
 # Enough to show the pattern of what is wrong; a file with 40,000 bad lines needs one fix, not
 # 40,000 lines of output.
@@ -26,7 +28,8 @@ UTF8_BOM = b"\xef\xbb\xbf"
 class ValidatedDataset:
     source: str
     format: str
-    records: list[Messages]
+    records: list[Messages]  # empty when validated without keeping them (`count` holds how many)
+    count: int
     lines: int
     digest: str
     size: int
@@ -102,16 +105,46 @@ def _check_length(tokenizer: Any, max_length: int | None, fmt: str, messages: Me
     return None
 
 
-def validate_bytes(
-    data: bytes,
+# A record longer than this is refused by line without being read into memory whole: no model's
+# context holds a megabyte of text, and a bound per line is what keeps validating an upload of any
+# size within a fixed amount of memory (`max_record_bytes` raises it).
+MAX_RECORD_BYTES = 1 << 20
+_SKIP_CHUNK = 1 << 16
+
+
+def _lines(stream: BinaryIO, digest: Any, max_record_bytes: int,
+           problems: _Problems) -> Iterator[tuple[int, bytes]]:
+    """(line number, bytes without the newline) of each line of `stream`, every byte read into
+    `digest`; a line over `max_record_bytes` is reported and skipped in chunks, never held."""
+    lineno = 0
+    while raw := stream.readline(max_record_bytes + 1):
+        lineno += 1
+        digest.update(raw)
+        if len(raw) > max_record_bytes and not raw.endswith(b"\n"):
+            while rest := stream.readline(_SKIP_CHUNK):
+                digest.update(rest)
+                if rest.endswith(b"\n"):
+                    break
+            problems.add(lineno, f"a record of more than {max_record_bytes} bytes, longer than any record "
+                                 "a model's context holds; split the document")
+            continue
+        yield lineno, raw.removesuffix(b"\n")
+
+
+def validate_stream(
+    stream: BinaryIO,
     *,
     source: str,
     tokenizer: Any = None,
     max_length: int | None = None,
     max_problems: int = MAX_PROBLEMS,
     too_long_hint: str = "",
+    keep_records: bool = True,
+    max_record_bytes: int = MAX_RECORD_BYTES,
 ) -> ValidatedDataset:
-    """Validate the bytes of a JSONL dataset; `source` names the file in every problem.
+    """Validate a JSONL dataset read from `stream`, line by line; `source` names the file in every
+    problem. Without `keep_records` only the count is kept, so memory stays within a bound of a
+    few records whatever the file's size (an upload is validated this way).
 
     `too_long_hint` ends the message of a record over `max_length`: what to change, in the
     caller's terms (a CLI option, a setting).
@@ -123,13 +156,13 @@ def validate_bytes(
 
     problems = _Problems(source, max_problems)
     records: list[Messages] = []
+    count = 0
     file_format: str | None = None
     format_line = 0
+    digest, lines = hashlib.sha256(), 0
 
-    lines = data.split(b"\n")
-    if lines and lines[-1] == b"":
-        lines.pop()  # the newline that ends the last line does not start another one
-    for lineno, raw in enumerate(lines, start=1):
+    for lineno, raw in _lines(stream, digest, max_record_bytes, problems):
+        lines = lineno
         if lineno == 1 and raw.startswith(UTF8_BOM):
             raw = raw[len(UTF8_BOM):]
         if not raw.strip():
@@ -163,24 +196,42 @@ def validate_bytes(
             if length_problem:
                 problems.add(lineno, length_problem)
                 continue
-        records.append(messages)
+        count += 1
+        if keep_records:
+            records.append(messages)
 
-    if not records and not problems.count:
+    if not count and not problems.count:
         problems.add(None, "empty file (no records; blank lines are skipped)")
     problems.raise_if_any()
     assert file_format is not None
     return ValidatedDataset(
-        source=source, format=file_format, records=records, lines=len(lines),
-        digest=sha256_bytes(data), size=len(data),
+        source=source, format=file_format, records=records, count=count, lines=lines,
+        digest="sha256:" + digest.hexdigest(), size=stream.tell(),
     )
 
 
-def read_dataset_file(path: Path | str) -> bytes:
-    path = Path(path)
+def validate_bytes(data: bytes, *, source: str, **options: Any) -> ValidatedDataset:
+    """Validate the bytes of a JSONL dataset (see `validate_stream` for the options)."""
+    return validate_stream(io.BytesIO(data), source=source, **options)
+
+
+def validate_upload(path: Path, *, source: str, max_record_bytes: int = MAX_RECORD_BYTES) -> ValidatedDataset:
+    """Validate a received file without keeping its records: the digest is of the bytes read, so
+    the caller stores the file only if the store's digest of it agrees."""
+    with path.open("rb") as stream:
+        return validate_stream(stream, source=source, keep_records=False, max_record_bytes=max_record_bytes)
+
+
+def check_dataset_file(path: Path) -> None:
     if not path.exists():
         raise NotFound(f"dataset file not found: {path}")
     if not path.is_file():
         raise InvalidInput(f"not a file: {path}")
+
+
+def read_dataset_file(path: Path | str) -> bytes:
+    path = Path(path)
+    check_dataset_file(path)
     return path.read_bytes()
 
 

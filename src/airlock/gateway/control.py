@@ -20,7 +20,7 @@ from airlock.access.roles import DEFAULT_ROLE
 from airlock.context import Airlock
 from airlock.gateway.auth import actor, permit
 from airlock.gateway.redact import redacted_errors, run_view
-from airlock.gateway.uploads import check_jsonl_type, received
+from airlock.gateway.uploads import check_jsonl_type, received, upload_slot
 
 api = APIRouter(prefix="/api")
 Key = dict[str, Any]
@@ -43,9 +43,11 @@ async def upload_dataset(request: Request, name: str, key: Key = Depends(permit(
 
     check_jsonl_type(request.headers.get("content-type"))
     settings = request.app.state.settings
-    async with received(request, limit=settings.max_upload_bytes, folder=settings.home / "uploads") as path:
+    async with upload_slot(request, key["id"]), \
+            received(request, limit=settings.max_upload_bytes, folder=settings.home / "uploads") as path:
         return await run_in_threadpool(
-            lambda: add_dataset_upload(airlock_of(request), path, name=name, actor=actor(key)))
+            lambda: add_dataset_upload(airlock_of(request), path, name=name, actor=actor(key),
+                                       max_record_bytes=settings.max_record_bytes))
 
 
 @api.get("/datasets")
