@@ -22,7 +22,7 @@ from airlock.config import Settings
 from airlock.context import Airlock
 from airlock.meta.anchor import Anchors, read_anchors
 from airlock.meta.audit import check_anchors, verify
-from airlock.meta.chain import row_hash
+from airlock.meta.chain import chain_unhashed
 
 AIRLOCK = Path(sys.executable).parent / "airlock"
 
@@ -100,14 +100,10 @@ def test_a_missing_anchor_file_is_reported_not_passed(log: Airlock) -> None:
 
 def test_a_log_rewritten_as_a_whole_is_caught_by_its_anchors(log: Airlock) -> None:
     conn = sqlite3.connect(log.settings.db_path)
-    conn.row_factory = sqlite3.Row
-    with conn:
-        conn.execute("UPDATE audit SET actor = 'os:mallory' WHERE id = 3")
-        prev = "0" * 64
-        for row in [dict(r) for r in conn.execute("SELECT * FROM audit ORDER BY id")]:
-            row["prev_hash"] = prev
-            prev = row_hash(row)
-            conn.execute("UPDATE audit SET prev_hash = ?, hash = ? WHERE id = ?", (row["prev_hash"], prev, row["id"]))
+    with conn:  # the edit, then every hash recomputed with airlock's own chaining code
+        conn.execute("UPDATE audit SET actor = 'os:mallory', hash = NULL WHERE id = 3")
+        conn.execute("UPDATE audit SET hash = NULL")
+        chain_unhashed(conn)
     conn.close()
     assert verify(log.meta).ok  # every hash recomputed: the chain alone cannot tell
     assert kinds(log) == [("edited", 3), ("edited", 4), ("edited", 5)]
