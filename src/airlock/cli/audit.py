@@ -32,11 +32,9 @@ def verify_cmd(
     and syslog where AIRLOCK_AUDIT_SYSLOG is set) keep each head outside the database; --head checks
     a head hash kept off this host as well.
     """
-    from airlock.meta.audit import check_anchors, verify
+    from airlock.meta.audit import verify_anchored
 
-    airlock = open_airlock()
-    report = verify(airlock.meta, head=head)
-    report.problems += check_anchors(airlock.meta, airlock.meta.anchors)
+    report = verify_anchored(open_airlock().meta, head=head)
     if json_out:
         print_json(report.as_dict())
     elif report.ok:

@@ -134,6 +134,14 @@ def verify(meta: Meta, head: str | None = None) -> Report:
     return Report(rows=count, head_id=last["id"] or None, head_hash=last["hash"], problems=problems)
 
 
+def verify_anchored(meta: Meta, head: str | None = None) -> Report:
+    """`verify`, and where the database has anchors (meta.anchors), `check_anchors` after it."""
+    report = verify(meta, head=head)
+    if meta.anchors is not None:
+        report.problems += check_anchors(meta, meta.anchors)
+    return report
+
+
 def check_anchors(meta: Meta, anchors: Anchors) -> list[Problem]:
     """Compare the database with the signed anchors kept outside it (meta/anchor.py).
 
