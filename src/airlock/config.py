@@ -115,7 +115,13 @@ class Settings(BaseSettings):
     s3_bucket: str = "airlock"
     s3_secure: bool = False
 
-    @field_validator("tls_cert", "tls_key", "checkpoints_dir", mode="before")
+    # The audit log's anchors: each new head hash, signed with the appliance key, appended as one
+    # line to this file outside the database (default: HOME/audit/anchors.jsonl), and, where set,
+    # sent to syslog ("/dev/log", or HOST:PORT over UDP) so a copy reaches the site's log host.
+    audit_anchors: Path | None = None
+    audit_syslog: str = ""
+
+    @field_validator("tls_cert", "tls_key", "checkpoints_dir", "audit_anchors", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         # An environment file that writes `AIRLOCK_TLS_CERT=` means no TLS, not the current folder.
@@ -161,6 +167,10 @@ class Settings(BaseSettings):
     def serving_dir(self) -> Path:
         """Verified copies of adapters that vLLM loads from disk."""
         return self.home / "serving"
+
+    @property
+    def audit_anchor_path(self) -> Path:
+        return self.audit_anchors or self.home / "audit" / "anchors.jsonl"
 
     @property
     def engine_dir(self) -> Path:

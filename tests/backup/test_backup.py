@@ -1,12 +1,11 @@
 """Backup and restore on real homes (real SQLite, the real folder store, real key files): a round
-trip keeps every key, row and blob; a backup taken while another process writes is consistent; a
-backup with any change is refused naming what changed, and nothing is written; a home in use or
-holding data is never overwritten."""
+trip keeps every key, row, blob and audit anchor; a backup taken while another process writes is
+consistent; a sealed backup with any change, cut short, extended or reordered, or opened with the
+wrong passphrase, is refused and nothing is written; a home in use or holding data is never
+overwritten. (The forgeries of someone who holds a backup in transit: tests/attacks.)"""
 
 from __future__ import annotations
 
-import os
-import sqlite3
 import subprocess
 import sys
 import time
@@ -15,11 +14,12 @@ from pathlib import Path
 import pytest
 
 from airlock.access.keys import create_key, list_keys
-from airlock.backup.service import create_backup, read_manifest, restore_backup
+from airlock.backup.seal import MAGIC
+from airlock.backup.service import create_backup, restore_backup
 from airlock.config import Settings
 from airlock.context import Airlock
 from airlock.errors import IntegrityFailure, InvalidInput, NotReady
-from airlock.meta.audit import verify as verify_audit
+from airlock.meta.audit import check_anchors, verify as verify_audit
 from airlock.trust.keys import ensure_appliance_key, public_key_id
 
 
@@ -36,19 +36,30 @@ def source(airlock: Airlock, tmp_path: Path) -> Airlock:
     return airlock
 
 
-def backup_of(source: Airlock, out: Path) -> dict:
-    return create_backup(source.settings, out, trust_dir=source.settings.home / "trust", actor="test")
+PASSPHRASE = b"correct horse battery staple"
 
 
-def restore_into(backup: Path, home: Path, **kw) -> dict:
+def backup_of(source: Airlock, out: Path, **kw) -> dict:
+    return create_backup(source.settings, out, passphrase=PASSPHRASE, trust_dir=source.settings.home / "trust",
+                         actor="test", **kw)
+
+
+def restore_into(backup: Path, home: Path, passphrase: bytes = PASSPHRASE, **kw) -> dict:
     settings = Settings(home=home)
-    return restore_backup(settings, backup, trust_dir=home / "trust", actor="test", **kw)
+    return restore_backup(settings, backup, passphrase=passphrase, trust_dir=home / "trust", actor="test", **kw)
+
+
+def nothing_restored(tmp_path: Path, home: Path) -> bool:
+    return not home.exists() and [p.name for p in tmp_path.iterdir() if "restoring" in p.name] == []
 
 
 def test_a_round_trip_keeps_keys_rows_blobs_and_the_trust_root(source: Airlock, tmp_path: Path) -> None:
     manifest = backup_of(source, tmp_path / "bk")
-    assert {"airlock.db", "keys/appliance.key", "trust/root.json"} <= set(manifest["files"])
-    assert oct((tmp_path / "bk" / "keys" / "appliance.key").stat().st_mode & 0o777) == "0o600"
+    assert {"airlock.db", "audit/anchors.jsonl", "keys/appliance.key", "trust/root.json"} <= set(manifest["files"])
+    assert oct((tmp_path / "bk").stat().st_mode & 0o777) == "0o600"
+    assert (tmp_path / "bk").read_bytes().startswith(MAGIC)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bk", "home"]  # no partial file, no clear copy
+    assert not list(source.settings.home.glob(".backup-*"))
     done = restore_into(tmp_path / "bk", tmp_path / "restored")
     restored = Airlock.open(Settings(home=tmp_path / "restored"))
     assert [k["name"] for k in list_keys(restored.meta)] == ["app"]
@@ -57,6 +68,7 @@ def test_a_round_trip_keeps_keys_rows_blobs_and_the_trust_root(source: Airlock, 
     assert (tmp_path / "restored" / "trust" / "root.json").read_text() == '{"signed": {"version": 1}}'
     report = verify_audit(restored.meta, head=manifest["audit_head"])
     assert report.ok, report.problems
+    assert check_anchors(restored.meta, restored.meta.anchors) == []  # the anchors came along
     actions = [r["action"] for r in restored.meta.query("SELECT action FROM audit ORDER BY id")]
     assert actions[-1] == "backup.restore"
     assert done["moved_aside"] is None
@@ -96,47 +108,61 @@ def flip(path: Path, offset: int) -> None:
     path.write_bytes(bytes(data))
 
 
-@pytest.mark.parametrize("change", ["flip-key", "flip-blob", "flip-db", "add", "remove", "link"])
-def test_a_changed_backup_is_refused_naming_what_changed_and_nothing_is_written(
-        source: Airlock, tmp_path: Path, change: str) -> None:
-    manifest = backup_of(source, tmp_path / "bk")
+CHUNK = 4096
+
+
+@pytest.mark.parametrize("change", ["magic", "header", "first", "middle", "last-byte", "cut", "cut-chunk",
+                                    "appended", "swapped", "repeated"])
+def test_a_changed_backup_is_refused_and_nothing_is_written(source: Airlock, tmp_path: Path, change: str) -> None:
+    backup_of(source, tmp_path / "bk", chunk_bytes=CHUNK)
     bk = tmp_path / "bk"
-    blob = next(rel for rel in manifest["files"] if rel.startswith("store/blobs/"))
-    named = {"flip-key": "keys/appliance.key", "flip-blob": blob, "flip-db": "airlock.db",
-             "add": "keys/extra.key", "remove": "keys/appliance.key", "link": "keys/evil"}[change]
-    if change.startswith("flip"):
-        flip(bk / named, 100)
-    elif change == "add":
-        (bk / named).write_text("x")
-    elif change == "remove":
-        (bk / named).unlink()
-    else:
-        os.symlink("/etc/shadow", bk / named)
+    data = bk.read_bytes()
+    start = len(MAGIC) + 4 + int.from_bytes(data[len(MAGIC):len(MAGIC) + 4], "big")  # the header's end
+    sealed = CHUNK + 16
+    chunks = [data[i:i + sealed] for i in range(start, len(data), sealed)]
+    assert len(chunks) > 4  # the blob alone spans several chunks
+    changed = {
+        "magic": lambda: flip(bk, 0),
+        "header": lambda: flip(bk, start - 3),
+        "first": lambda: flip(bk, start + 10),
+        "middle": lambda: flip(bk, start + 2 * sealed + 100),
+        "last-byte": lambda: flip(bk, len(data) - 1),
+        "cut": lambda: bk.write_bytes(data[:-50]),
+        "cut-chunk": lambda: bk.write_bytes(data[:start] + b"".join(chunks[:-1])),
+        "appended": lambda: bk.write_bytes(data + chunks[1]),
+        "swapped": lambda: bk.write_bytes(data[:start] + b"".join([chunks[0], chunks[2], chunks[1]] + chunks[3:])),
+        "repeated": lambda: bk.write_bytes(data[:start] + b"".join([chunks[0], chunks[0]] + chunks[1:])),
+    }
+    changed[change]()
     with pytest.raises(IntegrityFailure) as caught:
         restore_into(bk, tmp_path / "restored")
-    assert named in str(caught.value) and "nothing was restored" in str(caught.value)
-    assert not (tmp_path / "restored").exists()
-    assert [p.name for p in tmp_path.iterdir() if "restoring" in p.name] == []
+    message = str(caught.value)
+    assert str(bk) in message and ("nothing was restored" in message or "not a sealed" in message
+                                   or "header" in message), message
+    assert nothing_restored(tmp_path, tmp_path / "restored")
 
 
-def test_an_audit_row_edited_with_the_manifest_recomputed_is_refused(source: Airlock, tmp_path: Path) -> None:
-    """Someone who edits the database and rewrites backup.json to match is caught by the audit chain."""
-    import json
-
-    from airlock.backup.service import MANIFEST, _listing
-
+def test_a_wrong_passphrase_is_refused_and_nothing_is_written(source: Airlock, tmp_path: Path) -> None:
     backup_of(source, tmp_path / "bk")
-    bk = tmp_path / "bk"
-    conn = sqlite3.connect(bk / "airlock.db")
-    with conn:
-        conn.execute("UPDATE audit SET actor = 'someone-else' WHERE id = 1")
-    conn.close()
-    manifest = read_manifest(bk)
-    manifest["files"] = _listing(bk)
-    (bk / MANIFEST).write_text(json.dumps(manifest))
-    with pytest.raises(IntegrityFailure, match=r"airlock\.db: audit log: row 1"):
-        restore_into(bk, tmp_path / "restored")
-    assert not (tmp_path / "restored").exists()
+    with pytest.raises(IntegrityFailure, match="passphrase does not open this backup"):
+        restore_into(tmp_path / "bk", tmp_path / "restored", passphrase=b"a guess of twelve chars")
+    assert nothing_restored(tmp_path, tmp_path / "restored")
+
+
+def test_a_short_passphrase_is_refused_before_anything_is_written(source: Airlock, tmp_path: Path) -> None:
+    with pytest.raises(InvalidInput, match="at least 12"):
+        create_backup(source.settings, tmp_path / "bk", passphrase=b"short", trust_dir=None, actor="test")
+    assert not (tmp_path / "bk").exists() and not list(tmp_path.glob(".bk*"))
+    assert not list(source.settings.home.glob(".backup-*"))
+
+
+def test_an_unsealed_folder_backup_of_an_older_release_is_refused(source: Airlock, tmp_path: Path) -> None:
+    old = tmp_path / "old-backup"
+    old.mkdir()
+    (old / "backup.json").write_text('{"format": "airlock.backup/v1"}')
+    with pytest.raises(InvalidInput, match="v1"):
+        restore_into(old, tmp_path / "restored")
+    assert nothing_restored(tmp_path, tmp_path / "restored")
 
 
 def test_a_home_with_data_is_refused_or_moved_aside_never_overwritten(source: Airlock, tmp_path: Path) -> None:
@@ -177,14 +203,13 @@ def test_another_pinned_root_is_never_replaced_by_a_restore(source: Airlock, tmp
     (home / "trust" / "root.json").write_text('{"signed": {"version": 7}}')
     settings = Settings(home=tmp_path / "fresh")
     with pytest.raises(IntegrityFailure, match="only\\s+through rotation"):
-        restore_backup(settings, tmp_path / "bk", trust_dir=home / "trust", actor="test")
+        restore_backup(settings, tmp_path / "bk", passphrase=PASSPHRASE, trust_dir=home / "trust", actor="test")
     assert not (tmp_path / "fresh").exists()
     assert (home / "trust" / "root.json").read_text() == '{"signed": {"version": 7}}'
 
 
-def test_a_backup_goes_only_into_an_empty_folder(source: Airlock, tmp_path: Path) -> None:
-    (tmp_path / "bk").mkdir()
-    (tmp_path / "bk" / "old").write_text("keep me")
-    with pytest.raises(InvalidInput, match="not empty"):
+def test_a_backup_never_replaces_a_file(source: Airlock, tmp_path: Path) -> None:
+    (tmp_path / "bk").write_text("keep me")
+    with pytest.raises(InvalidInput, match="exists"):
         backup_of(source, tmp_path / "bk")
-    assert (tmp_path / "bk" / "old").read_text() == "keep me"
+    assert (tmp_path / "bk").read_text() == "keep me"

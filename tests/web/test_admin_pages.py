@@ -217,3 +217,18 @@ def test_the_key_form_shows_every_problem_the_server_finds(browser, ui_gateway):
         assert not recorded.page_errors
     assert [k["name"] for k in httpx.get(f"{ui_gateway.url}/api/keys",
                                          headers={"authorization": f"Bearer {ui_gateway.key}"}).json()] == ["tests"]
+
+
+def test_the_newest_rows_deleted_are_named_from_the_signed_anchors(ui_gateway):
+    """Deleting the newest row and resetting the sequence leaves a chain intact on its own."""
+    client, _ = _client(ui_gateway, "admin")
+    made = httpx.post(f"{ui_gateway.url}/api/keys", json={"name": "anchored", "role": "trainer"},
+                      headers={"Authorization": f"Bearer {ui_gateway.key}"})  # a row the gateway writes and anchors
+    assert made.status_code in (200, 201), made.text
+    with sqlite3.connect(ui_gateway.settings.db_path) as conn:
+        last = conn.execute("SELECT MAX(id) FROM audit").fetchone()[0]
+        conn.execute("DELETE FROM audit WHERE id = ?", (last,))
+        conn.execute("UPDATE sqlite_sequence SET seq = ? WHERE name = 'audit'", (last - 1,))
+    page = client.get("/audit")
+    assert page.status_code == 200 and 'data-chain="broken"' in page.text
+    assert f"the newest row {last} was deleted" in page.text

@@ -25,14 +25,16 @@ def verify_cmd(
     head: str | None = typer.Option(None, "--head", help="A head hash recorded earlier and kept off this "
                                                          "host: fail unless it is still in the chain."),
 ) -> None:
-    """Check the audit chain; exit 5 naming the first edited, inserted or deleted row.
+    """Check the audit chain and its signed anchors; exit 5 naming the first edited, inserted or
+    deleted row, the missing range when the newest rows are gone, and any edited anchor line.
 
-    Prints the row count and the head hash when the log is intact. Keep that head hash off this
-    host: a log rewritten as a whole, every hash recomputed, only shows against it (--head).
+    Prints the row count and the head hash when the log is intact. The anchors (AIRLOCK_AUDIT_ANCHORS,
+    and syslog where AIRLOCK_AUDIT_SYSLOG is set) keep each head outside the database; --head checks
+    a head hash kept off this host as well.
     """
-    from airlock.meta.audit import verify
+    from airlock.meta.audit import verify_anchored
 
-    report = verify(open_airlock().meta, head=head)
+    report = verify_anchored(open_airlock().meta, head=head)
     if json_out:
         print_json(report.as_dict())
     elif report.ok:
@@ -43,6 +45,33 @@ def verify_cmd(
             f"the audit log was tampered with: {count} problem{'s' if count > 1 else ''}, the first first",
             problems=[p.message for p in report.problems],
         )
+
+
+@app.command("export")
+@command
+def export_cmd(
+    since: str | None = typer.Option(None, "--since", help="Only rows from this row id on (a number), or at "
+                                                           "or after this ISO date or date/time (UTC unless "
+                                                           "it names a zone)."),
+    output: Path | None = typer.Option(None, "--output", "-o", help="Append the lines to this file instead of "
+                                                                    "writing them to stdout."),
+) -> None:
+    """Write audit rows, oldest first, as JSON lines for a SIEM: one object per row, hashes included."""
+    from contextlib import nullcontext
+
+    from airlock.meta.audit import iter_rows
+
+    rows = iter_rows(open_airlock().meta, since=since)  # checks --since before anything is written
+    try:
+        sink = output.open("a", encoding="utf-8") if output else nullcontext(sys.stdout)
+    except OSError as exc:
+        raise InvalidInput(f"cannot write {output}: {exc.strerror}") from None
+    count = 0
+    with sink as out:
+        for count, row in enumerate(rows, 1):
+            out.write(json.dumps(row, sort_keys=True) + "\n")
+    if output:
+        typer.echo(f"wrote {count} audit rows to {output}", err=True)
 
 
 @app.command("list")

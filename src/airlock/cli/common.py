@@ -31,14 +31,18 @@ def cli_errors() -> Iterator[None]:
 
 
 def cli_actor() -> str:
-    """How the person running a command appears in the audit log: their OS account."""
-    import getpass
-    import os
+    """How the person running a command appears in the audit log: the account of the real uid.
 
+    Not USER or LOGNAME (what getpass.getuser reads first): anyone can set those to another name.
+    """
+    import os
+    import pwd
+
+    uid = os.getuid()
     try:
-        user = getpass.getuser()
-    except (KeyError, OSError):  # no login name and no passwd entry, e.g. a bare container uid
-        user = str(os.getuid())
+        user = pwd.getpwuid(uid).pw_name
+    except KeyError:  # no passwd entry, e.g. a bare container uid
+        user = str(uid)
     return f"os:{user}"
 
 

@@ -25,8 +25,8 @@ PASSPHRASE_FILE = typer.Option(None, "--passphrase-file", show_default=False,
                                     f"{PASSPHRASE_ENV}, else a prompt per key file).")
 
 
-def passphrase_source(passphrase_file: Path | None, *, new: bool = False):
-    """Where key passphrases come from: the file, else AIRLOCK_KEY_PASSPHRASE, else a prompt per key file."""
+def passphrase_source(passphrase_file: Path | None, *, new: bool = False, env: str = PASSPHRASE_ENV):
+    """Where key passphrases come from: the file, else the variable `env`, else a prompt per key file."""
     from airlock.trust.keyfiles import check_private_file
 
     def from_file(_key: Path) -> bytes:
@@ -34,7 +34,7 @@ def passphrase_source(passphrase_file: Path | None, *, new: bool = False):
         return passphrase_file.read_bytes().removesuffix(b"\n").removesuffix(b"\r")
 
     def from_env(_key: Path) -> bytes:
-        return os.environ[PASSPHRASE_ENV].encode()
+        return os.environ[env].encode()
 
     def prompt(key: Path) -> bytes:
         if not new:
@@ -46,7 +46,7 @@ def passphrase_source(passphrase_file: Path | None, *, new: bool = False):
 
     if passphrase_file is not None:
         return from_file
-    return from_env if os.environ.get(PASSPHRASE_ENV) else prompt
+    return from_env if os.environ.get(env) else prompt
 
 
 def pinned_dir() -> Path:

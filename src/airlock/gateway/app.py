@@ -33,6 +33,7 @@ from airlock.gateway.recorder import Recorder
 from airlock.gateway.registry import Registry
 from airlock.gateway.v1 import OpenAIApi
 from airlock.meta import open_meta
+from airlock.meta.anchor import Anchors
 from airlock.tls import check_configured
 
 # /readyz must answer quickly even when vLLM hangs: a probe that hangs is a failed probe.
@@ -88,7 +89,7 @@ def create_app(settings: Settings | None = None, ui: Callable[[FastAPI], None] |
     package and so are handed in rather than imported."""
     settings = settings or get_settings()
     settings.home.mkdir(parents=True, exist_ok=True)
-    meta = open_meta(settings.db_path)
+    meta = open_meta(settings.db_path, Anchors.for_settings(settings))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -19,12 +19,13 @@ from itertools import chain
 from typing import Any
 
 from airlock.errors import InvalidInput
+from airlock.meta.anchor import Anchor, Anchors, read_anchors
 from airlock.meta.chain import GENESIS, COLUMNS, row_hash
 from airlock.meta.db import Meta
 
 @dataclass
 class Problem:
-    kind: str  # "edited", "deleted", "inserted", "truncated" or "rewritten"
+    kind: str  # "edited", "deleted", "inserted", "truncated", "rewritten" or "anchor"
     id: int | None  # the row edited or inserted, or the first id missing
     message: str
 
@@ -133,6 +134,48 @@ def verify(meta: Meta, head: str | None = None) -> Report:
     return Report(rows=count, head_id=last["id"] or None, head_hash=last["hash"], problems=problems)
 
 
+def verify_anchored(meta: Meta, head: str | None = None) -> Report:
+    """`verify`, and where the database has anchors (meta.anchors), `check_anchors` after it."""
+    report = verify(meta, head=head)
+    if meta.anchors is not None:
+        report.problems += check_anchors(meta, meta.anchors)
+    return report
+
+
+def check_anchors(meta: Meta, anchors: Anchors) -> list[Problem]:
+    """Compare the database with the signed anchors kept outside it (meta/anchor.py).
+
+    Every anchor line must carry the appliance key's signature, and the database must still hold
+    each anchored row with the anchored hash: rows deleted from the end, with `sqlite_sequence`
+    reset, leave a chain that is intact on its own, but not one that matches its newest anchor.
+    """
+    rows = meta.one("SELECT COUNT(*) AS n, MAX(id) AS last FROM audit") or {"n": 0, "last": None}
+    if not anchors.path.is_file():
+        if not rows["n"]:
+            return []
+        return [Problem("anchor", None, f"{anchors.path}: no anchor file, yet the log holds {rows['n']} rows: "
+                                        "the anchors were deleted, or AIRLOCK_AUDIT_ANCHORS points elsewhere")]
+    problems: list[Problem] = []
+    anchored: dict[int, Anchor] = {}
+    for item in read_anchors(anchors.path, anchors.key().public_key()):
+        if isinstance(item, str):
+            problems.append(Problem("anchor", None, item))
+        else:
+            anchored[item.id] = item
+    stored = {r["id"]: r["hash"] for r in meta.query("SELECT id, hash FROM audit WHERE id >= ?",
+                                                        (min(anchored, default=0),))}
+    last = rows["last"] or 0
+    if anchored and (newest := anchored[max(anchored)]).id > last:
+        # A row deleted in the middle leaves a gap the chain names; only the tail needs the anchors.
+        problems.append(Problem("truncated", last + 1, (
+            f"the newest {_span(last + 1, newest.id)} deleted: the anchor at {anchors.path} line {newest.line} "
+            f"({newest.at}) names row {newest.id}, the database ends at row {last}")))
+    problems += [Problem("edited", i, f"row {i} was rewritten after it was anchored: its hash is not the one "
+                                      f"signed at {anchors.path} line {a.line}")
+                 for i, a in sorted(anchored.items()) if i in stored and stored[i] != a.hash]
+    return problems
+
+
 def parse_when(value: str | datetime | None, *, end: bool = False) -> str | None:
     """An ISO date or date/time -> the stored `at` format (UTC, milliseconds) for comparison.
 
@@ -199,6 +242,24 @@ def list_rows(meta: Meta, actor: str | None = None, action: str | None = None,
     for row in rows:
         row["detail"] = _detail_of(row.pop("detail_json"))
     return rows[::-1]
+
+
+def iter_rows(meta: Meta, since: str | None = None) -> Iterator[dict[str, Any]]:
+    """Rows oldest first, streamed (an export can be the whole log): from a row id when `since` is a
+    number, else at or after an ISO date/time. `since` is checked before the first row is read."""
+    if since is not None and since.strip().isdigit():
+        where, param = "id >= ?", int(since)
+    else:
+        where, param = "at >= ?", parse_when(since) or ""
+    cursor = meta.db.conn.execute(f"SELECT {COLUMNS} FROM audit WHERE {where} ORDER BY id", (param,))
+    names = [d[0] for d in cursor.description]
+
+    def rows() -> Iterator[dict[str, Any]]:
+        for values in cursor:
+            row = dict(zip(names, values, strict=True))
+            row["detail"] = _detail_of(row.pop("detail_json"))
+            yield row
+    return rows()
 
 
 def _detail_of(stored: str | None) -> Any:

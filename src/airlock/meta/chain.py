@@ -29,10 +29,10 @@ def row_hash(row: dict[str, Any]) -> str:
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
-def append(db: Any, actor: str, action: str, subject: str | None, detail: dict[str, Any]) -> int:
+def append(db: Any, actor: str, action: str, subject: str | None, detail: dict[str, Any]) -> tuple[int, str]:
     """Add one chained row; `db` must be inside `Meta.write()`, whose BEGIN IMMEDIATE holds the
     write lock from reading the head to storing the new hash, so writers in other processes
-    cannot both chain onto the same head."""
+    cannot both chain onto the same head. Returns the new row's id and hash: the new head."""
     last = db.execute("SELECT hash FROM audit ORDER BY id DESC LIMIT 1").fetchone()
     row = {"at": now(), "actor": actor, "action": action, "subject": subject,
            "detail_json": json.dumps(detail, sort_keys=True), "prev_hash": last[0] if last else GENESIS}
@@ -42,8 +42,9 @@ def append(db: Any, actor: str, action: str, subject: str | None, detail: dict[s
     )
     # The id is part of the hash (so rows cannot be renumbered), and only SQLite knows it now.
     row["id"] = cur.lastrowid
-    db.execute("UPDATE audit SET hash = ? WHERE id = ?", [row_hash(row), row["id"]])
-    return row["id"]
+    head = row_hash(row)
+    db.execute("UPDATE audit SET hash = ? WHERE id = ?", [head, row["id"]])
+    return row["id"], head
 
 
 def chain_unhashed(db: Any) -> int:

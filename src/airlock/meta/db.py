@@ -11,12 +11,15 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlite_utils
 
 from airlock.meta.chain import append, chain_unhashed, now
 from airlock.meta.migrations import MIGRATIONS
+
+if TYPE_CHECKING:
+    from airlock.meta.anchor import Anchors
 
 __all__ = ["Meta", "now", "open_meta"]
 
@@ -24,8 +27,9 @@ __all__ = ["Meta", "now", "open_meta"]
 class Meta:
     """Thread-safe access to the metadata database: one connection per thread."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, anchors: Anchors | None = None) -> None:
         self.path = Path(path)
+        self.anchors = anchors  # where each new audit head is signed and appended (meta/anchor.py)
         self._local = threading.local()
 
     @property
@@ -61,10 +65,12 @@ class Meta:
         return rows[0] if rows else None
 
     def audit(self, actor: str, action: str, subject: str | None = None, **detail: Any) -> None:
-        """Append a row to the hash-chained audit log (see meta/audit.py)."""
-
+        """Append a row to the hash-chained audit log (see meta/audit.py), then anchor the new head."""
         with self.write() as db:
-            append(db, actor, action, subject, detail)
+            row_id, head = append(db, actor, action, subject, detail)
+        if self.anchors is not None:
+            # After the commit: an anchor never names a row that a rollback took back.
+            self.anchors.record(row_id, head)
 
     def schema_version(self) -> int:
         if "schema_migrations" not in self.db.table_names():
@@ -91,8 +97,8 @@ class Meta:
         return self.schema_version()
 
 
-def open_meta(path: Path) -> Meta:
+def open_meta(path: Path, anchors: Anchors | None = None) -> Meta:
     path.parent.mkdir(parents=True, exist_ok=True)
-    meta = Meta(path)
+    meta = Meta(path, anchors)
     meta.migrate()
     return meta
