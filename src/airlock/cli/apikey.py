@@ -72,7 +72,7 @@ def list_(
     table = Table("id", "name", "role", "models", "limits", "expires", "last used", "status")
     for r in rows:
         status = f"revoked {r['revoked_at']}" if r["revoked_at"] else "active"
-        limits = ", ".join(f"{r[k]} {k}" for k in ("rpm", "tpm") if r[k]) or "none"
+        limits = ", ".join(f"{r[k]} {k}" for k in ("rpm", "tpm", "max_tokens") if r[k]) or "none"
         table.add_row(r["id"], r["name"], r["role"], ",".join(r["models"]) if r["models"] else "all",
                       limits, r["expires_at"] or "never", r["last_used_at"] or "never", status)
     console.print(table)

@@ -136,8 +136,8 @@ class OpenAIApi:
             # of a new document", that is from the beginning-of-sequence token alone.
             body["prompt"] = [self._bos_token(base_model)]
             raw = b""
-        fields = len(body)
-        budget = output_budget(body, route, key, settings)
+        named = len(body)
+        budget = output_budget(body, route, key, settings)  # may fill in a max_tokens: one field more
         stream = body.get("stream") is True
         hide_usage = False
         if key.get("tpm") and stream and not _wants_usage(body):
@@ -147,7 +147,7 @@ class OpenAIApi:
             hide_usage = True
         reserved = state.limiter.admit(key, budget.total)
         state.recorder.used(key["id"], upstream_model)  # the adapter (or base model) that answers
-        if upstream_model != requested or not raw or len(body) != fields or hide_usage:
+        if upstream_model != requested or not raw or len(body) != named or hide_usage:
             body["model"] = upstream_model
             raw = encode_json(body)
         settle = _Settle(state.limiter, key, reserved, budget)
