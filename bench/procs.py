@@ -142,9 +142,28 @@ def parse_metrics(text: str) -> dict[str, dict[tuple[str, ...], float]]:
     return out
 
 
+# The gateway's /metrics wants a key with the `metrics` permission: one per gateway started here.
+_METRICS_KEYS: dict[str, str] = {}
+
+
+def allow_metrics(settings: Settings) -> None:
+    """Make the key the benchmark reads the gateway's /metrics with (an admin's: it has `metrics`)."""
+    from airlock.access.keys import create_key
+    from airlock.meta import open_meta
+
+    _, key = create_key(open_meta(settings.db_path), "bench-metrics", role="admin", actor="bench")
+    _METRICS_KEYS[settings.gateway_url] = key
+
+
+def metrics_headers(url: str) -> dict[str, str]:
+    key = _METRICS_KEYS.get(url)
+    return {"Authorization": f"Bearer {key}"} if key else {}
+
+
 def upstream_wait(url: str) -> tuple[float, float]:
     """(seconds the gateway has spent waiting on the engine for response headers, requests), so far."""
-    up = parse_metrics(httpx.get(f"{url}/metrics", timeout=5, trust_env=False).text)["upstream"]
+    up = parse_metrics(httpx.get(f"{url}/metrics", timeout=5, trust_env=False,
+                                 headers=metrics_headers(url)).text)["upstream"]
     return up.get(("sum",), 0.0), up.get(("count",), 0.0)
 
 
@@ -154,7 +173,8 @@ def gateway_trouble(url: str, route: str = "/v1/chat/completions", *, verify: ss
     the engine (upstream errors), or ""."""
     try:
         with httpx.Client(verify=verify, trust_env=False) as client:
-            counts = parse_metrics(client.get(f"{url}/metrics", timeout=5, extensions=extensions).text)
+            counts = parse_metrics(client.get(f"{url}/metrics", timeout=5, extensions=extensions,
+                                              headers=metrics_headers(url)).text)
     except httpx.HTTPError as exc:
         return f"(its /metrics did not answer: {type(exc).__name__})"
     bad = [f"{where} HTTP {status}: {n}" for (where, status), n in sorted(counts["requests"].items())
@@ -196,6 +216,7 @@ class GatewayProcess:
 
     def start(self, timeout: float = 60.0) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        allow_metrics(self.settings)
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen([sys.executable, "-m", "airlock", "gateway"], env=settings_env(self.settings),
                                          stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
@@ -225,6 +246,7 @@ class ApplianceProcess:
 
     def start(self, timeout: float | None = None) -> None:
         self.settings.home.mkdir(parents=True, exist_ok=True)
+        allow_metrics(self.settings)
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen([sys.executable, "-m", "airlock", "up"], env=settings_env(self.settings),
                                          stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,

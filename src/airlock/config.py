@@ -108,6 +108,22 @@ class Settings(BaseSettings):
     default_rpm: int = 0
     default_tpm: int = 0
 
+    # The output a completion may ask for when it names no max_tokens (a key's own default
+    # comes first); clamped to vllm_max_model_len, the most the engine accepts.
+    default_max_tokens: int = 512
+    # Failed authentications (a wrong key on /v1 or /api, a failed sign-in) allowed per client
+    # address and per key id in auth_fail_window_s; past it, 429 until the window ends (0: off).
+    auth_fail_limit: int = 20
+    auth_fail_window_s: float = 300.0
+    # The names the gateway answers to in a request's Host header (comma-separated, "*" for
+    # any): a page of another site that rebinds its name to this host is refused with 400.
+    # Loopback names (localhost, 127.0.0.1, ::1) and gateway_host are always accepted.
+    allowed_hosts: str = ""
+    # A listener of its own for Prometheus scrapers: GET /metrics without a key on
+    # metrics_host:metrics_port (0: none; /metrics on the gateway then needs the `metrics` permission).
+    metrics_port: int = 0
+    metrics_host: str = "127.0.0.1"
+
     store_backend: Literal["local", "s3"] = "local"
     s3_endpoint: str = "127.0.0.1:9000"
     s3_access_key: str = ""
@@ -195,6 +211,11 @@ class Settings(BaseSettings):
     @property
     def allowed_request_fields(self) -> frozenset[str]:
         return frozenset(f.strip() for f in self.allow_request_fields.split(",") if f.strip())
+
+    @property
+    def allowed_host_names(self) -> frozenset[str]:
+        configured = {h.strip().lower() for h in self.allowed_hosts.split(",") if h.strip()}
+        return frozenset(configured | {"localhost", "127.0.0.1", "::1", self.gateway_host.lower()})
 
     @property
     def gateway_url(self) -> str:

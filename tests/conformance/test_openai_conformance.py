@@ -165,3 +165,18 @@ def test_features(feature, http, live_gateway):
     path, body = FEATURES[feature]
     case = valid[path]["POST"].Case(body={"model": REFERENCE_MODEL, "max_tokens": MAX_TOKENS} | body)
     _send_and_check(case, http, live_gateway)
+
+
+# Requests that name no max tokens at all: the gateway fills in its default (AIRLOCK_DEFAULT_MAX_TOKENS).
+UNCAPPED = {
+    "chat-no-max-tokens": ("/chat/completions", {"messages": _HI}),
+    "completion-no-max-tokens-stream": ("/completions", {"prompt": "Once upon", "stream": True}),
+}
+
+
+@pytest.mark.vllm
+@pytest.mark.slow
+@pytest.mark.parametrize("feature", UNCAPPED)
+def test_an_omitted_max_tokens_still_conforms(feature, http, live_gateway):
+    path, body = UNCAPPED[feature]
+    _send_and_check(valid[path]["POST"].Case(body={"model": REFERENCE_MODEL} | body), http, live_gateway)

@@ -106,7 +106,7 @@ def test_a_pooled_connection_the_engine_closed_is_retried_on_a_fresh_one(flaky_h
         assert all(r.json()["choices"][0]["message"]["content"] == "hi" for r in answers)
         # Each request was read by the engine exactly once: the closed connections held none.
         assert engine.requests_read == 6
-        metrics = httpx.get(f"{gw.url}/metrics").text
+        metrics = httpx.get(f"{gw.url}/metrics", headers={"Authorization": f"Bearer {gw.key}"}).text
         assert 'kind="stale_connection_retried"' in metrics
 
 

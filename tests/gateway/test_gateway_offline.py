@@ -118,7 +118,8 @@ def test_unknown_routes_and_methods_keep_the_openai_error_shape(offline_gateway)
 def test_metrics_count_requests_by_route_and_status(offline_gateway):
     httpx.get(f"{offline_gateway.url}/healthz")
     httpx.get(f"{offline_gateway.url}/v1/models")
-    text = httpx.get(f"{offline_gateway.url}/metrics").text
+    text = httpx.get(f"{offline_gateway.url}/metrics",
+                     headers={"Authorization": f"Bearer {offline_gateway.key}"}).text
     assert 'airlock_gateway_requests_total{route="/healthz",status="200"} 1' in text
     assert 'airlock_gateway_requests_total{route="/v1/models",status="401"} 1' in text
     assert "airlock_gateway_upstream_seconds_count 0" in text

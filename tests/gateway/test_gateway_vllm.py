@@ -133,6 +133,6 @@ def test_request_in_flight_keeps_the_adapter_it_resolved(live_gateway, loaded_ad
 def test_metrics_record_upstream_latency(live_gateway):
     client(live_gateway).completions.create(model=live_gateway.settings.serve_base_model,
                                             prompt="Hi", max_tokens=2)
-    text = httpx.get(f"{live_gateway.url}/metrics").text
+    text = httpx.get(f"{live_gateway.url}/metrics", headers={"Authorization": f"Bearer {live_gateway.key}"}).text
     assert 'route="/v1/completions",status="200"} 1' in text
     assert "airlock_gateway_upstream_seconds_count 1" in text

@@ -72,7 +72,7 @@ def _length(data: bytes) -> int:
 
 
 def head_for(gw, path: str, extra: str) -> bytes:
-    return (f"POST {path} HTTP/1.1\r\nHost: gateway\r\nAuthorization: Bearer {gw.key}\r\n"
+    return (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {gw.key}\r\n"
             f"Content-Type: application/json\r\n{extra}\r\n").encode()
 
 
@@ -173,8 +173,11 @@ def test_a_long_completions_prompt_is_400(offline_gateway):
 
 
 def test_requests_within_the_bounds_go_on_to_the_model_server(offline_gateway):
-    resp = chat(offline_gateway, n=8, max_tokens=4096, top_k=5, response_format={"type": "json_object"})
+    # n x max_tokens exactly at AIRLOCK_MAX_COMPLETION_TOKENS (4096); one more token is refused.
+    resp = chat(offline_gateway, n=8, max_tokens=512, top_k=5, response_format={"type": "json_object"})
     assert resp.status_code == 503, resp.text  # past every check; the model server is down
+    refused(chat(offline_gateway, n=8, max_tokens=513), 400, "max_tokens", "8 x 513 = 4104",
+            "AIRLOCK_MAX_COMPLETION_TOKENS")
 
 
 def test_a_field_the_operator_allows_goes_through(tmp_path, start_gateway):

@@ -204,6 +204,7 @@ def test_the_event_loop_never_touches_sqlite(offline_gateway, monkeypatch):
     chat(offline_gateway, key, "watched")
     httpx.get(f"{offline_gateway.url}/readyz")
     httpx.get(f"{offline_gateway.url}/api/runs", headers={"Authorization": f"Bearer {key}"})  # 403, audited
+    assert chat(offline_gateway, key[:-2] + "xx", "watched").status_code == 401  # a failure, summarised
     revoke_key(offline_gateway.meta, key.split("-")[1], actor="os:test")
     assert chat(offline_gateway, key, "watched").status_code == 401
     time.sleep(1.5)  # the recorder's writes happen meanwhile, in its own thread

@@ -31,7 +31,7 @@ _DURATION_RE = re.compile(r"^(\d+)([mhdw])$")
 _UNITS = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 _ALIAS_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
-PUBLIC_COLUMNS = ("id", "name", "prefix", "role", "models_json", "expires_at", "rpm", "tpm",
+PUBLIC_COLUMNS = ("id", "name", "prefix", "role", "models_json", "expires_at", "rpm", "tpm", "max_tokens",
                   "created_at", "created_by", "last_used_at", "revoked_at")
 
 
@@ -75,7 +75,7 @@ def parse_models(models: list[str] | str | None) -> list[str] | None:
 
 
 def create_key(meta: Meta, name: str, *, role: str = DEFAULT_ROLE, models: list[str] | str | None = None,
-               expires: str | None = None, rpm: int = 0, tpm: int = 0,
+               expires: str | None = None, rpm: int = 0, tpm: int = 0, max_tokens: int = 0,
                actor: str = "operator") -> tuple[str, str]:
     """Make a key; return (key_id, secret). The secret is never stored and cannot be shown again.
 
@@ -99,7 +99,7 @@ def create_key(meta: Meta, name: str, *, role: str = DEFAULT_ROLE, models: list[
     scope = checked(parse_models, models)
     expires_at = checked(parse_expiry, expires)
     problems += [f"{label} {value}: a limit is 0 (none) or positive"
-                 for label, value in (("--rpm", rpm), ("--tpm", tpm)) if value < 0]
+                 for label, value in (("--rpm", rpm), ("--tpm", tpm), ("--max-tokens", max_tokens)) if value < 0]
     if len(problems) == 1:
         raise InvalidInput(problems[0])
     if problems:
@@ -114,11 +114,11 @@ def create_key(meta: Meta, name: str, *, role: str = DEFAULT_ROLE, models: list[
         db["api_keys"].insert(
             {"id": key_id, "name": name, "key_hash": hash_secret(secret), "prefix": prefix,
              "role": role, "models_json": json.dumps(scope) if scope is not None else None,
-             "expires_at": expires_at, "rpm": rpm, "tpm": tpm, "created_at": now(),
+             "expires_at": expires_at, "rpm": rpm, "tpm": tpm, "max_tokens": max_tokens, "created_at": now(),
              "created_by": actor, "revoked_at": None, "last_used_at": None}
         )
     meta.audit(actor, "apikey.create", key_id, name=name, prefix=prefix, role=role, models=scope,
-               expires_at=expires_at, rpm=rpm, tpm=tpm)
+               expires_at=expires_at, rpm=rpm, tpm=tpm, max_tokens=max_tokens)
     return key_id, secret
 
 
@@ -157,8 +157,8 @@ def revoke_key(meta: Meta, key_id: str, *, actor: str = "operator") -> dict[str,
 
 def load_keys(meta: Meta) -> dict[str, dict[str, Any]]:
     """Every key's row by id, hash included: what the gateway keeps in memory."""
-    rows = meta.query("SELECT id, name, key_hash, role, models_json, expires_at, rpm, tpm, revoked_at "
-                      "FROM api_keys")
+    rows = meta.query("SELECT id, name, key_hash, role, models_json, expires_at, rpm, tpm, max_tokens, "
+                      "revoked_at FROM api_keys")
     keys = {}
     for r in rows:
         r["models"] = frozenset(json.loads(r.pop("models_json"))) if r["models_json"] else None
@@ -176,6 +176,14 @@ def parse_bearer(authorization: str | None) -> str:
     if scheme.lower() != "bearer" or not token.strip():
         raise Unauthorized("malformed Authorization header: expected 'Bearer <key>'")
     return token.strip()
+
+
+def presented_id(authorization: str | None, keys: dict[str, dict[str, Any]]) -> str | None:
+    """The id part of a presented `Bearer ak-<id>-...` key when it names an existing key (right
+    secret or not); None otherwise. Never raises: it only says whom a failure concerns."""
+    _, _, token = (authorization or "").strip().partition(" ")
+    parts = token.strip().split("-", 2)
+    return parts[1] if len(parts) == 3 and parts[0] == KEY_PREFIX and parts[1] in keys else None
 
 
 def check_key(keys: dict[str, dict[str, Any]], authorization: str | None,

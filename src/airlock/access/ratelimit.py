@@ -1,9 +1,11 @@
 """Per-key rate limits as token buckets: requests per minute and tokens per minute.
 
 A bucket holds up to one minute's allowance and refills continuously, so a key may burst to its
-limit and then gets a steady rate. Requests take one from the request bucket up front; tokens
-are charged after the answer (its usage), so the token bucket may run below zero and the key
-waits until it refills. Levels are kept with a wall-clock time, so the state survives a gateway
+limit and then gets a steady rate. Requests take one from the request bucket up front. Tokens
+are reserved up front too, as many as the request may use (its prompt's estimate plus n x
+max_tokens), so no answer can take a key past its budget; when the answer's usage is known the
+reservation is settled: the unused part is given back, a request that failed gives back all.
+Levels are kept with a wall-clock time, so the state survives a gateway
 restart: a key that spent its minute stays limited after the restart.
 """
 
@@ -13,7 +15,7 @@ import threading
 import time
 from typing import Any
 
-from airlock.errors import RateLimited
+from airlock.errors import InvalidInput, RateLimited
 
 KINDS = ("rpm", "tpm")
 
@@ -34,18 +36,25 @@ class RateLimiter:
         level, at = self._levels.get((key_id, kind), (float(limit), now))
         return min(float(limit), level + (now - at) * limit / 60.0)
 
-    def admit(self, key: dict[str, Any], now: float | None = None) -> None:
-        """Take one request from the key's allowance, or raise RateLimited with Retry-After."""
+    def admit(self, key: dict[str, Any], tokens: int = 0, now: float | None = None) -> int:
+        """Take one request from the key's allowance and reserve `tokens` of its tokens per
+        minute, or raise RateLimited with Retry-After (InvalidInput when `tokens` is more than a
+        whole minute's allowance: waiting would not help). Returns the tokens reserved."""
         rpm, tpm = key.get("rpm") or 0, key.get("tpm") or 0
         if not rpm and not tpm:
-            return
+            return 0
+        if tpm and tokens > tpm:
+            raise InvalidInput(f"this request may use up to {tokens} tokens (its prompt and n x max_tokens), "
+                               f"more than API key {key['id']}'s whole limit of {tpm} tokens per minute; "
+                               "ask for fewer (max_tokens, n)")
         now = time.time() if now is None else now
         with self._lock:
             if tpm:
-                tokens = self._level(key["id"], "tpm", tpm, now)
-                if tokens <= 0:
-                    wait = (1 - tokens) * 60.0 / tpm
-                    raise RateLimited(f"API key {key['id']} is over its limit of {tpm} tokens per minute; "
+                level = self._level(key["id"], "tpm", tpm, now)
+                if level < max(tokens, 1):
+                    wait = (max(tokens, 1) - level) * 60.0 / tpm
+                    raise RateLimited(f"API key {key['id']} is over its limit of {tpm} tokens per minute "
+                                      f"(this request may use {tokens}, {max(0, int(level))} are left); "
                                       f"retry in {wait:.0f} s", retry_after=wait)
             if rpm:
                 requests = self._level(key["id"], "rpm", rpm, now)
@@ -54,15 +63,22 @@ class RateLimiter:
                     raise RateLimited(f"API key {key['id']} is over its limit of {rpm} requests per minute; "
                                       f"retry in {wait:.0f} s", retry_after=wait)
                 self._set(key["id"], "rpm", requests - 1, now)
+            if tpm:
+                self._set(key["id"], "tpm", level - tokens, now)
+                return tokens
+            return 0
 
-    def charge(self, key: dict[str, Any], tokens: int, now: float | None = None) -> None:
-        """Spend `tokens` of the key's tokens-per-minute allowance (after the answer)."""
+    def settle(self, key: dict[str, Any], reserved: int, used: int, now: float | None = None) -> None:
+        """Replace a reservation by what the answer used: the rest goes back (all of it for a
+        request that failed, used 0); more than reserved (a prompt longer than its estimate) is
+        charged, and the key waits until the bucket refills."""
         tpm = key.get("tpm") or 0
-        if not tpm or tokens <= 0:
+        if not tpm or used == reserved:
             return
         now = time.time() if now is None else now
         with self._lock:
-            self._set(key["id"], "tpm", self._level(key["id"], "tpm", tpm, now) - tokens, now)
+            level = self._level(key["id"], "tpm", tpm, now) + reserved - used
+            self._set(key["id"], "tpm", min(float(tpm), level), now)
 
     def _set(self, key_id: str, kind: str, level: float, now: float) -> None:
         self._levels[(key_id, kind)] = (level, now)

@@ -26,6 +26,9 @@ def create(
                             help="Requests per minute (default: AIRLOCK_DEFAULT_RPM; 0 means no limit)."),
     tpm: int = typer.Option(None, "--tpm", show_default=False,
                             help="Tokens per minute (default: AIRLOCK_DEFAULT_TPM; 0 means no limit)."),
+    max_tokens: int = typer.Option(0, "--max-tokens", help="The output tokens a completion from this key gets when "
+                                   "it names no max_tokens (0: AIRLOCK_DEFAULT_MAX_TOKENS); the gateway's cap, "
+                                   "AIRLOCK_MAX_COMPLETION_TOKENS, still bounds n x max_tokens."),
     json_out: bool = typer.Option(False, "--json", help="Print {id, name, role, key} as JSON."),
 ) -> None:
     """Create an API key and print it once: only its hash is stored, it cannot be shown again."""
@@ -36,7 +39,7 @@ def create(
     rpm = settings.default_rpm if rpm is None else rpm
     tpm = settings.default_tpm if tpm is None else tpm
     key_id, secret = create_key(open_airlock().meta, name, role=role, models=models, expires=expires,
-                                rpm=rpm, tpm=tpm, actor=cli_actor())
+                                rpm=rpm, tpm=tpm, max_tokens=max_tokens, actor=cli_actor())
     if json_out:
         print_json({"id": key_id, "name": name, "role": role, "key": secret})
         return
@@ -69,7 +72,7 @@ def list_(
     table = Table("id", "name", "role", "models", "limits", "expires", "last used", "status")
     for r in rows:
         status = f"revoked {r['revoked_at']}" if r["revoked_at"] else "active"
-        limits = ", ".join(f"{r[k]} {k}" for k in ("rpm", "tpm") if r[k]) or "none"
+        limits = ", ".join(f"{r[k]} {k}" for k in ("rpm", "tpm", "max_tokens") if r[k]) or "none"
         table.add_row(r["id"], r["name"], r["role"], ",".join(r["models"]) if r["models"] else "all",
                       limits, r["expires_at"] or "never", r["last_used_at"] or "never", status)
     console.print(table)

@@ -64,10 +64,15 @@ def down(timeout: float = typer.Option(90.0, help="Seconds to wait for the appli
 
 @command
 def status(json_out: bool = typer.Option(False, "--json", help="Print the status as JSON.")) -> None:
-    """Show whether the appliance runs, and each service's state, pid, restarts and last exit."""
+    """Show whether the appliance runs, and each service's state, pid, restarts and last exit;
+    and the failed authentications of the last hour (from the audit log)."""
+    from airlock.access.failures import recent_failures
+    from airlock.meta import open_meta
     from airlock.supervisor.supervisor import read_status
 
-    state = read_status(get_settings())
+    settings = get_settings()
+    state = read_status(settings)
+    state["auth_failures"] = recent_failures(open_meta(settings.db_path))
     if json_out:
         return print_json(state)
     from rich.table import Table
@@ -77,6 +82,16 @@ def status(json_out: bool = typer.Option(False, "--json", help="Print the status
     for name, s in state["services"].items():
         table.add_row(name, s["state"], str(s["pid"] or ""), str(s["restarts"]), s["last_exit"] or "")
     console.print(table)
+    console.print(failures_line(state["auth_failures"]))
+
+
+def failures_line(failures: dict) -> str:
+    if not failures["failures"]:
+        return f"failed authentications in the last {failures['hours']:g} h: none"
+    top = ", ".join(f"{t['address']} ({t['failures']})" for t in failures["top"])
+    return (f"failed authentications in the last {failures['hours']:g} h: {failures['failures']} from "
+            f"{failures['addresses']} address(es), most from {top}; last at {failures['last_at']} "
+            "(`airlock audit list --action auth.failed` lists them)")
 
 
 @command

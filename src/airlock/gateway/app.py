@@ -16,16 +16,19 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 
 import aiohttp
-from fastapi import APIRouter, FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 
+from airlock.access.failures import AuthFailures
 from airlock.access.ratelimit import RateLimiter
 from airlock.access.sessions import Sessions
 from airlock.config import Settings, get_settings
 from airlock.gateway.control import api
 from airlock.gateway.events import events_api
 from airlock.gateway.errors import install_error_handlers
+from airlock.gateway.auth import permit
 from airlock.gateway.front import Front
+from airlock.gateway.hosts import MetricsListener
 from airlock.gateway.limits import RequestLimits
 from airlock.gateway.metrics import Metrics
 from airlock.gateway.proxy import Engine
@@ -78,8 +81,9 @@ def _recent(iso: str | None) -> bool:
         return False
 
 
-@ops.get("/metrics")
+@ops.get("/metrics", dependencies=[Depends(permit("metrics"))])
 async def metrics(request: Request) -> PlainTextResponse:
+    """A key with the `metrics` permission; a scraper without one uses AIRLOCK_METRICS_PORT."""
     return PlainTextResponse(request.app.state.metrics.render(),
                              media_type="text/plain; version=0.0.4")
 
@@ -97,9 +101,14 @@ def create_app(settings: Settings | None = None, ui: Callable[[FastAPI], None] |
         app.state.limiter.load(meta.query("SELECT key_id, kind, level, updated FROM rate_buckets"))
         app.state.recorder.start()
         app.state.engine.open()
+        scrape = MetricsListener(settings, app.state.metrics.render) if settings.metrics_port else None
+        if scrape is not None:
+            scrape.start()
         try:
             yield
         finally:
+            if scrape is not None:
+                scrape.close()
             await app.state.engine.close()
             app.state.recorder.close()
 
@@ -109,7 +118,9 @@ def create_app(settings: Settings | None = None, ui: Callable[[FastAPI], None] |
     app.state.meta = meta
     app.state.registry = Registry(meta)
     app.state.limiter = RateLimiter()
-    app.state.recorder = Recorder(meta, rate_state=app.state.limiter.changed_rows)
+    app.state.failures = AuthFailures(settings.auth_fail_limit, settings.auth_fail_window_s)
+    app.state.recorder = Recorder(meta, rate_state=app.state.limiter.changed_rows,
+                                  auth_failures=app.state.failures.summaries)
     app.state.metrics = Metrics()
     app.state.engine = Engine(settings, app.state.metrics)
     app.state.started = int(datetime.now().timestamp())

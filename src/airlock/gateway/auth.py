@@ -7,10 +7,10 @@ from typing import Any
 
 from fastapi import Request
 
-from airlock.access.keys import check_key
+from airlock.access.keys import check_key, presented_id
 from airlock.access.sessions import COOKIE, CSRF_HEADER, Sessions, check_csrf, key_of_session
 from airlock.access.roles import require_permission
-from airlock.errors import Forbidden
+from airlock.errors import Forbidden, RateLimited, Unauthorized
 
 
 SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
@@ -27,10 +27,35 @@ async def require_key(request: Request) -> dict[str, Any]:
                             origin=headers.get("origin"), own_origin=f"{request.url.scheme}://{headers.get('host', '')}",
                             csrf=headers.get(CSRF_HEADER))
     else:
-        key = check_key(snapshot.keys, authorization)
+        key = guarded_check(request.app.state, snapshot.keys, authorization, client_address(request.client), "api")
     request.state.api_key = key
     request.state.snapshot = snapshot
     return key
+
+
+def client_address(client: Any) -> str:
+    """The peer's address (the gateway reads no forwarding headers: proxy_headers is off)."""
+    return client[0] if client else "unknown"
+
+
+def guarded_check(state: Any, keys: dict[str, dict], authorization: str | None, address: str,
+                  door: str) -> dict[str, Any]:
+    """check_key, with failed authentications counted per address and key id, refused with 429
+    past the limit (state.failures), counted in /metrics and summarised in the audit log. A
+    request that presents no key at all is not a guess and is not counted."""
+    key_id = presented_id(authorization, keys)
+    try:
+        state.failures.check(address, key_id)
+    except RateLimited:
+        state.metrics.count_auth_throttled(door)
+        raise
+    try:
+        return check_key(keys, authorization)
+    except Unauthorized:
+        if authorization is not None:
+            state.failures.failed(address, key_id, door)
+            state.metrics.count_auth_failure(door)
+        raise
 
 
 def key_of_cookie(sessions: Sessions, keys: dict[str, dict], token: str, method: str, *, origin: str | None,

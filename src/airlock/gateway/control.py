@@ -161,6 +161,7 @@ class KeyRequest(BaseModel):
     expires: str | None = None
     rpm: int = 0
     tpm: int = 0
+    max_tokens: int = 0
 
 
 @api.post("/keys", status_code=201)
@@ -170,7 +171,7 @@ def create_key(body: KeyRequest, request: Request, key: Key = Depends(permit("ke
 
     meta = airlock_of(request).meta
     key_id, secret = create(meta, body.name, role=body.role, models=body.models, expires=body.expires,
-                            rpm=body.rpm, tpm=body.tpm, actor=actor(key))
+                            rpm=body.rpm, tpm=body.tpm, max_tokens=body.max_tokens, actor=actor(key))
     return {**get_key(meta, key_id), "key": secret}
 
 

@@ -2,6 +2,7 @@
 
 - an `x-request-id` on every response: the client's own when it sent one, else a new one;
 - the header-size bound (400 naming AIRLOCK_MAX_HEADER_BYTES) before anything parses a header;
+- the Host check (400 unless it names this gateway: AIRLOCK_ALLOWED_HOSTS) before any route runs;
 - request counts by route and status for /metrics;
 - `/v1/...` to the OpenAI API (a plain ASGI handler: no router or dependency injection on the
   hot path), everything else (`/api`, `/healthz`, `/readyz`, `/metrics`) to the FastAPI app.
@@ -21,6 +22,7 @@ from starlette.types import Message, Receive, Scope, Send
 from airlock.config import Settings
 from airlock.errors import TooLarge
 from airlock.gateway.errors import BadRequest, error_response
+from airlock.gateway.hosts import check_host
 from airlock.gateway.metrics import Metrics
 
 # A client's request id is echoed only when it is short and visible ASCII: it lands in logs.
@@ -93,6 +95,7 @@ class Front:
         self.v1 = v1
         self.settings = settings
         self.metrics = metrics
+        self.allowed_hosts = settings.allowed_host_names
 
     @property
     def state(self) -> Any:
@@ -107,6 +110,8 @@ class Front:
             await self.api(scope, receive, send)
             return
         head = read_head(scope, self.settings.max_header_bytes)
+        if isinstance(head, Head):
+            head = check_host(head.host, self.allowed_hosts) or head
         request_id = head.request_id if isinstance(head, Head) else new_request_id()
         status = 0
 

@@ -6,13 +6,16 @@ for /api, whose uploads may be streamed: a declared Content-Length over the cap 
 without reading a byte of it, and a chunked body is counted as it arrives and answered 413 the
 moment it crosses the cap. `check_completion_request` bounds
 what one completion may cost vLLM (n, max tokens, prompt length, grammar sizes) and refuses
-the fields that change how the server works rather than what it completes. Every refusal says
+the fields that change how the server works rather than what it completes; `output_budget`
+gives every completion a max_tokens (the key's default where it names none), bounds
+n x max_tokens, and says how many tokens to reserve from the key's budget. Every refusal says
 what the cap is and which AIRLOCK_ setting changes it.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -98,6 +101,47 @@ def check_completion_request(body: dict[str, Any], path: str, settings: Settings
         if size > settings.max_guided_bytes:
             raise BadRequest(f"{field} is {size} bytes of JSON; at most {settings.max_guided_bytes} "
                              "are accepted (AIRLOCK_MAX_GUIDED_BYTES)", param=field)
+
+
+# A token is about four characters of English (OpenAI's rule of thumb): the prompt's share of a
+# reservation is estimated so, and settled with the engine's count when the answer comes.
+_CHARS_PER_TOKEN = 4
+
+
+@dataclass(frozen=True, slots=True)
+class Budget:
+    """What a completion may cost: its prompt's estimated tokens and its most output tokens."""
+
+    prompt: int
+    output: int
+
+    @property
+    def total(self) -> int:
+        return self.prompt + self.output
+
+
+def output_budget(body: dict[str, Any], path: str, key: dict[str, Any], settings: Settings) -> Budget:
+    """Fill in max tokens where the request names none (the key's default, else
+    AIRLOCK_DEFAULT_MAX_TOKENS, so nothing generates to the end of the context), and refuse
+    n x max_tokens over AIRLOCK_MAX_COMPLETION_TOKENS. `body` must have passed
+    check_completion_request. ignore_eos and min_tokens are bounded by the same max tokens."""
+    chat = path == CHAT_PATH
+    width = max(body.get("n") or 1, body.get("best_of") or 1)  # sequences generated at once
+    cap = settings.max_completion_tokens
+    asked = body.get("max_completion_tokens") if chat else None
+    asked = body.get("max_tokens") if asked is None else asked
+    if asked is None:
+        # Not the caller's choice, so shrunk to fit n under the cap rather than refused; never
+        # more than the engine's context, which it would refuse.
+        default = key.get("max_tokens") or settings.default_max_tokens
+        asked = max(1, min(default, settings.vllm_max_model_len, cap // width))
+        body["max_completion_tokens" if chat else "max_tokens"] = asked
+    elif width * asked > cap:
+        param = "max_completion_tokens" if chat and body.get("max_completion_tokens") is not None else "max_tokens"
+        raise BadRequest(f"n x max_tokens is {width} x {asked} = {width * asked} tokens; at most {cap} are "
+                         "accepted in one request (AIRLOCK_MAX_COMPLETION_TOKENS)", param=param)
+    chars = _message_chars(body.get("messages")) if chat else _prompt_chars(body.get("prompt"))
+    return Budget(prompt=chars // _CHARS_PER_TOKEN + 1, output=width * asked)
 
 
 def _check_int(body: dict[str, Any], param: str, low: int, high: int, setting: str) -> None:

@@ -1,6 +1,8 @@
-"""Prometheus text counters: requests by route and status, and time spent waiting on vLLM.
+"""Prometheus text counters: requests by route and status, time spent waiting on vLLM, and
+failed authentications by door (with those refused for too many failures).
 
-The gateway's front counts every request (front.py): two dictionary updates per request.
+The gateway's front counts every request (front.py): two dictionary updates per request. The
+rarer counters are prometheus_client's, in a registry of this gateway's own.
 """
 
 from __future__ import annotations
@@ -8,6 +10,7 @@ from __future__ import annotations
 import threading
 from collections import defaultdict
 
+from prometheus_client import CollectorRegistry, Counter, generate_latest
 
 
 class Metrics:
@@ -17,6 +20,19 @@ class Metrics:
         self.upstream_sum = 0.0
         self.upstream_count = 0
         self.upstream_errors: dict[str, int] = defaultdict(int)
+        self.registry = CollectorRegistry()
+        self.auth_failures = Counter("airlock_gateway_auth_failures", "Failed authentications (a wrong, "
+                                     "unknown, revoked or expired key; a failed sign-in), by door.", ["door"],
+                                     registry=self.registry)
+        self.auth_refused = Counter("airlock_gateway_auth_throttled", "Authentications refused with 429 "
+                                    "after too many failures from one address or for one key id, by door.",
+                                    ["door"], registry=self.registry)
+
+    def count_auth_failure(self, door: str) -> None:
+        self.auth_failures.labels(door=door).inc()
+
+    def count_auth_throttled(self, door: str) -> None:
+        self.auth_refused.labels(door=door).inc()
 
     def count_request(self, route: str, status: int) -> None:
         with self._lock:
@@ -54,7 +70,7 @@ class Metrics:
             "# TYPE airlock_gateway_upstream_errors_total counter",
         ]
         lines += [f'airlock_gateway_upstream_errors_total{{kind="{_label(k)}"}} {n}' for k, n in errors]
-        return "\n".join(lines) + "\n"
+        return "\n".join(lines) + "\n" + generate_latest(self.registry).decode()
 
 
 def _label(value: str) -> str:

@@ -1,6 +1,6 @@
 """The gateway's writes, made off the event loop: keys' last use, how often each key called each
-model (adapter or base model: the lineage view's last link), rate-limit state, and audit rows for refused
-requests. One thread drains them about once a second (at once for audit rows),
+model (adapter or base model: the lineage view's last link), rate-limit state, audit rows for refused
+requests, and the summaries of failed authentications (access/failures.py). One thread drains them about once a second (at once for audit rows),
 so a slow database delays the record, never a request.
 """
 
@@ -21,9 +21,11 @@ FLUSH_EVERY_S = 1.0
 
 
 class Recorder:
-    def __init__(self, meta: Meta, rate_state: Callable[[], list[dict[str, Any]]] | None = None) -> None:
+    def __init__(self, meta: Meta, rate_state: Callable[[], list[dict[str, Any]]] | None = None,
+                 auth_failures: Callable[[], list[dict[str, Any]]] | None = None) -> None:
         self.meta = meta
         self._rate_state = rate_state or (lambda: [])
+        self._auth_failures = auth_failures or (lambda: [])
         self._last_used: dict[str, float] = {}
         self._calls: dict[tuple[str, str], int] = {}  # (answering model, key id) -> requests since the last flush
         self._audits: queue.SimpleQueue = queue.SimpleQueue()
@@ -78,6 +80,9 @@ class Recorder:
                                "last_at = excluded.last_at", [model, key_id, count, _iso(used[key_id])])
                 if buckets:
                     db["rate_buckets"].upsert_all(buckets, pk=("key_id", "kind"))
+        for row in self._auth_failures():
+            self.meta.audit(f"address:{row['address']}", "auth.failed", row["address"],
+                            failures=row["failures"], doors=row["doors"], key_ids=row["key_ids"])
         while True:
             try:
                 actor, action, subject, detail = self._audits.get_nowait()

@@ -71,12 +71,16 @@ def shape_body(raw: bytes, model: str) -> tuple[bytes, int]:
 
 class EventShaper:
     """Reshapes a server-sent event stream as it passes, whatever the chunk boundaries: complete
-    events are rewritten, a partial one waits for the rest."""
+    events are rewritten, a partial one waits for the rest. The usage event's total_tokens is
+    kept in `usage`; with `hide_usage` (the gateway asked for it, the client did not) that event
+    is not passed on."""
 
-    def __init__(self, model: str) -> None:
+    def __init__(self, model: str, hide_usage: bool = False) -> None:
         self.model = model
         self.pending = b""
         self.events = 0
+        self.usage: int | None = None
+        self.hide_usage = hide_usage
 
     def feed(self, chunk: bytes) -> bytes:
         data = self.pending + chunk
@@ -100,6 +104,10 @@ class EventShaper:
         except msgspec.DecodeError:
             return event + b"\n\n"
         if isinstance(data, dict):
+            if isinstance(usage := data.get("usage"), dict) and type(usage.get("total_tokens")) is int:
+                self.usage = usage["total_tokens"]
+                if self.hide_usage and not data.get("choices"):
+                    return b""
             data = engine_error_body(data, 500) if "error" in data else shape_result(data, self.model)
         return b"data: " + encode_json(data) + b"\n\n"
 

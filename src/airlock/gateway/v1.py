@@ -20,14 +20,13 @@ import aiohttp
 import msgspec
 from starlette.types import Receive, Scope, Send
 
-from airlock.access.keys import check_key
 from airlock.errors import AirlockError, NotReady
 from airlock.access.sessions import session_token
-from airlock.gateway.auth import check_permission, key_of_cookie
+from airlock.gateway.auth import check_permission, client_address, guarded_check, key_of_cookie
 from airlock.gateway.errors import BadRequest, ModelNotFound, UpstreamError, error_body, from_airlock_error
 from airlock.gateway.fields import CHAT_ACCEPTED, COMPLETION_ACCEPTED, refuse_unknown_fields
 from airlock.gateway.front import Head, read_body, send_bytes
-from airlock.gateway.limits import check_completion_request
+from airlock.gateway.limits import Budget, check_completion_request, output_budget
 from airlock.gateway.registry import Snapshot
 from airlock.gateway.shape import EventShaper, decode_json, encode_json, engine_error, shape_body
 
@@ -88,7 +87,8 @@ class OpenAIApi:
         """The key of an `Authorization: Bearer` header, or of the web UI's session cookie."""
         token = session_token(head.cookie) if head.authorization is None and head.cookie else None
         if token is None:
-            return check_key(snapshot.keys, head.authorization)
+            return guarded_check(self.state, snapshot.keys, head.authorization, client_address(scope.get("client")),
+                                 "v1")
         return key_of_cookie(self.state.sessions, snapshot.keys, token, scope["method"], origin=head.origin,
                              own_origin=f"{scope['scheme']}://{head.host}", csrf=head.csrf)
 
@@ -136,13 +136,30 @@ class OpenAIApi:
             # of a new document", that is from the beginning-of-sequence token alone.
             body["prompt"] = [self._bos_token(base_model)]
             raw = b""
-        state.limiter.admit(key)
+        named = len(body)
+        budget = output_budget(body, route, key, settings)  # may fill in a max_tokens: one field more
+        stream = body.get("stream") is True
+        hide_usage = False
+        if key.get("tpm") and stream and not _wants_usage(body):
+            # The reservation is settled with the engine's own count, which a stream carries
+            # only when asked; the client, who did not ask, does not see it.
+            body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
+            hide_usage = True
+        reserved = state.limiter.admit(key, budget.total)
         state.recorder.used(key["id"], upstream_model)  # the adapter (or base model) that answers
-        if upstream_model != requested or not raw:
+        if upstream_model != requested or not raw or len(body) != named or hide_usage:
             body["model"] = upstream_model
             raw = encode_json(body)
-        charge = (lambda n: state.limiter.charge(key, n)) if key.get("tpm") else None
-        stream = body.get("stream") is True
+        settle = _Settle(state.limiter, key, reserved, budget)
+        try:
+            await self._forward(scope, receive, send, route, raw, requested, upstream_model, stream, hide_usage,
+                                settle)
+        finally:
+            settle.close()  # a request that failed gives back its whole reservation
+
+    async def _forward(self, scope: Scope, receive: Receive, send: Send, route: str, raw: bytes, requested: str,
+                       upstream_model: str, stream: bool, hide_usage: bool, settle: _Settle) -> None:
+        state = self.state
 
         task = asyncio.current_task()
         watcher = asyncio.get_running_loop().create_task(_cancel_on_disconnect(receive, task))
@@ -156,14 +173,17 @@ class OpenAIApi:
                 # Which adapter version answered an alias: for tracing an answer back to its run.
                 adapter = [(b"x-airlock-adapter", upstream_model.encode())] if upstream_model != requested else []
                 if stream and resp.status == 200:
-                    await _relay_stream(resp, send, watcher, requested, adapter, charge, state.metrics)
+                    await _relay_stream(resp, send, watcher, requested, adapter, settle, state.metrics, hide_usage)
                     return
                 data = await resp.read()
             finally:
                 resp.close()  # unread (a cancelled client) or not, the engine sees the close
         except asyncio.CancelledError:
             if watcher.done() and not watcher.cancelled():
-                return  # the client hung up: its generation was aborted by closing the upstream
+                # The client hung up: its generation was aborted by closing the upstream, after
+                # the engine had read the prompt, which is charged.
+                settle(settle.budget.prompt)
+                return
             raise
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
             state.metrics.count_upstream_error("transport")
@@ -174,8 +194,7 @@ class OpenAIApi:
             await send_bytes(send, resp.status, engine_error(resp.status, data))
             return
         data, tokens = shape_body(data, requested)
-        if charge is not None:
-            charge(tokens)
+        settle(tokens)
         await send_bytes(send, 200, data, adapter)
 
     def _parse(self, raw: bytes, route: str) -> dict[str, Any]:
@@ -268,12 +287,35 @@ async def _cancel_on_disconnect(receive: Receive, task: asyncio.Task) -> None:
     task.cancel()
 
 
+def _wants_usage(body: dict[str, Any]) -> bool:
+    options = body.get("stream_options")
+    return isinstance(options, dict) and options.get("include_usage") is True
+
+
+class _Settle:
+    """A completion's token reservation, settled once: with the answer's usage, or with nothing
+    (all of it given back) when the request ends without one."""
+
+    def __init__(self, limiter: Any, key: dict[str, Any], reserved: int, budget: Budget) -> None:
+        self.limiter, self.key, self.reserved, self.budget = limiter, key, reserved, budget
+        self.done = not reserved
+
+    def __call__(self, used: int) -> None:
+        if not self.done:
+            self.done = True
+            self.limiter.settle(self.key, self.reserved, used)
+
+    def close(self) -> None:
+        self(0)
+
+
 async def _relay_stream(resp: aiohttp.ClientResponse, send: Send, watcher: asyncio.Task, model: str,
-                        headers: list[tuple[bytes, bytes]], charge: Any, metrics: Any) -> None:
+                        headers: list[tuple[bytes, bytes]], settle: _Settle, metrics: Any, hide_usage: bool) -> None:
     """The engine's events as they arrive, reshaped; a broken upstream ends the stream with an
-    error event. With a token limit, each event counts as one token (one event per token)."""
+    error event. The reservation is settled with the stream's usage, or, when it broke off
+    before that, with the prompt's estimate and one token for each event passed on."""
     await send({"type": "http.response.start", "status": 200, "headers": _STREAM_HEADERS + headers})
-    shaper = EventShaper(model)
+    shaper = EventShaper(model, hide_usage)
     try:
         async for chunk in resp.content.iter_any():
             if out := shaper.feed(chunk):
@@ -284,8 +326,7 @@ async def _relay_stream(resp: aiohttp.ClientResponse, send: Send, watcher: async
         err = error_body(f"the model server broke off the stream: {type(exc).__name__}", 502, UpstreamError.code)
         await send({"type": "http.response.body", "body": b"data: " + encode_json(err) + b"\n\n", "more_body": True})
     finally:
-        if charge is not None:
-            charge(shaper.events)
+        settle(shaper.usage if shaper.usage is not None else settle.budget.prompt + shaper.events)
     # Stop watching before the last message: once the response is complete, the server reports
     # a disconnect to whoever still listens, and that must not cancel a finished request.
     watcher.cancel()

@@ -170,4 +170,10 @@ MIGRATIONS: list[tuple[int, str]] = [
         ALTER TABLE models ADD COLUMN check_error TEXT
         """,
     ),
+    (
+        6,
+        """
+        ALTER TABLE api_keys ADD COLUMN max_tokens INTEGER NOT NULL DEFAULT 0
+        """,
+    ),
 ]

@@ -5,6 +5,7 @@ audited like any refusal), and changes are made by the page's script through `/a
 
 from __future__ import annotations
 
+import math
 from typing import Any
 from urllib.parse import quote
 
@@ -12,11 +13,10 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 
-from airlock.access.keys import check_key
 from airlock.access.roles import has_permission
 from airlock.access.sessions import COOKIE, check_csrf, key_of_session
-from airlock.errors import AirlockError, Forbidden, Unauthorized
-from airlock.gateway.auth import check_permission, check_same_origin
+from airlock.errors import AirlockError, Forbidden, RateLimited, Unauthorized
+from airlock.gateway.auth import check_permission, check_same_origin, client_address, guarded_check
 from airlock.gateway.redact import redact_text, sees_internals
 from airlock.web import TEMPLATES
 
@@ -108,10 +108,14 @@ async def sign_in(request: Request) -> Response:
     snapshot = await request.app.state.registry.current()
     try:
         check_same_origin(request)
-        key = check_key(snapshot.keys, f"Bearer {str(form.get('key') or '').strip()}")
+        key = guarded_check(request.app.state, snapshot.keys, f"Bearer {str(form.get('key') or '').strip()}",
+                            client_address(request.client), "sign-in")
         token, _ = request.app.state.sessions.start(key)
-    except (Unauthorized, Forbidden) as exc:
-        return render(request, "sign_in.html", None, status=exc.http_status, error=exc.message, back_to=back_to)
+    except (Unauthorized, Forbidden, RateLimited) as exc:
+        page = render(request, "sign_in.html", None, status=exc.http_status, error=exc.message, back_to=back_to)
+        if isinstance(exc, RateLimited):
+            page.headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after)))
+        return page
     settings = request.app.state.settings
     response = RedirectResponse(back_to, status_code=303)
     response.set_cookie(COOKIE, token, max_age=int(settings.web_session_hours * 3600), httponly=True,
