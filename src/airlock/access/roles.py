@@ -18,7 +18,8 @@ PERMISSIONS: dict[str, frozenset[str]] = {
     "trainer": frozenset({INFERENCE, *_READ, "datasets:write", "runs:write"}),
     "approver": frozenset({INFERENCE, *_READ, "models:approve"}),
     "admin": frozenset({INFERENCE, *_READ, "datasets:write", "runs:write", "models:approve",
-                        "models:verify", "aliases:read", "aliases:write", "keys:admin", "audit:read"}),
+                        "models:verify", "aliases:read", "aliases:write", "keys:admin", "audit:read",
+                        "datasets:share"}),
 }
 
 
