@@ -46,12 +46,13 @@ OPERATOR_READER = Reader(OPERATOR, reads_all=True)
 def _check_name(name: str) -> str:
     """A name for people: printable, 1 to 200 characters, never read as a digest or an owner's
     qualified name, so `get_dataset` can tell the three apart without guessing."""
+    # Checked before stripping: str.strip() would silently drop a trailing U+0085 or U+2028.
+    if found := refused_characters(name or ""):
+        raise InvalidInput(f"dataset name {name!r}: control and format (bidi, zero-width) characters are "
+                           f"not allowed: {', '.join(found)}")
     name = (name or "").strip()
     if not name or len(name) > _MAX_NAME:
         raise InvalidInput(f"dataset name {name!r}: 1 to {_MAX_NAME} characters")
-    if found := refused_characters(name):
-        raise InvalidInput(f"dataset name {name!r}: control and format (bidi, zero-width) characters are "
-                           f"not allowed: {', '.join(found)}")
     if name.startswith("sha256:"):
         raise InvalidInput(f"a dataset name may not start with 'sha256:': {name!r}")
     if name.startswith(QUALIFIED):
