@@ -19,7 +19,7 @@ def invoke(*args: str):
     return runner.invoke(app, ["datasets", *args])
 
 
-@pytest.mark.parametrize("command", [[], ["validate"], ["add"], ["list"]])
+@pytest.mark.parametrize("command", [[], ["validate"], ["add"], ["list"], ["share"], ["unshare"]])
 def test_every_command_has_help(command):
     result = invoke(*command, "--help")
     assert result.exit_code == 0, result.output
@@ -56,13 +56,13 @@ def test_validate_lists_every_problem_and_exits_with_the_error_code(settings, wr
 def test_add_then_list(settings, write_jsonl):
     result = invoke("add", str(write_jsonl(qa())), "--name", "faq")
     assert result.exit_code == 0, result.output
-    assert result.stdout.startswith("dataset 'faq': 1 records in chat format, sha256:")
+    assert result.stdout.startswith("dataset 'faq' of operator: 1 records in chat format, sha256:")
 
     listed = invoke("list")
     assert listed.exit_code == 0, listed.output
     header, row = listed.stdout.splitlines()
-    assert header.split() == ["DIGEST", "NAME", "FORMAT", "RECORDS", "CREATED"]
-    assert row.split()[1:4] == ["faq", "chat", "1"]
+    assert header.split() == ["DIGEST", "OWNER", "NAME", "FORMAT", "RECORDS", "CREATED"]
+    assert row.split()[1:5] == ["operator", "faq", "chat", "1"]
 
     rows = json.loads(invoke("list", "--json").stdout)
     assert [(r["name"], r["records"]) for r in rows] == [("faq", 1)]

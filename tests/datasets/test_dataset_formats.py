@@ -7,7 +7,8 @@ import json
 
 import pytest
 
-from airlock.datasets import ALPACA, SHAREGPT, add_dataset, list_datasets, load_records, validate_dataset
+from airlock.datasets import (ALPACA, OPERATOR_READER, SHAREGPT, add_dataset, list_datasets, load_records,
+                              validate_dataset)
 from airlock.errors import InvalidInput
 
 
@@ -21,7 +22,7 @@ def refused(airlock, path) -> list[str]:
     """The problems of adding `path`, after checking that nothing was stored."""
     with pytest.raises(InvalidInput) as info:
         add_dataset(airlock, path, actor="os:test")
-    assert list_datasets(airlock) == []
+    assert list_datasets(airlock, reader=OPERATOR_READER) == []
     return info.value.problems
 
 

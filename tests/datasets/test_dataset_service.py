@@ -8,7 +8,9 @@ from pathlib import Path
 import pytest
 from jsonl_helpers import chat, qa
 
-from airlock.datasets import add_dataset, get_dataset, list_datasets, load_records
+from airlock.datasets import OPERATOR_READER, add_dataset, get_dataset, list_datasets, load_records
+
+OP = {"reader": OPERATOR_READER}  # the CLI's reader: the operator's namespace, every owner's datasets
 from airlock.errors import IntegrityFailure, InvalidInput, NotFound
 
 
@@ -29,7 +31,7 @@ def test_add_stores_the_raw_file_and_a_row(airlock, write_jsonl):
     assert row["records"] == 2
     assert row["source"] == "data.jsonl"
     assert airlock.store.get_bytes(row["digest"]) == path.read_bytes()
-    assert get_dataset(airlock, row["digest"]) == row
+    assert get_dataset(airlock, row["digest"], **OP) == row
     audit = airlock.meta.one("SELECT * FROM audit WHERE action = 'dataset.add'")
     assert audit["subject"] == row["digest"]
     assert json.loads(audit["detail_json"])["records"] == 2
@@ -49,7 +51,7 @@ def test_adding_the_same_bytes_again_changes_nothing(airlock, write_jsonl):
 def test_default_name_is_the_file_stem(airlock, write_jsonl):
     row = add_dataset(airlock, write_jsonl(qa(), name="support-faq.jsonl"))
     assert row["name"] == "support-faq"
-    assert get_dataset(airlock, "support-faq")["digest"] == row["digest"]
+    assert get_dataset(airlock, "support-faq", **OP)["digest"] == row["digest"]
 
 
 def test_an_invalid_dataset_stores_nothing(airlock, write_jsonl):
@@ -85,7 +87,7 @@ def test_bad_names_are_refused_before_anything_is_stored(airlock, write_jsonl, n
 def test_list_is_newest_first(airlock, write_jsonl):
     a = add_dataset(airlock, write_jsonl(qa("a?", "a"), name="a.jsonl"))
     b = add_dataset(airlock, write_jsonl({"prompt": "b?", "completion": "b"}, name="b.jsonl"))
-    rows = list_datasets(airlock)
+    rows = list_datasets(airlock, **OP)
     assert [r["digest"] for r in rows] == [b["digest"], a["digest"]]
     assert rows[0]["format"] == "prompt_completion"
 
@@ -93,16 +95,16 @@ def test_list_is_newest_first(airlock, write_jsonl):
 def test_a_reused_name_finds_the_newest(airlock, write_jsonl):
     add_dataset(airlock, write_jsonl(qa("v1?", "1"), name="v1.jsonl"), name="faq")
     newer = add_dataset(airlock, write_jsonl(qa("v2?", "2"), name="v2.jsonl"), name="faq")
-    assert get_dataset(airlock, "faq")["digest"] == newer["digest"]
+    assert get_dataset(airlock, "faq", **OP)["digest"] == newer["digest"]
 
 
 def test_unknown_datasets_are_not_found(airlock):
     with pytest.raises(NotFound, match="no dataset named 'nope'"):
-        get_dataset(airlock, "nope")
+        get_dataset(airlock, "nope", **OP)
     with pytest.raises(NotFound, match="no dataset with digest"):
-        get_dataset(airlock, "sha256:" + "0" * 64)
+        get_dataset(airlock, "sha256:" + "0" * 64, **OP)
     with pytest.raises(InvalidInput, match="not a digest"):
-        get_dataset(airlock, "sha256:xyz")
+        get_dataset(airlock, "sha256:xyz", **OP)
 
 
 def test_load_records_reads_normalised_messages_back(airlock, write_jsonl):

@@ -31,6 +31,8 @@ ROUTES = {
     ("GET", "/api/aliases"): "aliases:read",
     ("GET", "/api/models"): "models:read",
     ("POST", "/api/models/{model_id}/verify"): "models:verify",
+    ("POST", "/api/datasets/share"): "datasets:share",
+    ("POST", "/api/datasets/unshare"): "datasets:share",
 }
 
 

@@ -9,18 +9,20 @@ import sys
 
 import pytest
 
-from airlock.datasets.service import add_dataset_upload
+from airlock.datasets.service import Reader, add_dataset_upload
 from airlock.errors import InvalidInput
 from airlock.workflow.submit import submit_request
 
 GOOD = {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."}]}
 SPEC = {"name": "t", "base_model": "airlock-tiny", "dataset": "greetings",
         "stages": [{"name": "finetune", "uses": "finetune.lora", "with": {"rank": 4}}]}
+TRAINER = Reader("key-abc")
 
 
 def test_a_stored_name_is_queued_with_its_submitter(airlock, tiny_models_dir):
-    row = add_dataset_upload(airlock, json.dumps(GOOD).encode() + b"\n", name="greetings", actor="key:abc")
-    queued = submit_request(airlock, SPEC, ["finetune.epochs=1"], actor="key:abc")
+    row = add_dataset_upload(airlock, json.dumps(GOOD).encode() + b"\n", name="greetings", owner="key-abc",
+                             actor="key:abc")
+    queued = submit_request(airlock, SPEC, ["finetune.epochs=1"], actor="key:abc", reader=TRAINER)
     run = airlock.meta.one("SELECT spec_json, submitted_by FROM runs WHERE id = ?", (queued["run_id"],))
     assert run["submitted_by"] == "key:abc"
     assert json.loads(run["spec_json"])["datasets"] == {"dataset": row["digest"]}
@@ -32,7 +34,7 @@ def test_paths_are_never_read_over_http(airlock, tiny_models_dir, tmp_path):
     data = tmp_path / "data.jsonl"
     data.write_text(json.dumps(GOOD) + "\n")
     with pytest.raises(InvalidInput) as info:
-        submit_request(airlock, {**SPEC, "dataset": str(data)}, actor="key:abc")
+        submit_request(airlock, {**SPEC, "dataset": str(data)}, actor="key:abc", reader=TRAINER)
     assert any(p.startswith("spec: dataset: ") and "must be uploaded first" in p for p in info.value.problems)
     assert airlock.meta.db["datasets"].count == 0 and airlock.meta.db["runs"].count == 0
 
@@ -62,11 +64,12 @@ def test_checking_a_spec_over_http_loads_no_torch(settings, tiny_models_dir):
     script = f"""
 import json, sys
 from airlock.context import Airlock
-from airlock.datasets.service import add_dataset_upload
+from airlock.datasets.service import Reader, add_dataset_upload
 from airlock.workflow.submit import submit_request
 airlock = Airlock.open()
-add_dataset_upload(airlock, {json.dumps(json.dumps(GOOD) + chr(10))}.encode(), name="greetings", actor="key:t")
-print(submit_request(airlock, {SPEC!r}, actor="key:t")["status"], "torch" in sys.modules)
+add_dataset_upload(airlock, {json.dumps(json.dumps(GOOD) + chr(10))}.encode(), name="greetings", owner="key-t",
+                   actor="key:t")
+print(submit_request(airlock, {SPEC!r}, actor="key:t", reader=Reader("key-t"))["status"], "torch" in sys.modules)
 """
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
                           env={"AIRLOCK_HOME": str(settings.home), "AIRLOCK_MODELS_DIR": str(tiny_models_dir),

@@ -15,6 +15,7 @@ import secrets
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from airlock.access.holders import check_holder, own_holder
 from airlock.access.roles import DEFAULT_ROLE, check_role
 from airlock.errors import InvalidInput, NotFound, Unauthorized
 from airlock.meta import Meta
@@ -32,7 +33,7 @@ _UNITS = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 _ALIAS_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 PUBLIC_COLUMNS = ("id", "name", "prefix", "role", "models_json", "expires_at", "rpm", "tpm", "max_tokens",
-                  "created_at", "created_by", "last_used_at", "revoked_at")
+                  "created_at", "created_by", "last_used_at", "revoked_at", "holder")
 
 
 def hash_secret(secret: str) -> str:
@@ -76,11 +77,12 @@ def parse_models(models: list[str] | str | None) -> list[str] | None:
 
 def create_key(meta: Meta, name: str, *, role: str = DEFAULT_ROLE, models: list[str] | str | None = None,
                expires: str | None = None, rpm: int = 0, tpm: int = 0, max_tokens: int = 0,
-               actor: str = "operator") -> tuple[str, str]:
+               actor: str = "operator", holder: str | None = None) -> tuple[str, str]:
     """Make a key; return (key_id, secret). The secret is never stored and cannot be shown again.
 
     Every field is checked before any is refused, so a caller (the web UI's form) sees all its
-    problems at once."""
+    problems at once. `holder` is the person the key is for (see access/holders.py); without one
+    the key holds a namespace of its own."""
     problems: list[str] = []
 
     def checked(parse, value):
@@ -98,6 +100,7 @@ def create_key(meta: Meta, name: str, *, role: str = DEFAULT_ROLE, models: list[
     checked(check_role, role)
     scope = checked(parse_models, models)
     expires_at = checked(parse_expiry, expires)
+    holder = checked(check_holder, holder) if holder is not None else None
     problems += [f"{label} {value}: a limit is 0 (none) or positive"
                  for label, value in (("--rpm", rpm), ("--tpm", tpm), ("--max-tokens", max_tokens)) if value < 0]
     if len(problems) == 1:
@@ -111,14 +114,15 @@ def create_key(meta: Meta, name: str, *, role: str = DEFAULT_ROLE, models: list[
                 break
         secret = f"{KEY_PREFIX}-{key_id}-{secrets.token_urlsafe(_SECRET_BYTES)}"
         prefix = secret[: len(KEY_PREFIX) + len(key_id) + 2 + _SHOWN_SECRET_CHARS]
+        holder = holder or own_holder(key_id)
         db["api_keys"].insert(
             {"id": key_id, "name": name, "key_hash": hash_secret(secret), "prefix": prefix,
              "role": role, "models_json": json.dumps(scope) if scope is not None else None,
              "expires_at": expires_at, "rpm": rpm, "tpm": tpm, "max_tokens": max_tokens, "created_at": now(),
-             "created_by": actor, "revoked_at": None, "last_used_at": None}
+             "created_by": actor, "revoked_at": None, "last_used_at": None, "holder": holder}
         )
     meta.audit(actor, "apikey.create", key_id, name=name, prefix=prefix, role=role, models=scope,
-               expires_at=expires_at, rpm=rpm, tpm=tpm, max_tokens=max_tokens)
+               expires_at=expires_at, rpm=rpm, tpm=tpm, max_tokens=max_tokens, holder=holder)
     return key_id, secret
 
 
@@ -158,7 +162,7 @@ def revoke_key(meta: Meta, key_id: str, *, actor: str = "operator") -> dict[str,
 def load_keys(meta: Meta) -> dict[str, dict[str, Any]]:
     """Every key's row by id, hash included: what the gateway keeps in memory."""
     rows = meta.query("SELECT id, name, key_hash, role, models_json, expires_at, rpm, tpm, max_tokens, "
-                      "revoked_at FROM api_keys")
+                      "revoked_at, holder FROM api_keys")
     keys = {}
     for r in rows:
         r["models"] = frozenset(json.loads(r.pop("models_json"))) if r["models_json"] else None

@@ -19,7 +19,7 @@ PERMISSIONS: dict[str, frozenset[str]] = {
     "approver": frozenset({INFERENCE, *_READ, "models:approve"}),
     "admin": frozenset({INFERENCE, *_READ, "datasets:write", "runs:write", "models:approve",
                         "models:verify", "aliases:read", "aliases:write", "keys:admin", "audit:read",
-                        "metrics"}),
+                        "metrics", "datasets:share"}),
 }
 
 

@@ -29,23 +29,28 @@ def create(
     max_tokens: int = typer.Option(0, "--max-tokens", help="The output tokens a completion from this key gets when "
                                    "it names no max_tokens (0: AIRLOCK_DEFAULT_MAX_TOKENS); the gateway's cap, "
                                    "AIRLOCK_MAX_COMPLETION_TOKENS, still bounds n x max_tokens."),
-    json_out: bool = typer.Option(False, "--json", help="Print {id, name, role, key} as JSON."),
+    holder: str = typer.Option(None, "--holder", show_default=False,
+                               help="The person the key is for (lower-case, e.g. alice): keys of one holder "
+                                    "share that holder's datasets. Default: a namespace of the key's own, key-ID."),
+    json_out: bool = typer.Option(False, "--json", help="Print {id, name, role, holder, key} as JSON."),
 ) -> None:
     """Create an API key and print it once: only its hash is stored, it cannot be shown again."""
-    from airlock.access.keys import create_key
+    from airlock.access.keys import create_key, get_key
     from airlock.config import get_settings
 
     settings = get_settings()
     rpm = settings.default_rpm if rpm is None else rpm
     tpm = settings.default_tpm if tpm is None else tpm
-    key_id, secret = create_key(open_airlock().meta, name, role=role, models=models, expires=expires,
-                                rpm=rpm, tpm=tpm, max_tokens=max_tokens, actor=cli_actor())
+    meta = open_airlock().meta
+    key_id, secret = create_key(meta, name, role=role, models=models, expires=expires,
+                                rpm=rpm, tpm=tpm, max_tokens=max_tokens, actor=cli_actor(), holder=holder)
+    holder = get_key(meta, key_id)["holder"]
     if json_out:
-        print_json({"id": key_id, "name": name, "role": role, "key": secret})
+        print_json({"id": key_id, "name": name, "role": role, "holder": holder, "key": secret})
         return
     typer.echo(secret)
     typer.echo(
-        f"Created API key {key_id} ({name}, role {role}). Store it now: it cannot be shown again. "
+        f"Created API key {key_id} ({name}, role {role}, holder {holder}). Store it now: it cannot be shown again. "
         f"Revoke it with `airlock apikey revoke {key_id}`.",
         err=True,
     )
@@ -69,11 +74,12 @@ def list_(
         return
     from rich.table import Table
 
-    table = Table("id", "name", "role", "models", "limits", "expires", "last used", "status")
+    # The holder under the name, not a column of its own: the table stays readable in 80 columns.
+    table = Table("id", "name / holder", "role", "models", "limits", "expires", "last used", "status")
     for r in rows:
         status = f"revoked {r['revoked_at']}" if r["revoked_at"] else "active"
         limits = ", ".join(f"{r[k]} {k}" for k in ("rpm", "tpm", "max_tokens") if r[k]) or "none"
-        table.add_row(r["id"], r["name"], r["role"], ",".join(r["models"]) if r["models"] else "all",
+        table.add_row(r["id"], f"{r['name']}\n{r['holder']}", r["role"], ",".join(r["models"]) if r["models"] else "all",
                       limits, r["expires_at"] or "never", r["last_used_at"] or "never", status)
     console.print(table)
 

@@ -1,4 +1,7 @@
-"""`airlock datasets ...` commands: thin adapters over the service functions."""
+"""`airlock datasets ...` commands: thin adapters over the service functions.
+
+The CLI is the operator on the host: it adds datasets to the operator's namespace unless
+`--owner` names a holder, and reads every owner's datasets."""
 
 from __future__ import annotations
 
@@ -25,6 +28,17 @@ MaxLengthOpt = Annotated[
     typer.Option("--max-length", min=1, help="Refuse records longer than this many tokens (needs --model)."),
 ]
 NameOpt = Annotated[str | None, typer.Option("--name", help="A name to find it by (default: the file stem).")]
+OwnerOpt = Annotated[str | None, typer.Option(
+    "--owner", show_default=False,
+    help="The holder whose namespace the dataset goes into (a key's --holder, or key-ID for a key made "
+         "without one); default: the operator's namespace, 'operator'.")]
+DatasetArg = Annotated[str, typer.Argument(
+    help="The dataset: @OWNER/NAME, a sha256: digest, or a name in the operator's namespace.")]
+WithOpt = Annotated[list[str] | None, typer.Option("--with", show_default=False,
+                                                   help="A holder to share with (repeatable).")]
+KeyOpt = Annotated[list[str] | None, typer.Option("--key", show_default=False,
+                                                  help="An API key id whose holder to share with (repeatable).")]
+AllOpt = Annotated[bool, typer.Option("--all-trainers", help="Share with every key that reads datasets.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON.")]
 
 
@@ -84,39 +98,78 @@ def validate(path: PathArg, model: ModelOpt = None, max_length: MaxLengthOpt = N
 
 @app.command()
 @command
-def add(path: PathArg, name: NameOpt = None, model: ModelOpt = None, max_length: MaxLengthOpt = None,
-        as_json: JsonOpt = False) -> None:
+def add(path: PathArg, name: NameOpt = None, owner: OwnerOpt = None, model: ModelOpt = None,
+        max_length: MaxLengthOpt = None, as_json: JsonOpt = False) -> None:
     """Validate a dataset file and add it to the appliance; an invalid file adds nothing."""
+    from airlock.access.holders import OPERATOR
     from airlock.datasets.service import add_dataset
 
     tokenizer = _tokenizer(model, max_length)
     airlock = open_airlock()
     with _problems_listed():
-        row = add_dataset(airlock, path, name=name, tokenizer=tokenizer, max_length=max_length,
-                          actor=cli_actor())
+        row = add_dataset(airlock, path, name=name, owner=owner or OPERATOR, tokenizer=tokenizer,
+                          max_length=max_length, actor=cli_actor())
     if as_json:
         print_json(row)
         return
-    typer.echo(f"dataset {row['name']!r}: {row['records']} records in {row['format']} format, {row['digest']}")
+    typer.echo(f"dataset {row['name']!r} of {row['owner']}: {row['records']} records in {row['format']} "
+               f"format, {row['digest']}")
 
 
 @app.command("list")
 @command
-def list_(as_json: JsonOpt = False) -> None:
-    """List the datasets on this appliance, newest first."""
-    from airlock.datasets.service import list_datasets
+def list_(owner: Annotated[str | None, typer.Option("--owner", show_default=False,
+                                                    help="Only this holder's datasets.")] = None,
+          as_json: JsonOpt = False) -> None:
+    """List every owner's datasets on this appliance, newest first."""
+    from airlock.datasets.service import OPERATOR_READER, list_datasets
 
-    rows = list_datasets(open_airlock())
+    rows = list_datasets(open_airlock(), reader=OPERATOR_READER, owner=owner)
     if as_json:
         print_json(rows)
         return
     if not rows:
         typer.echo("no datasets yet; add one with: airlock datasets add PATH")
         return
-    header = ("DIGEST", "NAME", "FORMAT", "RECORDS", "CREATED")
+    header = ("DIGEST", "OWNER", "NAME", "FORMAT", "RECORDS", "CREATED")
     table = [header] + [
-        (r["digest"][:19], r["name"], r["format"], str(r["records"]), r["created_at"]) for r in rows
+        (r["digest"][:19], r["owner"], r["name"], r["format"], str(r["records"]), r["created_at"]) for r in rows
     ]
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
     for row in table:
         typer.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+
+
+def _change_shares(change, dataset: str, holders: list[str] | None, keys: list[str] | None,
+                   all_trainers: bool, as_json: bool) -> None:
+    from airlock.datasets.service import OPERATOR_READER
+    from airlock.datasets.sharing import grantees
+
+    airlock = open_airlock()
+    with_ = grantees(airlock, holders or [], keys or [], all_trainers)
+    row = change(airlock, dataset, with_, reader=OPERATOR_READER, actor=cli_actor())
+    if as_json:
+        print_json(row)
+        return
+    shared = ", ".join("all trainers" if g == "*" else g for g in row["shared_with"]) or "nobody"
+    typer.echo(f"dataset {row['name']!r} of {row['owner']} ({row['digest']}) is shared with: {shared}")
+
+
+@app.command()
+@command
+def share(dataset: DatasetArg, holders: WithOpt = None, keys: KeyOpt = None, all_trainers: AllOpt = False,
+          as_json: JsonOpt = False) -> None:
+    """Let other holders, the holders of named keys, or every trainer read one owner's dataset (audited)."""
+    from airlock.datasets.sharing import share_dataset
+
+    _change_shares(share_dataset, dataset, holders, keys, all_trainers, as_json)
+
+
+@app.command()
+@command
+def unshare(dataset: DatasetArg, holders: WithOpt = None, keys: KeyOpt = None, all_trainers: AllOpt = False,
+            as_json: JsonOpt = False) -> None:
+    """Take back a share (audited); runs already queued keep the dataset they recorded."""
+    from airlock.datasets.sharing import unshare_dataset
+
+    _change_shares(unshare_dataset, dataset, holders, keys, all_trainers, as_json)

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from airlock.context import Airlock
-from airlock.datasets.service import get_dataset, load_records
+from airlock.datasets.service import Reader, get_dataset, load_records
 
 BINS = 12
 
@@ -50,10 +50,11 @@ _KEEP = 16
 _LOCK = threading.Lock()  # pages are rendered in a thread pool
 
 
-def profile(airlock: Airlock, digest_or_name: str, *, tokenizer_file: Path | None = None,
+def profile(airlock: Airlock, digest_or_name: str, *, reader: Reader, tokenizer_file: Path | None = None,
             preview: int = 5) -> dict[str, Any]:
-    """The dataset's row, its total and per-record lengths as a histogram, and its first records."""
-    row = get_dataset(airlock, digest_or_name)
+    """The dataset's row, its total and per-record lengths as a histogram, and its first records,
+    if `reader` may read it."""
+    row = get_dataset(airlock, digest_or_name, reader=reader)
     cache_key = (row["digest"], str(tokenizer_file), preview)
     with _LOCK:
         counted = _COUNTED.get(cache_key)

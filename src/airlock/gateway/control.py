@@ -36,32 +36,84 @@ def airlock_of(request: Request) -> Airlock:
 # Datasets ---------------------------------------------------------------------------------------
 
 
+def holder_of(key: Key) -> str:
+    """The person behind a key: its holder, or the key's own namespace for a key without one."""
+    from airlock.access.holders import own_holder
+
+    return key.get("holder") or own_holder(key["id"])
+
+
+def reader_of(key: Key):
+    """Whose datasets this key reads: its holder's and those shared with it; approvers and
+    admins read every owner's."""
+    from airlock.datasets.service import Reader
+
+    return Reader(holder_of(key), reads_all=key.get("role") in ("admin", "approver"))
+
+
 @api.post("/datasets", status_code=201)
 async def upload_dataset(request: Request, name: str, key: Key = Depends(permit("datasets:write"))) -> dict:
-    """Add the JSONL file sent as the raw body under `name`; a 400 lists every bad line."""
+    """Add the JSONL file sent as the raw body under `name`, in the caller's holder's namespace;
+    a 400 lists every bad line."""
     from airlock.datasets.service import add_dataset_upload
 
     check_jsonl_type(request.headers.get("content-type"))
     settings = request.app.state.settings
     async with upload_slot(request, key["id"]), \
             received(request, limit=settings.max_upload_bytes, folder=settings.home / "uploads") as path:
-        return await run_in_threadpool(
-            lambda: add_dataset_upload(airlock_of(request), path, name=name, actor=actor(key),
-                                       max_record_bytes=settings.max_record_bytes))
+        return await run_in_threadpool(lambda: add_dataset_upload(
+            airlock_of(request), path, name=name, owner=holder_of(key), actor=actor(key),
+            max_record_bytes=settings.max_record_bytes))
 
 
 @api.get("/datasets")
-def list_datasets(request: Request, key: Key = Depends(permit("datasets:read"))) -> list[dict]:
+def list_datasets(request: Request, owner: str | None = None,
+                  key: Key = Depends(permit("datasets:read"))) -> list[dict]:
+    """The datasets this key may read (of one `owner`, if given), newest first."""
     from airlock.datasets.service import list_datasets as datasets
 
-    return datasets(airlock_of(request))
+    return datasets(airlock_of(request), reader=reader_of(key), owner=owner)
+
+
+class ShareRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    dataset: str
+    holders: list[str] = []
+    keys: list[str] = []
+    all_trainers: bool = False
+
+
+def _share(request: Request, body: ShareRequest, key: Key, change) -> dict:
+    from airlock.datasets.sharing import grantees
+
+    airlock = airlock_of(request)
+    with_ = grantees(airlock, body.holders, body.keys, body.all_trainers)
+    return change(airlock, body.dataset, with_, reader=reader_of(key), actor=actor(key))
+
+
+@api.post("/datasets/share")
+def share_dataset(body: ShareRequest, request: Request, key: Key = Depends(permit("datasets:share"))) -> dict:
+    """Let holders, the holders of keys, or every trainer read a dataset (@OWNER/NAME or digest)."""
+    from airlock.datasets.sharing import share_dataset as share
+
+    return _share(request, body, key, share)
+
+
+@api.post("/datasets/unshare")
+def unshare_dataset(body: ShareRequest, request: Request, key: Key = Depends(permit("datasets:share"))) -> dict:
+    """Take back a share; runs already queued keep the digest they recorded."""
+    from airlock.datasets.sharing import unshare_dataset as unshare
+
+    return _share(request, body, key, unshare)
 
 
 @api.get("/datasets/{name_or_digest:path}")
 def get_dataset(name_or_digest: str, request: Request, key: Key = Depends(permit("datasets:read"))) -> dict:
+    """A dataset by name (the caller's own), @OWNER/NAME or digest; 404 for one the key may not read."""
     from airlock.datasets.service import get_dataset as dataset
 
-    return dataset(airlock_of(request), name_or_digest)
+    return dataset(airlock_of(request), name_or_digest, reader=reader_of(key))
 
 
 # Runs -------------------------------------------------------------------------------------------
@@ -90,7 +142,7 @@ def submit_run(body: RunRequest, request: Request, key: Key = Depends(permit("ru
     from airlock.workflow.submit import submit_request
 
     with redacted_errors(key):
-        return submit_request(airlock_of(request), body.spec, body.set, actor=actor(key),
+        return submit_request(airlock_of(request), body.spec, body.set, actor=actor(key), reader=reader_of(key),
                               max_priority=caller_of(key).max_priority)
 
 
@@ -162,6 +214,7 @@ class KeyRequest(BaseModel):
     rpm: int = 0
     tpm: int = 0
     max_tokens: int = 0
+    holder: str | None = None
 
 
 @api.post("/keys", status_code=201)
@@ -171,7 +224,8 @@ def create_key(body: KeyRequest, request: Request, key: Key = Depends(permit("ke
 
     meta = airlock_of(request).meta
     key_id, secret = create(meta, body.name, role=body.role, models=body.models, expires=body.expires,
-                            rpm=body.rpm, tpm=body.tpm, max_tokens=body.max_tokens, actor=actor(key))
+                            rpm=body.rpm, tpm=body.tpm, max_tokens=body.max_tokens, actor=actor(key),
+                            holder=body.holder)
     return {**get_key(meta, key_id), "key": secret}
 
 

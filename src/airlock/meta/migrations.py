@@ -171,6 +171,44 @@ MIGRATIONS: list[tuple[int, str]] = [
         """,
     ),
     (
+        # Datasets get owners (the holder of the key that uploaded them, read from the dataset.add
+        # audit rows; 'operator' for what the CLI added), keys get holders (their own namespace),
+        # and admins can share a dataset. The same bytes of two owners are two rows, one blob.
+        5,
+        """
+        ALTER TABLE api_keys ADD COLUMN holder TEXT;
+        UPDATE api_keys SET holder = 'key-' || id WHERE holder IS NULL;
+        CREATE TABLE datasets_owned (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            owner TEXT NOT NULL,
+            digest TEXT NOT NULL,
+            name TEXT NOT NULL,
+            format TEXT NOT NULL,
+            records INTEGER NOT NULL,
+            source TEXT,
+            created_at TEXT NOT NULL,
+            UNIQUE (owner, digest)
+        );
+        INSERT INTO datasets_owned (owner, digest, name, format, records, source, created_at)
+            SELECT COALESCE((SELECT 'key-' || substr(a.actor, 5) FROM audit a
+                             WHERE a.action = 'dataset.add' AND a.subject = d.digest AND a.actor LIKE 'key:%'
+                             ORDER BY a.id LIMIT 1), 'operator'),
+                   d.digest, d.name, d.format, d.records, d.source, d.created_at
+            FROM datasets d ORDER BY d.created_at, d.rowid;
+        DROP TABLE datasets;
+        ALTER TABLE datasets_owned RENAME TO datasets;
+        CREATE INDEX datasets_by_name ON datasets(owner, name, created_at);
+        CREATE INDEX datasets_by_digest ON datasets(digest);
+        CREATE TABLE dataset_shares (
+            dataset_id INTEGER NOT NULL REFERENCES datasets(id),
+            grantee TEXT NOT NULL,
+            shared_by TEXT NOT NULL,
+            shared_at TEXT NOT NULL,
+            PRIMARY KEY (dataset_id, grantee)
+        )
+        """,
+    ),
+    (
         6,
         """
         ALTER TABLE api_keys ADD COLUMN max_tokens INTEGER NOT NULL DEFAULT 0

@@ -1,5 +1,6 @@
-"""The datasets pages: upload (the page's script posts the file to /api/datasets), the stored
-datasets, and one dataset's size, length histogram and first records rendered as chat turns."""
+"""The datasets pages: upload (the page's script posts the file to /api/datasets), the datasets the
+signed-in key may read (its holder's own and those shared with it; every owner's for approvers and
+admins), and one dataset's size, length histogram and first records rendered as chat turns."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from fastapi.responses import HTMLResponse
 
 from airlock.access.roles import has_permission
 from airlock.errors import AirlockError
-from airlock.gateway.control import airlock_of
+from airlock.gateway.control import airlock_of, reader_of
 from airlock.web.pages import page, render
 
 router = APIRouter(include_in_schema=False)
@@ -20,7 +21,7 @@ router = APIRouter(include_in_schema=False)
 def datasets_page(request: Request, key: dict = Depends(page("datasets:read"))) -> HTMLResponse:
     from airlock.datasets.service import list_datasets
 
-    return render(request, "datasets.html", key, datasets=list_datasets(airlock_of(request)),
+    return render(request, "datasets.html", key, datasets=list_datasets(airlock_of(request), reader=reader_of(key)),
                   can_upload=has_permission(key["role"], "datasets:write"))
 
 
@@ -31,7 +32,7 @@ def dataset_page(name_or_digest: str, request: Request, key: dict = Depends(page
     settings = request.app.state.settings
     tokenizer = settings.models_dir / settings.serve_base_model / "tokenizer.json"
     try:
-        shown = profile(airlock_of(request), name_or_digest, tokenizer_file=tokenizer)
+        shown = profile(airlock_of(request), name_or_digest, reader=reader_of(key), tokenizer_file=tokenizer)
     except AirlockError as exc:
         return render(request, "error.html", key, status=exc.http_status, error=exc.message)
     peak = max((b["count"] for b in shown["histogram"]), default=0)

@@ -9,7 +9,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from airlock.datasets.names import check_name_characters
 
 from airlock.errors import InvalidInput
 
@@ -23,6 +25,13 @@ class StageSpec(BaseModel):
     uses: str
     needs: list[str] = []
     with_: dict[str, Any] = Field(default_factory=dict, alias="with")
+
+    # Before the pattern: a bidi or zero-width character is named by its code point, not only
+    # reported as a mismatch of the pattern.
+    @field_validator("name", mode="before")
+    @classmethod
+    def _printable_name(cls, value: Any) -> Any:
+        return check_name_characters(value, "stage name") if isinstance(value, str) else value
 
 
 class Resources(BaseModel):
@@ -47,6 +56,11 @@ class WorkflowSpec(BaseModel):
     priority: str | int = "normal"
     time_limit: str | int | None = None
     resources: Resources = Field(default_factory=Resources)
+
+    @field_validator("name", mode="before")
+    @classmethod
+    def _printable_name(cls, value: Any) -> Any:
+        return check_name_characters(value, "run name") if isinstance(value, str) else value
 
     def stage(self, name: str) -> StageSpec:
         return next(s for s in self.stages if s.name == name)

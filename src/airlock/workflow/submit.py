@@ -6,9 +6,14 @@ record fits the model's context, and that what the run will serve fits the engin
 alias). Every problem is collected and reported at once; a spec with any problem queues nothing.
 
 - `submit` (the CLI, run by the operator on the host) reads a YAML file and uploads every
-  dataset file it names, relative paths read against the file's folder.
+  dataset file it names, relative paths read against the file's folder, into the operator's
+  namespace.
 - `submit_request` (HTTP) takes the spec from the request body and finds datasets in the store
   by name or digest only: nothing a caller sends over HTTP can make the appliance read a host file.
+
+Either way a dataset is resolved here, once, with the submitter as the reader (a plain name in
+the submitter's own namespace, `@OWNER/NAME` or a digest it may read), and the run records the
+digest: what anyone uploads later under the same name changes nothing for it.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from pathlib import Path
 from pydantic import BaseModel, ValidationError
 
 from airlock.context import Airlock
-from airlock.datasets.service import add_dataset, get_dataset, length_problems
+from airlock.datasets.service import OPERATOR_READER, Reader, add_dataset, get_dataset, length_problems
 from airlock.errors import AirlockError, InvalidInput, NotFound
 from airlock.meta.db import now
 from airlock.models.catalog import model_digest, resolve_base_model
@@ -34,7 +39,7 @@ DatasetResolver = Callable[[str, str], str]
 """(field, value as written in the spec) -> the stored dataset's digest, or an AirlockError."""
 
 UPLOAD_FIRST = ("over HTTP a dataset must be uploaded first (POST /api/datasets?name=NAME) and named "
-                "by that name or its sha256: digest")
+                "by that name or its sha256: digest; a dataset shared with you is named @OWNER/NAME")
 TOO_LONG_HINT = "; raise AIRLOCK_VLLM_MAX_MODEL_LEN or shorten the record"
 
 
@@ -48,35 +53,38 @@ def submit(airlock: Airlock, path: Path | str, overrides: list[str] | None = Non
 
 
 def submit_request(airlock: Airlock, raw: dict, overrides: list[str] | None = None, *,
-                   actor: str, max_priority: int = MAX_PRIORITY) -> dict:
-    """HTTP's way in: the spec from the request body; datasets only from the store."""
-    return submit_spec(airlock, raw, overrides, where="spec", datasets=stored_only(airlock), actor=actor,
+                   actor: str, reader: Reader, max_priority: int = MAX_PRIORITY) -> dict:
+    """HTTP's way in: the spec from the request body; datasets only from the store, and only
+    those the caller (`reader`) may read."""
+    return submit_spec(airlock, raw, overrides, where="spec", datasets=stored_only(airlock, reader), actor=actor,
                        max_priority=max_priority)
 
 
 def host_files(airlock: Airlock, spec_dir: Path, actor: str) -> DatasetResolver:
-    """A digest, a file on this host (uploaded on the way), or the name of a stored dataset."""
+    """A digest, a file on this host (uploaded on the way), or the name of a stored dataset: the
+    operator's, as the operator reads on the host."""
 
     def resolve(field: str, value: str) -> str:
         if value.startswith("sha256:"):
-            return get_dataset(airlock, value)["digest"]
+            return get_dataset(airlock, value, reader=OPERATOR_READER)["digest"]
         path = specs.resolve_path(value, spec_dir)
         if path.is_file():
             return add_dataset(airlock, path, actor=actor)["digest"]
         try:
-            return get_dataset(airlock, value)["digest"]
+            return get_dataset(airlock, value, reader=OPERATOR_READER)["digest"]
         except NotFound:
             raise NotFound(f"file not found: {value} (and no stored dataset has that name)") from None
 
     return resolve
 
 
-def stored_only(airlock: Airlock) -> DatasetResolver:
-    """A stored dataset by name or digest; anything else, a path above all, is refused unread."""
+def stored_only(airlock: Airlock, reader: Reader) -> DatasetResolver:
+    """A stored dataset `reader` may read, by name or digest; anything else, a path above all, is
+    refused unread, with one message for a dataset that is missing and one that is not the reader's."""
 
     def resolve(field: str, value: str) -> str:
         try:
-            return get_dataset(airlock, value)["digest"]
+            return get_dataset(airlock, value, reader=reader)["digest"]
         except (NotFound, InvalidInput):
             raise InvalidInput(f"{value!r} is not a stored dataset: {UPLOAD_FIRST}") from None
 

@@ -11,6 +11,7 @@ function keyRequestOf(form) {
   const limit = (name) => (value(name) === "" ? 0 : Number(value(name)));
   return {
     name: value("name"),
+    holder: value("holder") || null,
     role: form.elements.role.value,
     models: models.length ? models : null,
     expires: value("expires") || null,
