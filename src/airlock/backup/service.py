@@ -21,6 +21,7 @@ renamed into place; an existing home is refused, or with `replace` moved aside f
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -76,8 +77,6 @@ def _add_path(tar: tarfile.TarFile, files: dict, name: str, path: Path) -> None:
 
 
 def _add_bytes(tar: tarfile.TarFile, files: dict, name: str, data: bytes) -> None:
-    import io
-
     _add(tar, files, name, io.BytesIO(data), len(data))
 
 

@@ -20,6 +20,7 @@ exist yet it is created the way trust/keys.py creates it (0600, never replacing 
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import logging
 import logging.handlers
@@ -58,8 +59,6 @@ def _message(row_id: int, head_hash: str, at: str) -> bytes:
 
 def public_id(key: Ed25519PublicKey) -> str:
     """The first 16 hex digits of sha256 over the raw key, as trust/keys.py's public_key_id."""
-    import hashlib
-
     return hashlib.sha256(key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)).hexdigest()[:16]
 
 
