@@ -6,6 +6,7 @@ overwritten. (The forgeries of someone who holds a backup in transit: tests/atta
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -213,3 +214,43 @@ def test_a_backup_never_replaces_a_file(source: Airlock, tmp_path: Path) -> None
     with pytest.raises(InvalidInput, match="exists"):
         backup_of(source, tmp_path / "bk")
     assert (tmp_path / "bk").read_text() == "keep me"
+
+
+def test_a_backup_sealed_to_a_recipient_needs_its_private_key_too(source: Airlock, tmp_path: Path) -> None:
+    """The host that takes backups holds only the public key: with the passphrase alone it cannot
+    open them; with the recipient's private key the backup restores."""
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+    identity, stranger = X25519PrivateKey.generate(), X25519PrivateKey.generate()
+    backup_of(source, tmp_path / "bk", recipient=identity.public_key())
+    with pytest.raises(InvalidInput, match="its private key is\\s+needed"):
+        restore_into(tmp_path / "bk", tmp_path / "restored")
+    with pytest.raises(IntegrityFailure, match="not to the identity given"):
+        restore_into(tmp_path / "bk", tmp_path / "restored", identity=stranger)
+    assert nothing_restored(tmp_path, tmp_path / "restored")
+    restore_into(tmp_path / "bk", tmp_path / "restored", identity=identity)
+    assert list_keys(Airlock.open(Settings(home=tmp_path / "restored")).meta)
+
+
+def cli(home: Path, *args: str, **env: str) -> subprocess.CompletedProcess:
+    airlock = Path(sys.executable).parent / "airlock"
+    return subprocess.run([str(airlock), *args], env={**os.environ, "AIRLOCK_HOME": str(home), **env},
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_the_cli_takes_the_passphrase_from_a_private_file_or_the_environment(source: Airlock, tmp_path: Path) -> None:
+    passfile = tmp_path / "pass"
+    passfile.write_text(PASSPHRASE.decode() + "\n")
+    passfile.chmod(0o644)
+    home = source.settings.home
+    loose = cli(home, "backup", "--passphrase-file", str(passfile), str(tmp_path / "bk"))
+    assert loose.returncode != 0 and "group or others may read this passphrase file" in loose.stderr
+    assert not (tmp_path / "bk").exists()
+    passfile.chmod(0o600)
+    made = cli(home, "backup", "--passphrase-file", str(passfile), str(tmp_path / "bk"))
+    assert made.returncode == 0 and "sealed" in made.stdout, made.stderr
+    wrong = cli(tmp_path / "restored", "restore", str(tmp_path / "bk"), AIRLOCK_BACKUP_PASSPHRASE="not the passphrase")
+    assert wrong.returncode == 5 and "passphrase does not open this backup" in wrong.stderr
+    done = cli(tmp_path / "restored", "restore", str(tmp_path / "bk"), AIRLOCK_BACKUP_PASSPHRASE=PASSPHRASE.decode())
+    assert done.returncode == 0, done.stderr
+    assert cli(tmp_path / "restored", "audit", "verify").returncode == 0

@@ -1,6 +1,7 @@
-"""A backup taken from a running appliance that serves the quickstart, restored into a new home, is
-the same appliance: started there, it serves the same alias with the same adapter and the same
-answer, and the API key made before the backup still works."""
+"""A sealed backup taken from a running appliance that serves the quickstart, restored into a new
+home with the passphrase from a file, is the same appliance: started there, it serves the same
+alias with the same adapter and the same answer, the API key made before the backup still works,
+and its audit log, anchors included, verifies."""
 
 from __future__ import annotations
 
@@ -21,11 +22,15 @@ def test_a_restored_backup_serves_the_same_alias(appliance, tmp_path, tiny_model
     key = appliance.new_key("kept-across-restore")
     adapter = served_adapter(appliance.gateway_url, key)
     before = httpx.get(f"{appliance.gateway_url}/v1/models", headers={"Authorization": f"Bearer {key}"}).json()
-    appliance.cli("backup", str(tmp_path / "backup"))  # online: the appliance keeps running
+    passphrase = tmp_path / "backup.pass"
+    passphrase.write_text("a passphrase kept apart from the backup\n")
+    passphrase.chmod(0o600)
+    sealed = tmp_path / "appliance.airlock-backup"
+    appliance.cli("backup", "--passphrase-file", str(passphrase), str(sealed))  # online: the appliance keeps running
     home = tmp_path / "restored-home"
     env = dict(appliance.env, AIRLOCK_HOME=str(home))
-    done = subprocess.run([AIRLOCK, "restore", str(tmp_path / "backup")], env=env, capture_output=True, text=True,
-                          timeout=300)
+    done = subprocess.run([AIRLOCK, "restore", "--passphrase-file", str(passphrase), str(sealed)], env=env,
+                          capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
     with running_appliance(home, tiny_models_dir) as restored:
         client = OpenAI(base_url=f"{restored.gateway_url}/v1", api_key=key, max_retries=0)

@@ -20,7 +20,7 @@ import pytest
 
 from airlock.config import Settings
 from airlock.context import Airlock
-from airlock.meta.anchor import Anchors, read_anchors
+from airlock.meta.anchor import read_anchors
 from airlock.meta.audit import check_anchors, verify
 from airlock.meta.chain import chain_unhashed
 

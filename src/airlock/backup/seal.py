@@ -11,6 +11,12 @@ every byte before the first chunk (the STREAM construction of Hoang, Reyhanitaba
 Vizár). So a flipped byte anywhere, a chunk moved, dropped or repeated, a stream cut at a chunk
 boundary (its new last chunk was not sealed as last) or extended (the true last one was), and an
 edited header all fail authentication. Nothing is held in memory beyond one chunk.
+
+Sealed also to a recipient (an X25519 public key), the header carries an ephemeral public key and
+the key is HKDF over the scrypt output and the X25519 shared secret: opening then needs both the
+passphrase and the recipient's private key. The host that takes backups holds only the public
+key, so it cannot read old backups; the passphrase still proves who made one, since anyone may
+seal to a public key.
 """
 
 from __future__ import annotations
@@ -23,8 +29,11 @@ import struct
 from pathlib import Path
 from typing import BinaryIO
 
-from cryptography.exceptions import InvalidTag
+from cryptography.exceptions import InvalidTag, UnsupportedAlgorithm
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
 from airlock.errors import IntegrityFailure, InvalidInput
@@ -38,9 +47,45 @@ TAG = 16
 _MAX_HEADER = 1 << 16
 
 
-def _derive(passphrase: bytes, kdf: dict) -> tuple[bytes, str]:
+def _derive(passphrase: bytes, kdf: dict, shared: bytes | None = None) -> tuple[bytes, str]:
     out = Scrypt(salt=base64.b64decode(kdf["salt"]), length=64, n=kdf["n"], r=kdf["r"], p=kdf["p"]).derive(passphrase)
+    if shared is not None:
+        out = HKDF(algorithm=hashes.SHA256(), length=64, salt=None, info=FORMAT.encode()).derive(out + shared)
     return out[:32], hashlib.sha256(out[32:]).hexdigest()
+
+
+def _raw(key: X25519PublicKey) -> bytes:
+    return key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+
+
+def recipient_id(key: X25519PublicKey) -> str:
+    return hashlib.sha256(_raw(key)).hexdigest()[:16]
+
+
+def load_recipient(path: Path) -> X25519PublicKey:
+    """An X25519 public key from a PEM file (`openssl pkey -in ID.pem -pubout`)."""
+    try:
+        key = serialization.load_pem_public_key(Path(path).read_bytes())
+    except FileNotFoundError:
+        raise InvalidInput(f"{path}: no such recipient key file") from None
+    except (ValueError, UnsupportedAlgorithm):
+        key = None
+    if not isinstance(key, X25519PublicKey):
+        raise InvalidInput(f"{path}: not a PEM X25519 public key (make one with `openssl genpkey -algorithm X25519`)")
+    return key
+
+
+def load_identity(path: Path) -> X25519PrivateKey:
+    """An X25519 private key from a PEM file, unencrypted (`openssl genpkey -algorithm X25519`)."""
+    try:
+        key = serialization.load_pem_private_key(Path(path).read_bytes(), password=None)
+    except FileNotFoundError:
+        raise InvalidInput(f"{path}: no such identity file") from None
+    except (ValueError, TypeError, UnsupportedAlgorithm):
+        key = None
+    if not isinstance(key, X25519PrivateKey):
+        raise InvalidInput(f"{path}: not an unencrypted PEM X25519 private key")
+    return key
 
 
 def _nonce(prefix: bytes, index: int, last: bool) -> bytes:
@@ -50,16 +95,23 @@ def _nonce(prefix: bytes, index: int, last: bool) -> bytes:
 class SealedWriter:
     """A write-only file object: what is written goes out sealed, one chunk at a time."""
 
-    def __init__(self, sink: BinaryIO, passphrase: bytes, *, chunk_bytes: int = CHUNK_BYTES) -> None:
+    def __init__(self, sink: BinaryIO, passphrase: bytes, *, chunk_bytes: int = CHUNK_BYTES,
+                 recipient: X25519PublicKey | None = None) -> None:
         if len(passphrase) < MIN_PASSPHRASE:
             raise InvalidInput(f"the backup passphrase has {len(passphrase)} characters; it needs at least "
                                f"{MIN_PASSPHRASE} (it is all that protects the appliance's private key)")
         kdf = {"name": "scrypt", **SCRYPT, "salt": base64.b64encode(os.urandom(16)).decode()}
-        key, check = _derive(passphrase, kdf)
+        fields, shared = {}, None
+        if recipient is not None:
+            ephemeral = X25519PrivateKey.generate()
+            shared = ephemeral.exchange(recipient)
+            fields["recipient"] = {"key": recipient_id(recipient),
+                                   "ephemeral": base64.b64encode(_raw(ephemeral.public_key())).decode()}
+        key, check = _derive(passphrase, kdf, shared)
         self._prefix = os.urandom(7)
         header = json.dumps({"format": FORMAT, "aead": "ChaCha20-Poly1305", "kdf": kdf, "key_check": check,
-                             "chunk_bytes": chunk_bytes, "nonce_prefix": base64.b64encode(self._prefix).decode()},
-                            sort_keys=True).encode()
+                             "chunk_bytes": chunk_bytes, "nonce_prefix": base64.b64encode(self._prefix).decode(),
+                             **fields}, sort_keys=True).encode()
         self._aad = MAGIC + struct.pack(">I", len(header)) + header
         self._sink, self._aead, self._chunk = sink, ChaCha20Poly1305(key), chunk_bytes
         self._buffer, self._index = bytearray(), 0
@@ -103,7 +155,8 @@ def _header(f: BinaryIO, path: Path) -> tuple[bytes, dict]:
         bounded = (header["format"] == FORMAT and kdf["name"] == "scrypt" and 1 << 14 <= kdf["n"] <= 1 << 20
                    and kdf["r"] <= 16 and kdf["p"] <= 4 and 4096 <= header["chunk_bytes"] <= 1 << 24
                    and len(base64.b64decode(header["nonce_prefix"])) == 7 and isinstance(header["key_check"], str)
-                   and len(base64.b64decode(kdf["salt"])) >= 16)
+                   and len(base64.b64decode(kdf["salt"])) >= 16
+                   and ("recipient" not in header or len(base64.b64decode(header["recipient"]["ephemeral"])) == 32))
     except (ValueError, KeyError, TypeError):
         bounded = False
     if not bounded:
@@ -115,14 +168,18 @@ def _header(f: BinaryIO, path: Path) -> tuple[bytes, dict]:
 class SealedReader:
     """A read-only file object over a sealed file: it yields only bytes that authenticated."""
 
-    def __init__(self, path: Path, passphrase: bytes) -> None:
+    def __init__(self, path: Path, passphrase: bytes, identity: X25519PrivateKey | None = None) -> None:
         self.path = Path(path)
         try:
             self._file = self.path.open("rb")
         except FileNotFoundError:
             raise InvalidInput(f"{path}: no such backup file") from None
-        self._aad, header = _header(self._file, self.path)
-        key, check = _derive(passphrase, header["kdf"])
+        try:
+            self._aad, header = _header(self._file, self.path)
+            key, check = _derive(passphrase, header["kdf"], self._shared(header, identity))
+        except BaseException:
+            self._file.close()
+            raise
         if check != header["key_check"]:
             self._file.close()
             raise IntegrityFailure(f"{path}: the passphrase does not open this backup (a wrong passphrase, or "
@@ -130,6 +187,18 @@ class SealedReader:
         self._aead, self._prefix = ChaCha20Poly1305(key), base64.b64decode(header["nonce_prefix"])
         self._chunks = self._decrypt(header["chunk_bytes"] + TAG)
         self._buffer = b""
+
+    def _shared(self, header: dict, identity: X25519PrivateKey | None) -> bytes | None:
+        if "recipient" not in header:
+            return None
+        sealed_to = header["recipient"]["key"]
+        if identity is None:
+            raise InvalidInput(f"{self.path}: sealed to the X25519 recipient key {sealed_to}; its private key is "
+                               "needed as well as the passphrase (--identity)")
+        if (given := recipient_id(identity.public_key())) != sealed_to:
+            raise IntegrityFailure(f"{self.path}: sealed to the X25519 recipient key {sealed_to}, not to the "
+                                   f"identity given ({given}); nothing was restored")
+        return identity.exchange(X25519PublicKey.from_public_bytes(base64.b64decode(header["recipient"]["ephemeral"])))
 
     def _decrypt(self, size: int):
         current, index = self._file.read(size), 0

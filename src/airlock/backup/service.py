@@ -21,6 +21,7 @@ renamed into place; an existing home is refused, or with `replace` moved aside f
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -32,6 +33,8 @@ from contextlib import closing
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO
+
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
 from airlock import __version__
 from airlock.backup.seal import FORMAT, SealedReader, SealedWriter
@@ -76,8 +79,6 @@ def _add_path(tar: tarfile.TarFile, files: dict, name: str, path: Path) -> None:
 
 
 def _add_bytes(tar: tarfile.TarFile, files: dict, name: str, data: bytes) -> None:
-    import io
-
     _add(tar, files, name, io.BytesIO(data), len(data))
 
 
@@ -90,8 +91,10 @@ def _tree(root: Path) -> Iterator[tuple[str, Path]]:
 
 
 def create_backup(settings: Settings, out: Path, *, passphrase: bytes, trust_dir: Path | None, actor: str,
-                  now: datetime | None = None, chunk_bytes: int | None = None) -> dict:
-    """Seal a backup of `settings.home` into the new file `out`; returns its manifest."""
+                  now: datetime | None = None, chunk_bytes: int | None = None,
+                  recipient: X25519PublicKey | None = None) -> dict:
+    """Seal a backup of `settings.home` into the new file `out` (also to `recipient`, where given);
+    returns its manifest."""
     out = Path(out)
     if out.exists() or out.is_symlink():
         raise InvalidInput(f"{out}: exists; a backup is written to a new file, never over another")
@@ -113,7 +116,8 @@ def create_backup(settings: Settings, out: Path, *, passphrase: bytes, trust_dir
         store = {"backend": settings.store_backend}
         fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         with os.fdopen(fd, "wb") as sink:
-            with SealedWriter(sink, passphrase, **({"chunk_bytes": chunk_bytes} if chunk_bytes else {})) as sealed, \
+            with SealedWriter(sink, passphrase, recipient=recipient,
+                              **({"chunk_bytes": chunk_bytes} if chunk_bytes else {})) as sealed, \
                     tarfile.open(fileobj=sealed, mode="w|", format=tarfile.PAX_FORMAT) as tar:
                 _add_path(tar, files, DB, scratch / DB)
                 if anchor_bytes is not None:
@@ -258,14 +262,15 @@ def _place_anchors(staging: Path, home: Path, target: Path, stamp: str) -> None:
 
 
 def restore_backup(settings: Settings, backup: Path, *, passphrase: bytes, trust_dir: Path | None, actor: str,
-                   replace: bool = False, now: datetime | None = None) -> dict:
+                   replace: bool = False, now: datetime | None = None,
+                   identity: X25519PrivateKey | None = None) -> dict:
     """Authenticate and verify the backup in full, then make it `settings.home`; returns what was done."""
     backup, home = Path(backup), Path(settings.home)
     if backup.is_dir():
         raise InvalidInput(f"{backup}: a folder, a backup of an older airlock (airlock.backup/v1) that held the "
                            "private key in the clear and could be edited unseen; it is not restored. Restore it "
                            "with the release that wrote it, then take a sealed backup")
-    reader = SealedReader(backup, passphrase)  # a wrong passphrase is refused here, before anything else
+    reader = SealedReader(backup, passphrase, identity)  # a wrong passphrase is refused here, before anything else
     try:
         if (pid := appliance_pid_from(lock_path(settings))) is not None:
             raise NotReady(f"an appliance runs on {home} (pid {pid}); stop it (`airlock down`) before restoring")

@@ -23,16 +23,20 @@ def _passphrase(source: Path, passphrase_file: Path | None, *, new: bool) -> byt
 def backup(
     out: Path = typer.Argument(..., help="A new file for the sealed backup (never an existing one)."),
     passphrase_file: Path = PASSPHRASE_FILE,
+    recipient: Path | None = typer.Option(None, "--recipient", help="Also seal to this X25519 public key (PEM): "
+                                          "restoring then needs its private key as well as the passphrase."),
 ) -> None:
     """Back up this appliance while it runs into one sealed file: the database (SQLite online
     backup), the audit anchors, keys, the pinned trust root and the artifact store (the local
     folder, or the S3 store's references), encrypted and authenticated with a key derived from the
     passphrase (scrypt, ChaCha20-Poly1305)."""
+    from airlock.backup.seal import load_recipient
     from airlock.backup.service import create_backup
     from airlock.config import get_settings
 
+    to = load_recipient(recipient) if recipient else None
     manifest = create_backup(get_settings(), out, passphrase=_passphrase(out, passphrase_file, new=True),
-                             trust_dir=pinned_dir(), actor=cli_actor())
+                             trust_dir=pinned_dir(), actor=cli_actor(), recipient=to)
     size = sum(entry["size"] for entry in manifest["files"].values())
     typer.echo(f"sealed {len(manifest['files'])} files ({size} bytes) into {out}; store: "
                f"{manifest['store']['backend']}; audit head {manifest['audit_head']}")
@@ -45,15 +49,22 @@ def restore(
     passphrase_file: Path = PASSPHRASE_FILE,
     replace: bool = typer.Option(False, "--replace", help="Move an existing AIRLOCK_HOME aside "
                                  "(HOME.before-restore-TIME) instead of refusing; nothing is deleted."),
+    identity: Path | None = typer.Option(None, "--identity", help="The X25519 private key (PEM, mode 0600) of "
+                                         "the recipient a backup was sealed to with --recipient."),
 ) -> None:
     """Authenticate every byte of a sealed backup and verify it in full (every file's digest, the
     database, the audit chain and its anchors, the S3 store's blobs), then make it AIRLOCK_HOME; a
     wrong passphrase or a backup with any change is refused, and nothing is written."""
+    from airlock.backup.seal import load_identity
     from airlock.backup.service import restore_backup
     from airlock.config import get_settings
+    from airlock.trust.keyfiles import check_private_file
 
+    if identity is not None:
+        check_private_file(identity, what="identity file")
     done = restore_backup(get_settings(), source, passphrase=_passphrase(source, passphrase_file, new=False),
-                          trust_dir=pinned_dir(), actor=cli_actor(), replace=replace)
+                          trust_dir=pinned_dir(), actor=cli_actor(), replace=replace,
+                          identity=load_identity(identity) if identity else None)
     typer.echo(f"restored {done['files']} files from {source} (taken {done['created']}) into {done['home']}"
                + (f"; the previous home is kept at {done['moved_aside']}" if done["moved_aside"] else ""))
 

@@ -20,6 +20,7 @@ exist yet it is created the way trust/keys.py creates it (0600, never replacing 
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import logging
 import logging.handlers
@@ -58,8 +59,6 @@ def _message(row_id: int, head_hash: str, at: str) -> bytes:
 
 def public_id(key: Ed25519PublicKey) -> str:
     """The first 16 hex digits of sha256 over the raw key, as trust/keys.py's public_key_id."""
-    import hashlib
-
     return hashlib.sha256(key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)).hexdigest()[:16]
 
 
@@ -122,14 +121,22 @@ class Anchors:
             os.write(fd, line.encode())  # one write of one line: appends from other processes interleave whole
         finally:
             os.close(fd)
-        if self.syslog:
-            self._syslog().info(line.rstrip("\n"))
+        if self.syslog and (logger := self._syslog()) is not None:
+            logger.info(line.rstrip("\n"))
 
-    def _syslog(self) -> logging.Logger:
+    def _syslog(self) -> logging.Logger | None:
+        """The syslog sender, or None while syslog cannot be reached: the line is in the file
+        already, and a change that is committed must not fail for want of a copy."""
         if self._logger is None:
+            try:
+                handler = _syslog_handler(self.syslog)
+            except (OSError, ValueError) as exc:
+                logging.getLogger("airlock.audit").warning("audit anchors: syslog %s unreachable (%s); "
+                                                           "anchors go to %s only", self.syslog, exc, self.path)
+                return None
             logger = logging.getLogger(f"airlock.audit.anchor.{id(self)}")
             logger.propagate, logger.level = False, logging.INFO
-            logger.addHandler(_syslog_handler(self.syslog))
+            logger.addHandler(handler)
             self._logger = logger
         return self._logger
 
