@@ -325,10 +325,11 @@ def test_the_older_bundle_after_an_upgrade_is_refused_before_anything_changes(pr
 
 
 
-def _as_service_user(provisioned, command: str, *, user: str = "airlock") -> subprocess.CompletedProcess:
-    """An airlock command on the host, with the settings the play wrote, as docs/provisioning.md shows."""
+def _as_service_user(provisioned, command: str, *, user: str = "airlock", env: str = "") -> subprocess.CompletedProcess:
+    """An airlock command on the host, with the settings the play wrote (and `env`, shell assignments),
+    as docs/provisioning.md shows."""
     root, prefix = provisioned["root"], provisioned["prefix"]
-    script = (f"set -a; . {root / 'etc' / 'airlock.env'}; AIRLOCK_HOME={root / 'home'}; set +a; "
+    script = (f"set -a; . {root / 'etc' / 'airlock.env'}; AIRLOCK_HOME={root / 'home'}; {env} set +a; "
               f"exec {prefix / 'current' / 'venv' / 'bin' / 'airlock'} {command}")
     return provisioned["ns"].run(["runuser", "-u", user, "--", "sh", "-c", script], check=False, timeout=600)
 
@@ -339,11 +340,13 @@ def test_a_backup_restored_over_the_home_serves_the_same_alias_with_the_same_key
     backups = provisioned["root"].parent / "backups"
     backups.mkdir()
     os.chown(backups, 10001, 10001)
-    made = _as_service_user(provisioned, f"backup {backups / 'b1'}")
+    # The operator's passphrase, from the environment here (a 0600 file works too: docs/backup.md).
+    passphrase = "AIRLOCK_BACKUP_PASSPHRASE='a passphrase kept apart from the backup';"
+    made = _as_service_user(provisioned, f"backup {backups / 'b1'}", env=passphrase)
     assert made.returncode == 0, made.stdout + made.stderr
     podman(ns, "stop", "--time", "10", "airlock-gateway", "airlock-worker", "airlock-engine")
     try:
-        restored = _as_service_user(provisioned, f"restore --replace {backups / 'b1'}", user="root")
+        restored = _as_service_user(provisioned, f"restore --replace {backups / 'b1'}", user="root", env=passphrase)
         assert restored.returncode == 0, restored.stdout + restored.stderr
         ns.run(["chown", "-R", "10001:10001", str(home)])
         ns.run(["chmod", "0750", str(home)])
