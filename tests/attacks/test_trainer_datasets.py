@@ -131,8 +131,12 @@ def test_only_an_admin_shares_and_a_share_reaches_that_holder_until_taken_back(g
     assert queued.status_code == 202 and recorded_digest(gw, queued.json()["run_id"]) == theirs["digest"]
     # A later upload under the shared name is a new dataset, not shared: the name then means it,
     # and the first trainer cannot reach it.
+    assert {d["digest"]: d["ref"] for d in call(gw, "GET", "/api/datasets", first).json()} == {theirs["digest"]: named}
     upload(gw, second, "theirs", records("newer, unshared"))
     assert call(gw, "GET", f"/api/datasets/{named}", first).status_code == 404
+    # The listing then names the shared dataset by its digest, which still reaches it.
+    listed = call(gw, "GET", "/api/datasets", first).json()
+    assert [(d["digest"], d["ref"]) for d in listed] == [(theirs["digest"], theirs["digest"])]
 
     assert call(gw, "POST", "/api/datasets/unshare", gw.key, json=body).json()["shared_with"] == []
     assert call(gw, "GET", f"/api/datasets/{theirs['digest']}", first).status_code == 404

@@ -131,3 +131,21 @@ def test_migration_5_gives_existing_datasets_the_holder_of_their_uploader(tmp_pa
     assert [(r["name"], r["owner"]) for r in rows] == [("uploaded", "key-abc"), ("host", "operator")]
     assert meta.one("SELECT holder FROM api_keys WHERE id = 'abc'")["holder"] == "key-abc"
     assert meta.query("SELECT * FROM dataset_shares") == []
+
+
+def test_an_adapters_lineage_names_the_dataset_as_its_runs_submitter_named_it(airlock):
+    """The same bytes under two owners' names: the adapter trained by bob's run shows bob's name,
+    never alice's (models are listed to every trainer; her dataset names are hers)."""
+    from airlock.workflow.lineage import lineage
+
+    key_id, _ = create_key(airlock.meta, "bob's laptop", role="trainer", holder="bob")
+    alice = add_dataset_upload(airlock, BODY, name="alice-private-name", owner="alice", actor="key:a")
+    add_dataset_upload(airlock, BODY, name="bobs-set", owner="bob", actor=f"key:{key_id}")
+    with airlock.meta.write() as db:
+        db["runs"].insert({"id": "run-1", "workflow": "w", "spec_json": "{}", "status": "succeeded",
+                           "created_at": "2026-01-01", "submitted_by": f"key:{key_id}"})
+        db["models"].insert({"id": "m1", "kind": "lora", "base_model": "b", "base_digest": "sha256:b",
+                             "dataset_digest": alice["digest"], "tree_digest": "sha256:t", "run_id": "run-1",
+                             "created_at": "2026-01-02"})
+    assert lineage(airlock, "m1")["dataset"] == {"digest": alice["digest"], "name": "bobs-set", "owner": "bob",
+                                                 "format": "chat", "records": 1}

@@ -169,6 +169,7 @@ def demo(
 ) -> None:
     """Start the appliance, run the quickstart workflow, and print an API key and snippets to call
     it, and the web UI's address with a trainer key to sign in with."""
+    from airlock.access.holders import OPERATOR
     from airlock.access.keys import create_key
     from airlock.cli.workflow import follow
     from airlock.errors import StageFailed
@@ -200,7 +201,9 @@ def demo(
         _say(f"[green]serving alias [bold]{alias}[/bold] at {url}/v1[/]")
         _say(f"API key for {alias} (inference only, shown once): [bold]{key}[/]")
         console.print(snippets(url, alias, key, cafile), highlight=False, soft_wrap=True)
-        _, trainer = create_key(airlock.meta, f"demo-web-{run_id}", role="trainer", actor=cli_actor())
+        # The person at the demo is the operator who just added the quickstart's datasets: the web
+        # key holds the operator's namespace, so the web UI shows them and can train on them again.
+        _, trainer = create_key(airlock.meta, f"demo-web-{run_id}", role="trainer", actor=cli_actor(), holder=OPERATOR)
         _say(f"web UI: [bold]{url}/[/] (sign in with this trainer key, shown once: [bold]{trainer}[/]; "
              f"the playground asks [bold]{alias}[/] and its base model side by side)")
         if supervisor and not exit_after:

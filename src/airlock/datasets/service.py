@@ -165,11 +165,14 @@ def list_datasets(airlock: Airlock, *, reader: Reader, owner: str | None = None)
     if owner is not None:
         where, params = f"{where} AND owner = :owner", {**params, "owner": check_holder(owner, "--owner",
                                                                                          reserved_ok=True)}
-    rows = airlock.meta.query(f"{_SELECT} WHERE {where} ORDER BY created_at DESC, id DESC", params)
-    newest: set[tuple[str, str]] = set()
-    for row in rows:  # newest first: the first row of an (owner, name) is the one the name means
-        fresh = (row["owner"], row["name"]) not in newest
-        newest.add((row["owner"], row["name"]))
+    # Whether the name means this row is asked of all the owner's rows, readable or not: a shared
+    # older dataset under a name that a newer, unshared one took over is named by its digest.
+    newest = ("NOT EXISTS (SELECT 1 FROM datasets AS n WHERE n.owner = datasets.owner AND n.name = datasets.name "
+              "AND (n.created_at, n.id) > (datasets.created_at, datasets.id)) AS newest")
+    rows = airlock.meta.query(f"SELECT {', '.join(COLUMNS)}, {newest} FROM datasets WHERE {where} "
+                              "ORDER BY created_at DESC, id DESC", params)
+    for row in rows:
+        fresh = row.pop("newest")
         row["ref"] = (row["digest"] if not fresh else row["name"] if row["owner"] == reader.holder
                       else f"{QUALIFIED}{row['owner']}/{row['name']}")
     return rows
@@ -195,7 +198,7 @@ def get_dataset(airlock: Airlock, ref: str, *, reader: Reader) -> dict[str, Any]
     row = airlock.meta.one(f"{_SELECT} WHERE owner = :owner AND name = :name "
                            "ORDER BY created_at DESC, id DESC LIMIT 1", {"owner": owner, "name": name})
     # The newest under the name or nothing: an older, shared copy is never silently substituted.
-    if row is None or not (reader.reads_all or row["owner"] == reader.holder or _shared_with(airlock, row, reader)):
+    if row is None or not _may_read(airlock, row, reader):
         raise NotFound(f"no dataset named {key!r}")
     return row
 
@@ -210,7 +213,7 @@ def _split_ref(key: str, reader: Reader) -> tuple[str, str]:
     return check_holder(owner, f"{key!r}: owner", reserved_ok=True), name
 
 
-def _shared_with(airlock: Airlock, row: dict[str, Any], reader: Reader) -> bool:
+def _may_read(airlock: Airlock, row: dict[str, Any], reader: Reader) -> bool:
     where, params = _readable(reader)
     found = airlock.meta.one(f"SELECT 1 AS yes FROM datasets WHERE owner = :o AND digest = :d AND {where}",
                              {**params, "o": row["owner"], "d": row["digest"]})

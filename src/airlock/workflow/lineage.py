@@ -15,8 +15,7 @@ def lineage(airlock: Airlock, model_id: str) -> dict[str, Any]:
     """The adapter's chain, each link as recorded (None where a link does not exist yet)."""
     meta = airlock.meta
     model = get_model(airlock, model_id)
-    dataset = meta.one("SELECT digest, name, format, records FROM datasets WHERE digest = ?",
-                       (model["dataset_digest"],)) if model["dataset_digest"] else None
+    dataset = _dataset(airlock, model["dataset_digest"], model["run_id"]) if model["dataset_digest"] else None
     run = meta.one("SELECT id, workflow, status, submitted_by AS owner, created_at, finished_at FROM runs WHERE id = ?",
                    (model["run_id"],)) if model["run_id"] else None
     promotions = [{**p, "decision": json.loads(p.pop("decision_json"))} for p in meta.query(
@@ -34,3 +33,18 @@ def lineage(airlock: Airlock, model_id: str) -> dict[str, Any]:
             "aliases": [{"name": a, "serving": a in serving, "since": [h["at"] for h in history if h["alias"] == a]}
                         for a in aliases],
             "calls": calls}
+
+
+# Several owners may hold the same bytes, each under a name of their own: the run's submitter's
+# row is the one it trained on by name, and no other owner's name is shown beside the adapter.
+_SUBMITTERS_ROW = """
+    SELECT digest, name, owner, format, records FROM datasets WHERE digest = :digest
+    ORDER BY owner = (SELECT COALESCE((SELECT k.holder FROM api_keys AS k WHERE 'key:' || k.id = r.submitted_by),
+                                      :operator) FROM runs AS r WHERE r.id = :run) DESC, created_at
+    LIMIT 1"""
+
+
+def _dataset(airlock: Airlock, digest: str, run_id: str | None) -> dict[str, Any] | None:
+    from airlock.access.holders import OPERATOR
+
+    return airlock.meta.one(_SUBMITTERS_ROW, {"digest": digest, "run": run_id, "operator": OPERATOR})
