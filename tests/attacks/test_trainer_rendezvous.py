@@ -80,7 +80,8 @@ def trainer_with_dataset(gw: Gateway) -> str:
     return trainer
 
 
-def test_a_trainer_naming_a_rendezvous_store_is_refused_and_the_store_sees_no_connection(gateway, store):
+def test_a_trainer_naming_a_rendezvous_store_is_refused_and_the_store_sees_no_connection(gateway, store,
+                                                                                       tiny_models_dir):
     """Had the attack worked, the worker would have launched torchrun against the trainer's store:
     the fake store would list a connection from the appliance, and a run would be queued."""
     gw = gateway
@@ -114,7 +115,7 @@ def test_a_trainer_naming_a_rendezvous_store_is_refused_and_the_store_sees_no_co
     assert len(store.accepted) == 1
 
 
-def test_more_hosts_than_the_operator_configured_are_refused_with_the_numbers(tmp_path):
+def test_more_hosts_than_the_operator_configured_are_refused_with_the_numbers(tmp_path, tiny_models_dir):
     """Had it worked, a run would wait for hosts the operator never listed; the hosts the
     operator did list are taken."""
     for hosts, nnodes, expected in (("", 2, "nnodes 2 is more than the 0 training host(s)"),
