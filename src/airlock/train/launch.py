@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from airlock.children import die_with_parent
+from airlock.config import Settings
 from airlock.errors import InvalidInput
 from airlock.train.distributed import RENDEZVOUS_ENV
 from airlock.train.job import JOB
@@ -53,7 +54,7 @@ class Placement:
     ifname: str = ""  # the training network's interface (several hosts)
 
     @classmethod
-    def of(cls, settings, config: dict) -> Placement:
+    def of(cls, settings: Settings, config: dict) -> Placement:
         """The placement of a run, or InvalidInput when the appliance has too few training hosts."""
         placement = cls(nproc_per_node=config.get("nproc_per_node", 1), nnodes=config.get("nnodes", 1),
                         hosts=tuple(settings.training_host_list), rdzv_port=settings.training_rdzv_port,
