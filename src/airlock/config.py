@@ -6,7 +6,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
-from pydantic import field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from airlock.errors import InvalidInput
@@ -77,6 +77,13 @@ class Settings(BaseSettings):
     worker_metrics_host: str = "127.0.0.1"
     # Checkpoints of runs in progress; the default is the home's training/ folder.
     checkpoints_dir: Path | None = None
+    # Where multi-host training runs is the operator's choice, never a workflow's: the training
+    # hosts' addresses on the training network, comma-separated, this worker's host first (its
+    # first process serves the rendezvous on that address and this port), and the interface of
+    # that network, which the collectives bind to. Empty: training stays on this host.
+    training_hosts: str = ""
+    training_rdzv_port: int = Field(29400, ge=1, le=65535)
+    training_ifname: str = ""
     # The supervisor restarts a crashed service after 1, 2, 4 ... seconds, at most this long.
     restart_backoff_max_s: float = 30.0
 
@@ -216,6 +223,10 @@ class Settings(BaseSettings):
     def allowed_host_names(self) -> frozenset[str]:
         configured = {h.strip().lower() for h in self.allowed_hosts.split(",") if h.strip()}
         return frozenset(configured | {"localhost", "127.0.0.1", "::1", self.gateway_host.lower()})
+
+    @property
+    def training_host_list(self) -> list[str]:
+        return [h.strip() for h in self.training_hosts.split(",") if h.strip()]
 
     @property
     def gateway_url(self) -> str:

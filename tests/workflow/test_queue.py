@@ -150,7 +150,7 @@ def test_a_time_limit_stops_the_run_with_its_checkpoint(airlock, tiny_models_dir
     assert show_run(airlock, OPERATOR, run_id)["checkpoints"]
 
 
-def test_a_run_of_two_processes_is_launched_on_torchrun_by_the_worker(airlock, tiny_models_dir, tmp_path):
+def test_a_run_of_two_processes_is_launched_by_the_worker(airlock, tiny_models_dir, tmp_path):
     run_id = submit_training(airlock, tmp_path, "ddp", nproc_per_node=2, batch_size=4)
     assert show_run(airlock, OPERATOR, run_id)["resources"]["cpu_threads"] == 2  # one per process
     worker = WorkerProcess(airlock.settings.home, AIRLOCK_WORKER_CPU_THREADS="2")

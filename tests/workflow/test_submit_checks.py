@@ -39,6 +39,25 @@ def test_paths_are_never_read_over_http(airlock, tiny_models_dir, tmp_path):
     assert airlock.meta.db["datasets"].count == 0 and airlock.meta.db["runs"].count == 0
 
 
+def test_a_workflow_file_naming_a_host_or_port_is_refused_on_the_cli_too(airlock, tiny_models_dir, tmp_path):
+    """The operator's own workflow files place nothing either: hosts are the appliance's settings."""
+    from airlock.workflow.submit import submit
+
+    (tmp_path / "data.jsonl").write_text(json.dumps(GOOD) + "\n")
+    stage = {"name": "finetune", "uses": "finetune.lora",
+             "with": {"nnodes": 2, "rdzv_endpoint": "10.0.0.5:29400", "master_port": 29500}}
+    (tmp_path / "w.yaml").write_text(json.dumps({**SPEC, "dataset": "data.jsonl", "stages": [stage]}))
+    with pytest.raises(InvalidInput) as info:
+        submit(airlock, tmp_path / "w.yaml", actor="os:operator")
+    where = str(tmp_path / "w.yaml")
+    for field in ("rdzv_endpoint", "master_port"):
+        assert any(p.startswith(f"{where}: stage 'finetune' with: {field}: where training runs is the operator's "
+                                "choice") and "AIRLOCK_TRAINING_HOSTS" in p for p in info.value.problems)
+    assert any("nnodes 2 is more than the 0 training host(s)" in p for p in info.value.problems)
+    assert len(info.value.problems) == 3  # each field once: not also as an unknown parameter
+    assert airlock.meta.db["runs"].count == 0
+
+
 RECORDS = [
     [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."}],
     [{"role": "system", "content": "Be brief.  "}, {"role": "user", "content": "Ünïcode 🎉 and\ttabs"},

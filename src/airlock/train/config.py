@@ -39,12 +39,11 @@ class LoraTrainConfig(BaseModel):
     packing: Literal["auto", "on", "off"] = "auto"
     # A checkpoint every this many steps (0: only when stopped early); training resumes from it.
     checkpoint_every: int = Field(50, ge=0)
-    # Scale-out on torchrun (DDP): processes on this host, hosts in all, and with several hosts
-    # the rendezvous HOST:PORT they all reach (training.md); the global batch stays
-    # batch_size x gradient_accumulation, dealt out among the processes.
+    # Scale-out (DDP): processes on each host and hosts in all, asked as resources; which hosts
+    # and where they meet is the operator's configuration (training.md), never the workflow's.
+    # The global batch stays batch_size x gradient_accumulation, dealt out among the processes.
     nproc_per_node: int = Field(1, ge=1, le=64)
     nnodes: int = Field(1, ge=1, le=64)
-    rdzv_endpoint: str | None = Field(None, pattern=r"^[A-Za-z0-9.\-\[\]:]+:\d{1,5}$")
     # Validation: a held-out fraction of the dataset (or the stage's validation_set), its loss
     # every eval_every steps (0: at the end of each epoch), and early stopping after this many
     # evaluations without a lower loss (0: never). The best evaluation's adapter is the result.
@@ -66,12 +65,6 @@ class LoraTrainConfig(BaseModel):
             raise ValueError("give validation_set or validation_split, not both")
         if (self.eval_every or self.early_stopping_patience) and not self.validates:
             raise ValueError("eval_every and early_stopping_patience need validation_split or validation_set")
-        return self
-
-    @model_validator(mode="after")
-    def _rendezvous(self) -> LoraTrainConfig:
-        if self.nnodes > 1 and not self.rdzv_endpoint:
-            raise ValueError("nnodes above 1 needs rdzv_endpoint (HOST:PORT that every host reaches)")
         return self
 
     @property

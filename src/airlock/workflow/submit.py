@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -31,6 +32,7 @@ from airlock.datasets.service import OPERATOR_READER, Reader, add_dataset, get_d
 from airlock.errors import AirlockError, InvalidInput, NotFound
 from airlock.meta.db import now
 from airlock.models.catalog import model_digest, resolve_base_model
+from airlock.train.launch import PLACEMENT_SETTINGS, too_few_hosts
 from airlock.workflow import spec as specs
 from airlock.workflow.queue import MAX_PRIORITY, parse_duration, parse_priority
 from airlock.workflow.registry import stage_types
@@ -40,6 +42,11 @@ DatasetResolver = Callable[[str, str], str]
 
 UPLOAD_FIRST = ("over HTTP a dataset must be uploaded first (POST /api/datasets?name=NAME) and named "
                 "by that name or its sha256: digest; a dataset shared with you is named @OWNER/NAME")
+# Field names that place work on a host: torchrun's and torch.distributed's words among them.
+PLACE_WORDS = re.compile(r"rdzv|rendezvous|endpoint|master|host|port|addr|node_rank|init_method|ifname|interface|url")
+PLACE_REFUSED = ("where training runs is the operator's choice, not the workflow's: a workflow asks only for "
+                 f"nnodes and nproc_per_node; the hosts and their rendezvous are the appliance's settings "
+                 f"({PLACEMENT_SETTINGS}, set by the provisioning from the inventory's training hosts)")
 TOO_LONG_HINT = "; raise AIRLOCK_VLLM_MAX_MODEL_LEN or shorten the record"
 
 
@@ -103,7 +110,7 @@ def submit_spec(airlock: Airlock, raw: dict, overrides: list[str] | None, *, whe
     queue_fields, queue_problems = _queue_fields(spec, where, max_priority)
     problems += queue_problems
     params, stage_problems = _check_stages(spec, where, types)
-    problems += specs.graph_problems(spec, where) + stage_problems
+    problems += specs.graph_problems(spec, where) + stage_problems + _placement_problems(airlock, spec, params, where)
     problems += _engine_problems(airlock, params, where) + _method_problems(spec, params, where)
 
     base = None
@@ -133,10 +140,32 @@ def _check_stages(spec: specs.WorkflowSpec, where: str, types: dict) -> tuple[di
                             f"(known: {', '.join(sorted(types))})")
             continue
         try:
-            params[stage.name] = stage_type.params.model_validate(stage.with_)
+            # A field naming a host or port gets its own error (_placement_problems), not "extra".
+            asked = {k: v for k, v in stage.with_.items() if not names_a_place(k)}
+            params[stage.name] = stage_type.params.model_validate(asked)
         except ValidationError as exc:
             problems += specs.pydantic_problems(f"{where}: stage {stage.name!r} with", exc)
     return params, problems
+
+
+def names_a_place(field: str) -> bool:
+    """Whether a stage parameter names a host, an address, a port or a rendezvous."""
+    return PLACE_WORDS.search(field.lower()) is not None
+
+
+def _placement_problems(airlock: Airlock, spec: specs.WorkflowSpec, params: dict[str, BaseModel],
+                        where: str) -> list[str]:
+    """Where training runs is the operator's configuration: a workflow asks for processes and
+    hosts as counts, never names a host or port, and never asks for more hosts than there are."""
+    problems = []
+    for stage in spec.stages:
+        for field in filter(names_a_place, stage.with_):
+            problems.append(f"{where}: stage {stage.name!r} with: {field}: {PLACE_REFUSED}")
+    hosts = len(airlock.settings.training_host_list)
+    for name, p in params.items():
+        if getattr(p, "nnodes", 1) > max(hosts, 1):
+            problems.append(f"{where}: stage {name!r} with: {too_few_hosts(p.nnodes, hosts)}")
+    return problems
 
 
 def _engine_problems(airlock: Airlock, params: dict[str, BaseModel], where: str) -> list[str]:

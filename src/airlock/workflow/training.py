@@ -12,13 +12,15 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 
 from airlock.children import describe_exit, die_with_parent
-from airlock.errors import StageFailed
+from airlock.errors import InvalidInput, StageFailed
 from airlock.meta.db import now
 from airlock.train import checkpoint
 from airlock.train.job import EVENTS, JOB, RECORDS, STOP, VALIDATION
+from airlock.train.launch import Placement
 from airlock.workflow.stage import StageContext
 
 POLL_S = 0.25
@@ -38,8 +40,10 @@ def job_dir(ctx: StageContext) -> Path:
 
 
 def prepare(folder: Path, base_dir: Path, config: dict, records: list[list[dict]],
-            validation: list[list[dict]] | None = None, memory_limit_mb: int = 0) -> None:
-    """The job's inputs; checkpoints of an earlier attempt stay, so the job resumes from them."""
+            validation: list[list[dict]] | None = None, memory_limit_mb: int = 0,
+            placement: Placement | None = None) -> None:
+    """The job's inputs; checkpoints of an earlier attempt stay, so the job resumes from them.
+    `placement` (default: this host alone) is where the job's processes run and meet."""
     folder.mkdir(parents=True, exist_ok=True)
     folder.chmod(0o700)
     for stale in (STOP, EVENTS):
@@ -47,7 +51,8 @@ def prepare(folder: Path, base_dir: Path, config: dict, records: list[list[dict]
     adapter = folder / "adapter"
     shutil.rmtree(adapter, ignore_errors=True)
     job = {"base_dir": str(base_dir), "config": config, "checkpoints": str(folder / "checkpoints"),
-           "adapter_dir": str(adapter), "memory_limit_mb": memory_limit_mb}
+           "adapter_dir": str(adapter), "memory_limit_mb": memory_limit_mb,
+           "placement": asdict(placement or Placement(nproc_per_node=config.get("nproc_per_node", 1)))}
     (folder / JOB).write_text(json.dumps(job, indent=2))
     for name, rows in ((RECORDS, records), (VALIDATION, validation)):
         (folder / name).unlink(missing_ok=True)
@@ -64,19 +69,12 @@ def child_env(threads: int, gpus: list[int]) -> dict[str, str]:
     return env
 
 
-def launch_command(folder: Path, config: dict, run_id: str) -> list[str]:
-    """The job as one process, or under torchrun: `nproc_per_node` processes here, and with
-    `nnodes` > 1 this host as one node of a rendezvous at `rdzv_endpoint` (training.md)."""
-    job = ["-m", "airlock.train.job", str(folder)]
-    processes, nodes = config.get("nproc_per_node", 1), config.get("nnodes", 1)
-    if processes == 1 and nodes == 1:
-        return [sys.executable, *job]
-    torchrun = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={processes}", f"--nnodes={nodes}"]
-    if nodes == 1:
-        torchrun.append("--standalone")
-    else:
-        torchrun += ["--rdzv_backend=c10d", f"--rdzv_endpoint={config['rdzv_endpoint']}", f"--rdzv_id={run_id}"]
-    return [*torchrun, *job]
+def launch_command(folder: Path, config: dict) -> list[str]:
+    """The job as one process, or its processes under airlock's launcher (`airlock.train.launch`:
+    a private rendezvous, no torchrun agent), this host as the first node of the run."""
+    if config.get("nproc_per_node", 1) == 1 and config.get("nnodes", 1) == 1:
+        return [sys.executable, "-m", "airlock.train.job", str(folder)]
+    return [sys.executable, "-m", "airlock.train.launch", str(folder)]
 
 
 class EventReader:
@@ -145,11 +143,15 @@ def train_in_child(ctx: StageContext, config: dict, records: list[list[dict]],
     """Run the job to its end; returns the `done` event. Raises RunStopped or StageFailed."""
     folder = job_dir(ctx)
     claim = ctx.claim or {}
+    try:
+        placement = Placement.of(ctx.airlock.settings, config)
+    except InvalidInput as exc:  # the operator removed training hosts since the run was queued
+        raise StageFailed(exc.message) from None
     prepare(folder, ctx.base_path, config, records, validation,
-            memory_limit_mb=claim["memory_mb"] if claim.get("memory_limit") else 0)
+            memory_limit_mb=claim["memory_mb"] if claim.get("memory_limit") else 0, placement=placement)
     processes = config.get("nproc_per_node", 1)
     with (folder / "train.log").open("ab") as log:
-        proc = subprocess.Popen(launch_command(folder, config, ctx.run_id), stdout=log, stderr=subprocess.STDOUT,
+        proc = subprocess.Popen(launch_command(folder, config), stdout=log, stderr=subprocess.STDOUT,
                                 preexec_fn=die_with_parent,
                                 env=child_env(max(claim.get("cpu_threads", 1) // processes, 1), claim.get("gpus", [])))
     reader, relay, asked = EventReader(folder / EVENTS), Relay(ctx), None
