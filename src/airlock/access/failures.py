@@ -61,19 +61,20 @@ class AuthFailures:
         self._lock = threading.Lock()
 
     def check(self, address: str, key_id: str | None, now: float | None = None) -> None:
-        """RateLimited (with Retry-After) when the address or the key id is over its limit."""
+        """RateLimited (with Retry-After) when the address or the key id is over its limit.
+        Called before every key check: two dictionary lookups, no formatting unless refused."""
         if self.limit <= 0:
             return
         now = time.time() if now is None else now
         with self._lock:
-            for what, window in ((f"address {address}", self._addresses.get(address)),
-                                 (f"API key {key_id}", self._keys.get(key_id) if key_id else None)):
-                if window is not None and window.count >= self.limit and now < window.start + self.window_s:
-                    wait = window.start + self.window_s - now
-                    raise RateLimited(
-                        f"too many failed authentications from {what} ({window.count} in "
-                        f"{self.window_s:.0f} s; AIRLOCK_AUTH_FAIL_LIMIT is {self.limit}); "
-                        f"retry in {wait:.0f} s", retry_after=wait)
+            by_address = self._addresses.get(address)
+            by_key = self._keys.get(key_id) if key_id else None
+        for kind, name, window in (("address", address, by_address), ("API key", key_id, by_key)):
+            if window is not None and window.count >= self.limit and now < window.start + self.window_s:
+                wait = window.start + self.window_s - now
+                raise RateLimited(f"too many failed authentications from {kind} {name} ({window.count} in "
+                                  f"{self.window_s:.0f} s; AIRLOCK_AUTH_FAIL_LIMIT is {self.limit}); "
+                                  f"retry in {wait:.0f} s", retry_after=wait)
 
     def failed(self, address: str, key_id: str | None, door: str, now: float | None = None) -> None:
         """Count a failure; `key_id` only when it names an existing key."""

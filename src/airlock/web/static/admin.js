@@ -17,6 +17,7 @@ function keyRequestOf(form) {
     expires: value("expires") || null,
     rpm: limit("rpm"),
     tpm: limit("tpm"),
+    max_tokens: limit("max_tokens"),
   };
 }
 
