@@ -84,3 +84,15 @@ def _docs_table() -> dict[str, set[str]]:
 
 def test_the_docs_table_says_what_the_role_table_says():
     assert _docs_table() == {role: set(permissions) for role, permissions in PERMISSIONS.items()}
+
+
+def test_web_pages_take_their_dependencies_from_deps_not_from_the_api_routes():
+    """The pages and /api share gateway/deps.py; a page importing the /api route module would
+    grow a second way to build the context or the key's rights."""
+    wrong = []
+    for path in sorted((PACKAGE / "web").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.ImportFrom) and node.module == "airlock.gateway.control":
+                wrong.append(f"{path.name}:{node.lineno}")
+    assert wrong == []
+    assert "from airlock.gateway.deps import" in (PACKAGE / "web" / "runs.py").read_text()
