@@ -49,3 +49,16 @@ def test_each_role_reads_the_datasets_the_role_table_gives_it():
     assert readers == {"inference": Reader("alice", reads_all=False), "trainer": Reader("alice", reads_all=False),
                        "approver": Reader("alice", reads_all=True), "admin": Reader("alice", reads_all=True)}
     assert reader_of({"id": "k2", "role": "trainer", "holder": None}).holder == "key-k2"
+
+
+def test_the_gateway_starts_and_answers_its_key_routes_while_the_s3_store_is_down(tmp_path):
+    """The context is opened when the gateway starts, its store only when first used: an S3 store
+    that is down (a closed port here) keeps neither /v1's gateway nor the key routes from answering."""
+    from gateway_support import gateway_settings, run_gateway
+    from vllm_fixtures import free_port
+
+    settings = gateway_settings(tmp_path / "home", store_backend="s3", s3_endpoint=f"127.0.0.1:{free_port()}")
+    for gateway in run_gateway(settings):
+        assert httpx.get(f"{gateway.url}/healthz").json() == {"status": "ok"}
+        keys = httpx.get(f"{gateway.url}/api/keys", headers={"authorization": f"Bearer {gateway.key}"})
+        assert keys.status_code == 200 and len(keys.json()) == 1

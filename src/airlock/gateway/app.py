@@ -23,8 +23,8 @@ from airlock.access.failures import AuthFailures
 from airlock.access.ratelimit import RateLimiter
 from airlock.access.sessions import Sessions
 from airlock.config import Settings, get_settings
-from airlock.context import Airlock
 from airlock.gateway.control import api
+from airlock.gateway.deps import open_context
 from airlock.gateway.events import events_api
 from airlock.gateway.errors import install_error_handlers
 from airlock.gateway.auth import permit
@@ -93,7 +93,7 @@ def create_app(settings: Settings | None = None, ui: Callable[[FastAPI], None] |
     settings = settings or get_settings()
     # The one context every route and page is handed (gateway/deps.py): one database handle and
     # one audit anchor per gateway, never a second opened beside it.
-    airlock = Airlock.open(settings)
+    airlock = open_context(settings)
     meta = airlock.meta
 
     @asynccontextmanager

@@ -13,19 +13,48 @@ that also takes `KeyDep`, `CallerDep` or `ReaderDep` authenticates once.
 
 from __future__ import annotations
 
-from typing import Annotated
+import threading
+from typing import Annotated, Any
 
 from fastapi import Depends, Request
 
 from airlock.access.holders import own_holder
 from airlock.access.keys import KeyRow
 from airlock.access.roles import ANY_PRIORITY, MANAGES_ALL_RUNS, READS_ALL_DATASETS, READS_ALL_RUNS, may
+from airlock.config import Settings
 from airlock.context import Airlock
 from airlock.datasets.service import Reader
 from airlock.gateway.auth import actor, require_key
+from airlock.meta import open_meta
+from airlock.meta.anchor import Anchors
+from airlock.store import ArtifactStore, open_store
 from airlock.workflow.queue import MAX_PRIORITY, PRIORITIES, Caller
 
 Key = KeyRow
+
+
+class StoreOnFirstUse:
+    """The artifact store, opened at its first use rather than when the gateway starts: /v1, the
+    probes and the key routes answer while an S3 store is still starting or is down."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._store: ArtifactStore | None = None
+        self._lock = threading.Lock()
+
+    def __getattr__(self, name: str) -> Any:  # only for what this class lacks: the store's own methods
+        with self._lock:
+            if self._store is None:
+                self._store = open_store(self._settings)
+        return getattr(self._store, name)
+
+
+def open_context(settings: Settings) -> Airlock:
+    """The one Airlock a gateway opens (`create_app`): its database handle and audit anchor serve
+    the registry, the recorder, every route and every page."""
+    settings.ensure_dirs()
+    return Airlock(settings=settings, meta=open_meta(settings.db_path, Anchors.for_settings(settings)),
+                   store=StoreOnFirstUse(settings))  # type: ignore[arg-type]  # an ArtifactStore once used
 
 
 def airlock_of(request: Request) -> Airlock:
