@@ -13,7 +13,7 @@ import json
 import re
 import secrets
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypedDict
 
 from airlock.access.holders import check_holder, own_holder
 from airlock.access.roles import DEFAULT_ROLE, check_role
@@ -34,6 +34,23 @@ _ALIAS_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 PUBLIC_COLUMNS = ("id", "name", "prefix", "role", "models_json", "expires_at", "rpm", "tpm", "max_tokens",
                   "created_at", "created_by", "last_used_at", "revoked_at", "holder")
+
+
+class KeyRow(TypedDict):
+    """A key as the gateway holds it in memory (`load_keys`): who a request's caller is. Its
+    `role` is asked about through access/roles.py, never compared by name."""
+
+    id: str
+    name: str
+    key_hash: str
+    role: str
+    models: frozenset[str] | None  # the aliases it may call; None: every model
+    expires_at: str | None
+    rpm: int
+    tpm: int
+    max_tokens: int
+    revoked_at: str | None
+    holder: str | None
 
 
 def hash_secret(secret: str) -> str:
@@ -159,7 +176,7 @@ def revoke_key(meta: Meta, key_id: str, *, actor: str = "operator") -> dict[str,
     return row
 
 
-def load_keys(meta: Meta) -> dict[str, dict[str, Any]]:
+def load_keys(meta: Meta) -> dict[str, KeyRow]:
     """Every key's row by id, hash included: what the gateway keeps in memory."""
     rows = meta.query("SELECT id, name, key_hash, role, models_json, expires_at, rpm, tpm, max_tokens, "
                       "revoked_at, holder FROM api_keys")
@@ -190,8 +207,8 @@ def presented_id(authorization: str | None, keys: dict[str, dict[str, Any]]) -> 
     return parts[1] if len(parts) == 3 and parts[0] == KEY_PREFIX and parts[1] in keys else None
 
 
-def check_key(keys: dict[str, dict[str, Any]], authorization: str | None,
-              at: datetime | None = None) -> dict[str, Any]:
+def check_key(keys: dict[str, KeyRow], authorization: str | None,
+              at: datetime | None = None) -> KeyRow:
     """The key's row for a valid `Authorization: Bearer ak-...` header, else Unauthorized.
 
     Messages say what is wrong without repeating any part of the presented key.
@@ -208,7 +225,7 @@ def check_key(keys: dict[str, dict[str, Any]], authorization: str | None,
     return check_usable(row, at)
 
 
-def check_usable(row: dict[str, Any], at: datetime | None = None) -> dict[str, Any]:
+def check_usable(row: KeyRow, at: datetime | None = None) -> KeyRow:
     """The key row, unless it is revoked or expired (Unauthorized, saying which and when)."""
     if row["revoked_at"]:
         raise Unauthorized(f"API key {row['id']} was revoked at {row['revoked_at']}")

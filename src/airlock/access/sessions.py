@@ -18,9 +18,9 @@ import time
 from dataclasses import dataclass
 
 from airlock.access.keys import check_usable
+from airlock.access.roles import WEB_SIGN_IN, may, roles_with
 from airlock.errors import Forbidden, Unauthorized
 
-UI_ROLES = ("trainer", "approver", "admin")
 COOKIE = "airlock_session"
 CSRF_HEADER = "x-csrf-token"
 
@@ -44,9 +44,10 @@ class Sessions:
 
     def start(self, key: dict) -> tuple[str, Session]:
         """A new session for a checked key row: (the cookie's token, the session)."""
-        if key["role"] not in UI_ROLES:
+        if not may(key, WEB_SIGN_IN):
+            *some, last = roles_with(WEB_SIGN_IN)
             raise Forbidden(f"API key {key['id']} has the role {key['role']!r}, which cannot sign in to the web UI; "
-                            f"sign in with a key of role {', '.join(UI_ROLES[:-1])} or {UI_ROLES[-1]}")
+                            f"sign in with a key of role {', '.join(some)} or {last}")
         token = secrets.token_urlsafe(32)
         session = Session(key_id=key["id"], csrf=secrets.token_urlsafe(32), expires_at=time.time() + self.lifetime_s)
         with self._lock:

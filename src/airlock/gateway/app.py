@@ -24,6 +24,7 @@ from airlock.access.ratelimit import RateLimiter
 from airlock.access.sessions import Sessions
 from airlock.config import Settings, get_settings
 from airlock.gateway.control import api
+from airlock.gateway.deps import open_context
 from airlock.gateway.events import events_api
 from airlock.gateway.errors import install_error_handlers
 from airlock.gateway.auth import permit
@@ -35,8 +36,6 @@ from airlock.gateway.proxy import Engine
 from airlock.gateway.recorder import Recorder
 from airlock.gateway.registry import Registry
 from airlock.gateway.v1 import OpenAIApi
-from airlock.meta import open_meta
-from airlock.meta.anchor import Anchors
 from airlock.tls import check_configured
 
 # /readyz must answer quickly even when vLLM hangs: a probe that hangs is a failed probe.
@@ -92,8 +91,10 @@ def create_app(settings: Settings | None = None, ui: Callable[[FastAPI], None] |
     """The gateway; `ui` adds the web UI's routes (airlock.web.install), which build on this
     package and so are handed in rather than imported."""
     settings = settings or get_settings()
-    settings.home.mkdir(parents=True, exist_ok=True)
-    meta = open_meta(settings.db_path, Anchors.for_settings(settings))
+    # The one context every route and page is handed (gateway/deps.py): one database handle and
+    # one audit anchor per gateway, never a second opened beside it.
+    airlock = open_context(settings)
+    meta = airlock.meta
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -116,6 +117,7 @@ def create_app(settings: Settings | None = None, ui: Callable[[FastAPI], None] |
                   docs_url=None, redoc_url=None, openapi_url=None)
     app.state.settings = settings
     app.state.meta = meta
+    app.state.airlock = airlock
     app.state.registry = Registry(meta)
     app.state.limiter = RateLimiter()
     app.state.failures = AuthFailures(settings.auth_fail_limit, settings.auth_fail_window_s)

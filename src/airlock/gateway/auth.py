@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from fastapi import Request
+from fastapi import Depends, Request
 
-from airlock.access.keys import check_key, presented_id
+from airlock.access.keys import KeyRow, check_key, presented_id
 from airlock.access.sessions import COOKIE, CSRF_HEADER, Sessions, check_csrf, key_of_session
 from airlock.access.roles import require_permission
 from airlock.errors import Forbidden, RateLimited, Unauthorized
@@ -16,7 +16,7 @@ from airlock.errors import Forbidden, RateLimited, Unauthorized
 SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
 
 
-async def require_key(request: Request) -> dict[str, Any]:
+async def require_key(request: Request) -> KeyRow:
     """The caller's key row (from the in-memory registry), or 401 in OpenAI's error format: from
     an `Authorization: Bearer` header, or else from the web UI's session cookie."""
     snapshot = await request.app.state.registry.current()
@@ -81,10 +81,11 @@ def check_origin(origin: str | None, own_origin: str) -> None:
 
 
 def permit(permission: str) -> Callable:
-    """A route dependency: the caller's key, or 403 naming `permission` (and an audit row)."""
+    """A route dependency: the caller's key, or 403 naming `permission` (and an audit row). The key
+    comes through `Depends(require_key)`, which FastAPI runs once per request however many of a
+    route's dependencies (gateway/deps.py) ask for it."""
 
-    async def dependency(request: Request) -> dict[str, Any]:
-        key = await require_key(request)
+    async def dependency(request: Request, key: KeyRow = Depends(require_key)) -> KeyRow:
         check_permission(request.app.state.recorder, key, permission, request.method, request.url.path)
         return key
 

@@ -18,41 +18,21 @@ from starlette.concurrency import run_in_threadpool
 
 from airlock.access.roles import DEFAULT_ROLE
 from airlock.context import Airlock
+from airlock.datasets.service import Reader
 from airlock.gateway.auth import actor, permit
+from airlock.gateway.deps import AirlockDep, CallerDep, Key, ReaderDep, holder_of
 from airlock.gateway.redact import redacted_errors, run_view
 from airlock.gateway.uploads import check_jsonl_type, received, upload_slot
 
 api = APIRouter(prefix="/api")
-Key = dict[str, Any]
-
-
-def airlock_of(request: Request) -> Airlock:
-    state = request.app.state
-    if getattr(state, "airlock", None) is None:
-        state.airlock = Airlock.open(state.settings)
-    return state.airlock
 
 
 # Datasets ---------------------------------------------------------------------------------------
 
 
-def holder_of(key: Key) -> str:
-    """The person behind a key: its holder, or the key's own namespace for a key without one."""
-    from airlock.access.holders import own_holder
-
-    return key.get("holder") or own_holder(key["id"])
-
-
-def reader_of(key: Key):
-    """Whose datasets this key reads: its holder's and those shared with it; approvers and
-    admins read every owner's."""
-    from airlock.datasets.service import Reader
-
-    return Reader(holder_of(key), reads_all=key.get("role") in ("admin", "approver"))
-
-
 @api.post("/datasets", status_code=201)
-async def upload_dataset(request: Request, name: str, key: Key = Depends(permit("datasets:write"))) -> dict:
+async def upload_dataset(request: Request, name: str, airlock: AirlockDep,
+                         key: Key = Depends(permit("datasets:write"))) -> dict:
     """Add the JSONL file sent as the raw body under `name`, in the caller's holder's namespace;
     a 400 lists every bad line."""
     from airlock.datasets.service import add_dataset_upload
@@ -62,17 +42,17 @@ async def upload_dataset(request: Request, name: str, key: Key = Depends(permit(
     async with upload_slot(request, key["id"]), \
             received(request, limit=settings.max_upload_bytes, folder=settings.home / "uploads") as path:
         return await run_in_threadpool(lambda: add_dataset_upload(
-            airlock_of(request), path, name=name, owner=holder_of(key), actor=actor(key),
+            airlock, path, name=name, owner=holder_of(key), actor=actor(key),
             max_record_bytes=settings.max_record_bytes))
 
 
 @api.get("/datasets")
-def list_datasets(request: Request, owner: str | None = None,
+def list_datasets(airlock: AirlockDep, reader: ReaderDep, owner: str | None = None,
                   key: Key = Depends(permit("datasets:read"))) -> list[dict]:
     """The datasets this key may read (of one `owner`, if given), newest first."""
     from airlock.datasets.service import list_datasets as datasets
 
-    return datasets(airlock_of(request), reader=reader_of(key), owner=owner)
+    return datasets(airlock, reader=reader, owner=owner)
 
 
 class ShareRequest(BaseModel):
@@ -84,36 +64,38 @@ class ShareRequest(BaseModel):
     all_trainers: bool = False
 
 
-def _share(request: Request, body: ShareRequest, key: Key, change) -> dict:
+def _share(airlock: Airlock, body: ShareRequest, reader: Reader, key: Key, change) -> dict:
     from airlock.datasets.sharing import grantees
 
-    airlock = airlock_of(request)
     with_ = grantees(airlock, body.holders, body.keys, body.all_trainers)
-    return change(airlock, body.dataset, with_, reader=reader_of(key), actor=actor(key))
+    return change(airlock, body.dataset, with_, reader=reader, actor=actor(key))
 
 
 @api.post("/datasets/share")
-def share_dataset(body: ShareRequest, request: Request, key: Key = Depends(permit("datasets:share"))) -> dict:
+def share_dataset(body: ShareRequest, airlock: AirlockDep, reader: ReaderDep,
+                  key: Key = Depends(permit("datasets:share"))) -> dict:
     """Let holders, the holders of keys, or every trainer read a dataset (@OWNER/NAME or digest)."""
     from airlock.datasets.sharing import share_dataset as share
 
-    return _share(request, body, key, share)
+    return _share(airlock, body, reader, key, share)
 
 
 @api.post("/datasets/unshare")
-def unshare_dataset(body: ShareRequest, request: Request, key: Key = Depends(permit("datasets:share"))) -> dict:
+def unshare_dataset(body: ShareRequest, airlock: AirlockDep, reader: ReaderDep,
+                    key: Key = Depends(permit("datasets:share"))) -> dict:
     """Take back a share; runs already queued keep the digest they recorded."""
     from airlock.datasets.sharing import unshare_dataset as unshare
 
-    return _share(request, body, key, unshare)
+    return _share(airlock, body, reader, key, unshare)
 
 
 @api.get("/datasets/{name_or_digest:path}")
-def get_dataset(name_or_digest: str, request: Request, key: Key = Depends(permit("datasets:read"))) -> dict:
+def get_dataset(name_or_digest: str, airlock: AirlockDep, reader: ReaderDep,
+                key: Key = Depends(permit("datasets:read"))) -> dict:
     """A dataset by name (the caller's own), @OWNER/NAME or digest; 404 for one the key may not read."""
     from airlock.datasets.service import get_dataset as dataset
 
-    return dataset(airlock_of(request), name_or_digest, reader=reader_of(key))
+    return dataset(airlock, name_or_digest, reader=reader)
 
 
 # Runs -------------------------------------------------------------------------------------------
@@ -126,50 +108,40 @@ class RunRequest(BaseModel):
     set: list[str] = []
 
 
-def caller_of(key: Key):
-    """What this key may see and change in the run queue: a trainer its own runs, an approver
-    sees every run, an admin sees and changes every run."""
-    from airlock.workflow.queue import MAX_PRIORITY, PRIORITIES, Caller
-
-    role = key.get("role")
-    return Caller(actor(key), sees_all=role in ("admin", "approver"), manages_all=role == "admin",
-                  max_priority=MAX_PRIORITY if role == "admin" else PRIORITIES["high"])
-
-
 @api.post("/runs", status_code=202)
-def submit_run(body: RunRequest, request: Request, key: Key = Depends(permit("runs:write"))) -> dict:
+def submit_run(body: RunRequest, airlock: AirlockDep, caller: CallerDep, reader: ReaderDep,
+               key: Key = Depends(permit("runs:write"))) -> dict:
     """Check a workflow given in the body completely and queue it; a 400 lists every problem."""
     from airlock.workflow.submit import submit_request
 
     with redacted_errors(key):
-        return submit_request(airlock_of(request), body.spec, body.set, actor=actor(key), reader=reader_of(key),
-                              max_priority=caller_of(key).max_priority)
+        return submit_request(airlock, body.spec, body.set, actor=caller.actor, reader=reader,
+                              max_priority=caller.max_priority)
 
 
 @api.get("/runs")
-def list_runs(request: Request, limit: int = 50, state: Annotated[list[str] | None, Query()] = None,
+def list_runs(airlock: AirlockDep, caller: CallerDep, limit: int = 50, state: Annotated[list[str] | None, Query()] = None,
               key: Key = Depends(permit("runs:read"))) -> list[dict]:
     """The runs this key may see, newest first, with owner, priority and queue position."""
     from airlock.workflow.queue import list_queue
 
-    return [run_view(r, key) for r in list_queue(airlock_of(request), caller_of(key), states=state, limit=limit)]
+    return [run_view(r, key) for r in list_queue(airlock, caller, states=state, limit=limit)]
 
 
 @api.get("/runs/{run_id}")
-def get_run(run_id: str, request: Request, key: Key = Depends(permit("runs:read"))) -> dict:
+def get_run(run_id: str, airlock: AirlockDep, caller: CallerDep, key: Key = Depends(permit("runs:read"))) -> dict:
     from airlock.workflow.queue import show_run
     from airlock.workflow.submit import queued_spec
 
-    airlock = airlock_of(request)
-    return run_view({**show_run(airlock, caller_of(key), run_id), **queued_spec(airlock, run_id)}, key)
+    return run_view({**show_run(airlock, caller, run_id), **queued_spec(airlock, run_id)}, key)
 
 
 @api.post("/runs/{run_id}/cancel")
-def cancel_run(run_id: str, request: Request, key: Key = Depends(permit("runs:write"))) -> dict:
+def cancel_run(run_id: str, airlock: AirlockDep, caller: CallerDep, key: Key = Depends(permit("runs:write"))) -> dict:
     """Cancel: a queued run at once, a running one at its next step after a checkpoint; 409 if finished."""
     from airlock.workflow.queue import cancel_run as cancel
 
-    return cancel(airlock_of(request), caller_of(key), run_id)
+    return cancel(airlock, caller, run_id)
 
 
 class PriorityRequest(BaseModel):
@@ -179,11 +151,11 @@ class PriorityRequest(BaseModel):
 
 
 @api.put("/runs/{run_id}/priority")
-def set_priority(run_id: str, body: PriorityRequest, request: Request,
+def set_priority(run_id: str, body: PriorityRequest, airlock: AirlockDep, caller: CallerDep,
                  key: Key = Depends(permit("runs:write"))) -> dict:
     from airlock.workflow.queue import set_priority as reprioritise
 
-    return reprioritise(airlock_of(request), caller_of(key), run_id, body.priority)
+    return reprioritise(airlock, caller, run_id, body.priority)
 
 
 class ResumeRequest(BaseModel):
@@ -193,12 +165,12 @@ class ResumeRequest(BaseModel):
 
 
 @api.post("/runs/{run_id}/resume")
-def resume_run(run_id: str, request: Request, body: ResumeRequest | None = None,
+def resume_run(run_id: str, airlock: AirlockDep, caller: CallerDep, body: ResumeRequest | None = None,
                key: Key = Depends(permit("runs:write"))) -> dict:
     """Queue a cancelled, failed or interrupted run again, to continue from its last checkpoint."""
     from airlock.workflow.queue import resume_run as resume
 
-    return resume(airlock_of(request), caller_of(key), run_id, time_limit=(body or ResumeRequest()).time_limit)
+    return resume(airlock, caller, run_id, time_limit=(body or ResumeRequest()).time_limit)
 
 
 # Keys -------------------------------------------------------------------------------------------
@@ -218,11 +190,11 @@ class KeyRequest(BaseModel):
 
 
 @api.post("/keys", status_code=201)
-def create_key(body: KeyRequest, request: Request, key: Key = Depends(permit("keys:admin"))) -> dict:
+def create_key(body: KeyRequest, airlock: AirlockDep, key: Key = Depends(permit("keys:admin"))) -> dict:
     """Make a key; the answer holds its secret, which is never shown again."""
     from airlock.access.keys import create_key as create, get_key
 
-    meta = airlock_of(request).meta
+    meta = airlock.meta
     key_id, secret = create(meta, body.name, role=body.role, models=body.models, expires=body.expires,
                             rpm=body.rpm, tpm=body.tpm, max_tokens=body.max_tokens, actor=actor(key),
                             holder=body.holder)
@@ -230,17 +202,17 @@ def create_key(body: KeyRequest, request: Request, key: Key = Depends(permit("ke
 
 
 @api.get("/keys")
-def list_keys(request: Request, key: Key = Depends(permit("keys:admin"))) -> list[dict]:
+def list_keys(airlock: AirlockDep, key: Key = Depends(permit("keys:admin"))) -> list[dict]:
     from airlock.access.keys import list_keys as keys
 
-    return keys(airlock_of(request).meta)
+    return keys(airlock.meta)
 
 
 @api.delete("/keys/{key_id}")
-def revoke_key(key_id: str, request: Request, key: Key = Depends(permit("keys:admin"))) -> dict:
+def revoke_key(key_id: str, airlock: AirlockDep, key: Key = Depends(permit("keys:admin"))) -> dict:
     from airlock.access.keys import revoke_key as revoke
 
-    return revoke(airlock_of(request).meta, key_id, actor=actor(key))
+    return revoke(airlock.meta, key_id, actor=actor(key))
 
 
 # Aliases and models -----------------------------------------------------------------------------
@@ -253,31 +225,31 @@ class AliasRequest(BaseModel):
 
 
 @api.put("/aliases/{alias}")
-def switch_alias(alias: str, body: AliasRequest, request: Request,
+def switch_alias(alias: str, body: AliasRequest, airlock: AirlockDep,
                  key: Key = Depends(permit("aliases:write"))) -> dict:
     """Serve a promoted model under `alias`: verified, loaded and smoke-tested before the switch."""
     from airlock.serve.deploy import deploy
 
-    return deploy(airlock_of(request), body.model_id, alias, actor=actor(key))
+    return deploy(airlock, body.model_id, alias, actor=actor(key))
 
 
 @api.get("/aliases")
-def list_aliases(request: Request, key: Key = Depends(permit("aliases:read"))) -> list[dict]:
+def list_aliases(airlock: AirlockDep, key: Key = Depends(permit("aliases:read"))) -> list[dict]:
     from airlock.serve.deploy import list_aliases as aliases
 
-    return aliases(airlock_of(request))
+    return aliases(airlock)
 
 
 @api.get("/models")
-def list_models(request: Request, key: Key = Depends(permit("models:read"))) -> list[dict]:
+def list_models(airlock: AirlockDep, key: Key = Depends(permit("models:read"))) -> list[dict]:
     from airlock.models.adapters import list_models as models
 
-    return models(airlock_of(request))
+    return models(airlock)
 
 
 @api.post("/models/{model_id}/verify")
-def verify_model(model_id: str, request: Request, key: Key = Depends(permit("models:verify"))) -> dict:
+def verify_model(model_id: str, airlock: AirlockDep, key: Key = Depends(permit("models:verify"))) -> dict:
     from airlock.models.signing import verify_model as verify
 
-    manifest = verify(airlock_of(request), model_id)
+    manifest = verify(airlock, model_id)
     return {"model_id": model_id, "verified": True, "files": len(manifest["files"])}

@@ -18,7 +18,7 @@ from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from airlock.gateway.auth import permit
-from airlock.gateway.control import Key, airlock_of, caller_of
+from airlock.gateway.deps import AirlockDep, CallerDep, Key
 
 events_api = APIRouter(prefix="/api")
 POLL_S = 0.2
@@ -31,12 +31,11 @@ def sse(kind: str, data: dict, event_id: int | None = None) -> str:
 
 
 @events_api.get("/runs/{run_id}/events")
-async def run_events(run_id: str, request: Request, after: int = 0,
+async def run_events(run_id: str, request: Request, airlock: AirlockDep, caller: CallerDep, after: int = 0,
                      key: Key = Depends(permit("runs:read"))) -> StreamingResponse:
     """The run's events from `after` (or the Last-Event-ID header) on, live, until it finishes."""
     from airlock.workflow.queue import run_events as read
 
-    airlock, caller = airlock_of(request), caller_of(key)
     header = request.headers.get("last-event-id", "")
     cursor = int(header) if header.isdigit() else after
     first = await run_in_threadpool(read, airlock, caller, run_id, cursor)  # 404 before the stream starts

@@ -1,4 +1,5 @@
-"""What the control API shows of runs and errors to callers who are not admins.
+"""What the control API shows of runs and errors to callers whose role
+lacks `errors:internals` (every role but admin).
 
 Stage errors can hold tracebacks, and messages and resolved specs can hold host paths (the
 base model's folder, a dataset file the CLI read, the store). They help the operator and tell
@@ -13,9 +14,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from airlock.access.roles import SEES_INTERNALS, may
 from airlock.errors import AirlockError
 
-ADMIN = "admin"
 PATH = "<path>"
 # An absolute (or home-relative) path: a '/' that starts a word, up to a delimiter. Routes of
 # this API (/api/..., /v1/...) are instructions to the caller, not host paths, and stay.
@@ -23,7 +24,8 @@ _ABSOLUTE = re.compile(r"(?<![\w.~:/-])~?/(?!api/|v1/)[^\s'\"`,;()\[\]{}<>]+")
 
 
 def sees_internals(key: dict[str, Any]) -> bool:
-    return key.get("role") == ADMIN
+    """Whether the key's role sees errors as they are (host paths and tracebacks included)."""
+    return may(key, SEES_INTERNALS)
 
 
 def redact_text(text: str) -> str:

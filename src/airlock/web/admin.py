@@ -15,7 +15,7 @@ from fastapi.responses import HTMLResponse
 
 from airlock.access.roles import DEFAULT_ROLE, ROLES
 from airlock.errors import InvalidInput
-from airlock.gateway.control import airlock_of
+from airlock.gateway.deps import AirlockDep, Key
 from airlock.web.pages import page, render
 
 router = APIRouter(include_in_schema=False)
@@ -39,22 +39,22 @@ def _key_state(key: dict[str, Any], at: datetime) -> str:
 
 
 @router.get("/keys", response_class=HTMLResponse)
-def keys_page(request: Request, key: dict = Depends(page("keys:admin"))) -> HTMLResponse:
+def keys_page(request: Request, airlock: AirlockDep, key: Key = Depends(page("keys:admin"))) -> HTMLResponse:
     from airlock.access.keys import list_keys
 
     at = datetime.now(UTC)
     # Newest first: the key just made, or the one to revoke, is usually a recent one.
-    keys = [{**k, "state": _key_state(k, at)} for k in reversed(list_keys(airlock_of(request).meta))]
+    keys = [{**k, "state": _key_state(k, at)} for k in reversed(list_keys(airlock.meta))]
     roles = [(role, ROLE_DESCRIPTIONS.get(role, "")) for role in ROLES]
     return render(request, "keys.html", key, keys=keys, roles=roles, default_role=DEFAULT_ROLE)
 
 
 @router.get("/audit", response_class=HTMLResponse)
-def audit_page(request: Request, actor: str = "", action: str = "", subject: str = "", since: str = "",
-               until: str = "", before: str = "", key: dict = Depends(page("audit:read"))) -> HTMLResponse:
+def audit_page(request: Request, airlock: AirlockDep, actor: str = "", action: str = "", subject: str = "", since: str = "",
+               until: str = "", before: str = "", key: Key = Depends(page("audit:read"))) -> HTMLResponse:
     from airlock.meta.audit import list_rows, verify_anchored
 
-    meta = airlock_of(request).meta
+    meta = airlock.meta
     filters = {"actor": actor.strip(), "action": action.strip(), "subject": subject.strip(),
                "since": since.strip(), "until": until.strip()}
     report = verify_anchored(meta)  # the whole chain and its anchors, whatever the filters show

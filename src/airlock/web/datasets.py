@@ -9,30 +9,31 @@ from urllib.parse import quote
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse
 
-from airlock.access.roles import has_permission
+from airlock.access.roles import may
 from airlock.errors import AirlockError
-from airlock.gateway.control import airlock_of, reader_of
+from airlock.gateway.deps import AirlockDep, Key, reader_of
 from airlock.web.pages import page, render
 
 router = APIRouter(include_in_schema=False)
 
 
 @router.get("/datasets", response_class=HTMLResponse)
-def datasets_page(request: Request, key: dict = Depends(page("datasets:read"))) -> HTMLResponse:
+def datasets_page(request: Request, airlock: AirlockDep, key: Key = Depends(page("datasets:read"))) -> HTMLResponse:
     from airlock.datasets.service import list_datasets
 
-    return render(request, "datasets.html", key, datasets=list_datasets(airlock_of(request), reader=reader_of(key)),
-                  can_upload=has_permission(key["role"], "datasets:write"))
+    return render(request, "datasets.html", key, datasets=list_datasets(airlock, reader=reader_of(key)),
+                  can_upload=may(key, "datasets:write"))
 
 
 @router.get("/datasets/{name_or_digest:path}", response_class=HTMLResponse)
-def dataset_page(name_or_digest: str, request: Request, key: dict = Depends(page("datasets:read"))) -> HTMLResponse:
+def dataset_page(name_or_digest: str, request: Request, airlock: AirlockDep,
+                 key: Key = Depends(page("datasets:read"))) -> HTMLResponse:
     from airlock.datasets.profile import profile
 
     settings = request.app.state.settings
     tokenizer = settings.models_dir / settings.serve_base_model / "tokenizer.json"
     try:
-        shown = profile(airlock_of(request), name_or_digest, reader=reader_of(key), tokenizer_file=tokenizer)
+        shown = profile(airlock, name_or_digest, reader=reader_of(key), tokenizer_file=tokenizer)
     except AirlockError as exc:
         return render(request, "error.html", key, status=exc.http_status, error=exc.message)
     peak = max((b["count"] for b in shown["histogram"]), default=0)

@@ -8,7 +8,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse
 
-from airlock.gateway.control import airlock_of, reader_of
+from airlock.gateway.deps import AirlockDep, Key, reader_of
 from airlock.train.config import LoraTrainConfig
 from airlock.web.pages import page, render
 
@@ -46,7 +46,7 @@ def _knob(name: str, help_text: str, step) -> dict:
 
 
 @router.get("/runs/new", response_class=HTMLResponse)
-def new_run_page(request: Request, key: dict = Depends(page("runs:write"))) -> HTMLResponse:
+def new_run_page(request: Request, airlock: AirlockDep, key: Key = Depends(page("runs:write"))) -> HTMLResponse:
     from airlock.datasets.service import list_datasets
     from airlock.gpus import query
     from airlock.models.catalog import list_base_models
@@ -54,6 +54,6 @@ def new_run_page(request: Request, key: dict = Depends(page("runs:write"))) -> H
     settings = request.app.state.settings
     gpus = len(query("index"))  # QLoRA needs one; none where nvidia-smi is missing
     return render(request, "new_run.html", key, models=list_base_models(settings),
-                  datasets=list_datasets(airlock_of(request), reader=reader_of(key)), knobs=[_knob(*k) for k in KNOBS],
+                  datasets=list_datasets(airlock, reader=reader_of(key)), knobs=[_knob(*k) for k in KNOBS],
                   choices=[{"name": n, "help": h, "options": o, "default": LoraTrainConfig.model_fields[n].default}
                            for n, h, o in CHOICES], gpus=gpus, served_base=settings.serve_base_model)

@@ -11,9 +11,9 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse
 
-from airlock.access.roles import has_permission
+from airlock.access.roles import may
 from airlock.errors import AirlockError
-from airlock.gateway.control import airlock_of
+from airlock.gateway.deps import AirlockDep, Key
 from airlock.gateway.redact import redact_text, sees_internals
 from airlock.web.pages import page, render
 
@@ -33,10 +33,10 @@ def verification(airlock, model_id: str) -> tuple[dict[str, Any], dict | None]:
 
 
 @router.get("/models", response_class=HTMLResponse)
-def models_page(request: Request, key: dict = Depends(page("models:read"))) -> HTMLResponse:
+def models_page(request: Request, airlock: AirlockDep, key: Key = Depends(page("models:read"))) -> HTMLResponse:
     from airlock.models.adapters import list_models
 
-    models = list(reversed(list_models(airlock_of(request))))  # newest first
+    models = list(reversed(list_models(airlock)))  # newest first
     for model in models:
         model["verification"] = shown(latest_check(model), key)
     return render(request, "models.html", key, models=models)
@@ -58,10 +58,10 @@ def latest_check(model: dict) -> dict[str, Any]:
 
 
 @router.get("/models/{model_id}", response_class=HTMLResponse)
-def model_page(model_id: str, request: Request, key: dict = Depends(page("models:read"))) -> HTMLResponse:
+def model_page(model_id: str, request: Request, airlock: AirlockDep,
+               key: Key = Depends(page("models:read"))) -> HTMLResponse:
     from airlock.workflow.lineage import lineage
 
-    airlock = airlock_of(request)
     try:
         chain = lineage(airlock, model_id)
     except AirlockError as exc:
@@ -70,4 +70,4 @@ def model_page(model_id: str, request: Request, key: dict = Depends(page("models
     state = shown(state, key)
     files = sorted((manifest or {}).get("files", {}).items())
     return render(request, "model.html", key, chain=chain, verification=state, manifest=manifest, files=files,
-                  can_verify=has_permission(key["role"], "models:verify"))
+                  can_verify=may(key, "models:verify"))

@@ -13,7 +13,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 
-from airlock.access.roles import has_permission
+from airlock.access.roles import may
 from airlock.access.sessions import COOKIE, check_csrf, key_of_session
 from airlock.errors import AirlockError, Forbidden, RateLimited, Unauthorized
 from airlock.gateway.auth import check_permission, check_same_origin, client_address, guarded_check
@@ -73,7 +73,7 @@ def render(request: Request, template: str, key: dict | None, status: int = 200,
     session = getattr(request.state, "session", None)
     if context.get("error") and not (key and sees_internals(key)):
         context["error"] = redact_text(context["error"])  # host paths are for admins, as on /api
-    nav = [(label, path) for label, path, permission in NAV if key and has_permission(key["role"], permission)]
+    nav = [(label, path) for label, path, permission in NAV if key and may(key, permission)]
     # The one entry this page belongs to: the longest path that is the page's or a parent of it.
     current = max((p for _, p in nav if request.url.path == p or request.url.path.startswith(p + "/")),
                   key=len, default=None)

@@ -1,7 +1,7 @@
 """The runs pages: the queue (owner, priority, state, position, and the changes the role may make),
 one run (its stages with timings, live charts fed by the run's server-sent events, its checkpoints,
 a failure in plain words), and a comparison of several runs (curves overlaid, settings side by side).
-What a key may see and change is what /api lets it: the same `caller_of` and `run_view`."""
+What a key may see and change is what /api lets it: the same `caller_of` (gateway/deps.py) and `run_view`."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ from typing import Any
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import HTMLResponse
 
-from airlock.access.roles import has_permission
+from airlock.access.roles import may
 from airlock.errors import AirlockError
-from airlock.gateway.control import airlock_of, caller_of
+from airlock.gateway.deps import AirlockDep, Key, caller_of
 from airlock.gateway.redact import run_view
 from airlock.web.pages import page, render
 from airlock.workflow.queue import RESUMABLE
@@ -26,11 +26,6 @@ CHANGEABLE = ("queued", "running")  # a run in these states can be cancelled or 
 CURVES = ("loss", "eval_loss", "learning_rate", "tokens_per_second")
 
 
-def _may_manage(key: dict, run: dict) -> bool:
-    caller = caller_of(key)
-    return key["role"] in ("trainer", "admin") and (caller.manages_all or run["owner"] == caller.actor)
-
-
 def _seconds(started: str | None, finished: str | None) -> float | None:
     if not started:
         return None
@@ -39,23 +34,24 @@ def _seconds(started: str | None, finished: str | None) -> float | None:
 
 
 @router.get("/runs", response_class=HTMLResponse)
-def runs_page(request: Request, key: dict = Depends(page("runs:read"))) -> HTMLResponse:
+def runs_page(request: Request, airlock: AirlockDep, key: Key = Depends(page("runs:read"))) -> HTMLResponse:
     from airlock.workflow.queue import list_queue
 
-    runs = [run_view(r, key) for r in list_queue(airlock_of(request), caller_of(key), limit=200)]
+    caller = caller_of(key)
+    runs = [run_view(r, key) for r in list_queue(airlock, caller, limit=200)]
     for run in runs:
-        run["manageable"] = _may_manage(key, run)
+        run["manageable"] = caller.may_change(run["owner"])
     return render(request, "runs.html", key, runs=runs, changeable=CHANGEABLE, resumable=RESUMABLE,
-                  can_launch=has_permission(key["role"], "runs:write"))
+                  can_launch=may(key, "runs:write"))
 
 
 @router.get("/runs/compare", response_class=HTMLResponse)
-def compare_page(request: Request, ids: list[str] = Query(default=[]),
-                 key: dict = Depends(page("runs:read"))) -> HTMLResponse:
+def compare_page(request: Request, airlock: AirlockDep, ids: list[str] = Query(default=[]),
+                 key: Key = Depends(page("runs:read"))) -> HTMLResponse:
     from airlock.workflow.queue import show_run
     from airlock.workflow.submit import queued_spec
 
-    airlock, caller = airlock_of(request), caller_of(key)
+    caller = caller_of(key)
     chosen = [i for part in ids for i in part.split(",") if i.strip()]
     if len(chosen) < 2:
         return render(request, "error.html", key, status=400,
@@ -72,19 +68,20 @@ def compare_page(request: Request, ids: list[str] = Query(default=[]),
 
 
 @router.get("/runs/{run_id}", response_class=HTMLResponse)
-def run_page(run_id: str, request: Request, key: dict = Depends(page("runs:read"))) -> HTMLResponse:
+def run_page(run_id: str, request: Request, airlock: AirlockDep,
+             key: Key = Depends(page("runs:read"))) -> HTMLResponse:
     from airlock.workflow.queue import show_run
     from airlock.workflow.submit import queued_spec
 
-    airlock = airlock_of(request)
+    caller = caller_of(key)
     try:
-        run = run_view({**show_run(airlock, caller_of(key), run_id), **queued_spec(airlock, run_id)}, key)
+        run = run_view({**show_run(airlock, caller, run_id), **queued_spec(airlock, run_id)}, key)
     except AirlockError as exc:
         return render(request, "error.html", key, status=exc.http_status, error=exc.message)
     for stage in run["stages"]:
         stage["seconds"] = _seconds(stage["started_at"], stage["finished_at"])
     training = next((s["name"] for s in run["stages"] if s["uses"].startswith("finetune.")), None)
-    return render(request, "run.html", key, run=run, training=training, manageable=_may_manage(key, run),
+    return render(request, "run.html", key, run=run, training=training, manageable=caller.may_change(run["owner"]),
                   changeable=CHANGEABLE, resumable=RESUMABLE, finished=FINISHED)
 
 

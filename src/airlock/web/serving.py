@@ -8,19 +8,18 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse
 
-from airlock.access.roles import has_permission
-from airlock.gateway.control import airlock_of
+from airlock.access.roles import may
+from airlock.gateway.deps import AirlockDep, Key
 from airlock.web.pages import page, render
 
 router = APIRouter(include_in_schema=False)
 
 
 @router.get("/serving", response_class=HTMLResponse)
-def serving_page(request: Request, key: dict = Depends(page("aliases:read"))) -> HTMLResponse:
+def serving_page(request: Request, airlock: AirlockDep, key: Key = Depends(page("aliases:read"))) -> HTMLResponse:
     from airlock.models.adapters import list_models
     from airlock.serve.deploy import list_aliases
 
-    airlock = airlock_of(request)
     served = airlock.settings.serve_base_model
     promoted = [m for m in reversed(list_models(airlock)) if m["promotions"] and m["base_model"] == served]
     aliases = []
@@ -30,4 +29,4 @@ def serving_page(request: Request, key: dict = Depends(page("aliases:read"))) ->
         earlier = [h for h in history[1:] if h["model_id"] != alias["model_id"]]
         aliases.append({**alias, "history": history, "previous": earlier[0]["model_id"] if earlier else None})
     return render(request, "serving.html", key, aliases=aliases, promoted=promoted, served_base=served,
-                  can_switch=has_permission(key["role"], "aliases:write"))
+                  can_switch=may(key, "aliases:write"))
