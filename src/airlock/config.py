@@ -187,11 +187,14 @@ class Settings(BaseSettings):
         return f"{scheme}://{self.gateway_host}:{self.gateway_port}"
 
     def ensure_dirs(self) -> None:
-        for d in (self.home, self.keys_dir, self.run_dir, self.serving_dir):
-            d.mkdir(parents=True, exist_ok=True)
-        # Keys, sockets, logs and the adapter copies vLLM reads: the appliance's user only.
+        """The home's folders, made owner-only; a home other users can open is refused (see
+        airlock.private)."""
+        from airlock.private import check_private_tree, make_private_dir
+
+        make_private_dir(self.home)
+        check_private_tree(self.home)  # before anything is written into it
         for d in (self.keys_dir, self.run_dir, self.serving_dir):
-            d.chmod(0o700)
+            make_private_dir(d)
 
 
 def get_settings() -> Settings:

@@ -34,6 +34,7 @@ from airlock.errors import IntegrityFailure, InvalidInput, NotFound, NotReady
 from airlock.home import appliance_pid_from, lock_path
 from airlock.meta import open_meta
 from airlock.meta.audit import verify as verify_audit
+from airlock.private import make_private_dir
 from airlock.store import open_store
 from airlock.trust.atomic import write_atomic
 from airlock.trust.pinned import ROOT_FILE
@@ -201,7 +202,7 @@ def restore_backup(settings: Settings, backup: Path, *, trust_dir: Path | None, 
         for rel in manifest["files"]:
             if rel.startswith("trust/"):
                 continue  # the pinned root has its own place, and its own rule
-            (staging / rel).parent.mkdir(parents=True, exist_ok=True)
+            make_private_dir((staging / rel).parent)
             shutil.copy2(backup / rel, staging / rel)
         # What was copied is checked once more where it lies, against the same manifest.
         copied = {k: v for k, v in manifest["files"].items() if not k.startswith("trust/")}
@@ -214,7 +215,8 @@ def restore_backup(settings: Settings, backup: Path, *, trust_dir: Path | None, 
         inside = trust_dir is not None and trust_dir.resolve().is_relative_to(home.resolve())
         _restore_trust(backup / "trust", staging / trust_dir.resolve().relative_to(home.resolve()) if inside
                        else trust_dir)
-        os.chmod(staging, 0o700)
+        for folder, _, _ in os.walk(staging):  # every folder here is this restore's own: all private
+            os.chmod(folder, 0o700)
         if moved_aside is not None:
             home.rename(moved_aside)
         elif home.exists():

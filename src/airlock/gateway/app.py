@@ -87,7 +87,7 @@ def create_app(settings: Settings | None = None, ui: Callable[[FastAPI], None] |
     """The gateway; `ui` adds the web UI's routes (airlock.web.install), which build on this
     package and so are handed in rather than imported."""
     settings = settings or get_settings()
-    settings.home.mkdir(parents=True, exist_ok=True)
+    settings.ensure_dirs()  # made private, and refused if other users can open it
     meta = open_meta(settings.db_path)
 
     @asynccontextmanager

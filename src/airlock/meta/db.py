@@ -17,6 +17,7 @@ import sqlite_utils
 
 from airlock.meta.chain import append, chain_unhashed, now
 from airlock.meta.migrations import MIGRATIONS
+from airlock.private import create_private_file, make_private_dir
 
 __all__ = ["Meta", "now", "open_meta"]
 
@@ -92,7 +93,9 @@ class Meta:
 
 
 def open_meta(path: Path) -> Meta:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_private_dir(path.parent)
+    # SQLite gives its -wal and -shm files the database file's mode: made 0600 here, all three are.
+    create_private_file(path)
     meta = Meta(path)
     meta.migrate()
     return meta

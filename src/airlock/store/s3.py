@@ -23,6 +23,7 @@ from minio import Minio
 from minio.error import S3Error
 
 from airlock.errors import AirlockError, IntegrityFailure, InvalidInput, NotFound, NotReady
+from airlock.private import PRIVATE_FILE, make_private_dir
 from airlock.store.base import CHUNK, ArtifactStore, check_digest, check_ref_name, sha256_file
 
 BLOBS = "blobs/sha256/"
@@ -155,7 +156,7 @@ class S3Store(ArtifactStore):
 
     def get_file(self, digest: str, dest: Path) -> Path:
         dest = Path(dest)
-        dest.parent.mkdir(parents=True, exist_ok=True)
+        make_private_dir(dest.parent)
         # The download lands in a temp file beside dest and only becomes dest once verified.
         fd, name = tempfile.mkstemp(prefix=".~tmp-", dir=dest.parent)
         tmp = Path(name)
@@ -169,7 +170,7 @@ class S3Store(ArtifactStore):
                 self._verify(digest, key, h)
                 out.flush()
                 os.fsync(out.fileno())
-            os.chmod(tmp, 0o644)
+            os.chmod(tmp, PRIVATE_FILE)
             os.replace(tmp, dest)
         except BaseException:
             tmp.unlink(missing_ok=True)
