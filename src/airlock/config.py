@@ -88,6 +88,9 @@ class Settings(BaseSettings):
     max_completion_tokens: int = 4096
     max_prompt_chars: int = 200_000
     max_guided_bytes: int = 16 * 1024
+    # A base model's chat template renders each record of a submitted dataset in a child process
+    # that is killed after this many seconds (models/chat_render.py).
+    chat_template_timeout_s: float = 10.0
     # Request fields that change server behaviour beyond a completion (chat_template, ...),
     # and fields outside OpenAI's API and the engine's sampling extras, are refused unless named
     # here, comma-separated; allow_unknown_request_fields passes every unknown field on.
@@ -109,8 +112,11 @@ class Settings(BaseSettings):
     s3_secret_key: str = ""
     s3_bucket: str = "airlock"
     s3_secure: bool = False
+    # The CA certificate (PEM) that the S3 endpoint's TLS certificate is checked against (the
+    # site's CA, or the store's own self-signed certificate); empty: the system's CAs.
+    s3_ca: Path | None = None
 
-    @field_validator("tls_cert", "tls_key", "checkpoints_dir", mode="before")
+    @field_validator("tls_cert", "tls_key", "checkpoints_dir", "s3_ca", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         # An environment file that writes `AIRLOCK_TLS_CERT=` means no TLS, not the current folder.

@@ -24,6 +24,7 @@ def open_store(settings) -> ArtifactStore:
             secret_key=settings.s3_secret_key,
             bucket=settings.s3_bucket,
             secure=settings.s3_secure,
+            ca=settings.s3_ca,
         )
     from airlock.store.local import LocalStore
 
