@@ -146,7 +146,7 @@ def test_check_mode_with_diff_shows_a_change_before_it_is_made(provisioned) -> N
                                                   "-e", extra), env=provisioned["env"], timeout=1200, check=False)
     assert checked.returncode == 0, checked.stdout[-6000:]
     changed = _changed_tasks(checked.stdout)
-    # the settings file holds the store's secret: its change is reported, its diff is not shown
+    # the settings file's change is reported, its diff is not shown (no_log: the store's file holds its keys)
     assert "airlock_services : Write the services' settings" in changed, changed
     assert "airlock_services : Run the service's container" in changed, changed
     assert "memory" in checked.stdout and "2g" in checked.stdout.lower()
@@ -328,7 +328,8 @@ def test_the_older_bundle_after_an_upgrade_is_refused_before_anything_changes(pr
 def _as_service_user(provisioned, command: str, *, user: str = "airlock") -> subprocess.CompletedProcess:
     """An airlock command on the host, with the settings the play wrote, as docs/provisioning.md shows."""
     root, prefix = provisioned["root"], provisioned["prefix"]
-    script = (f"set -a; . {root / 'etc' / 'airlock.env'}; AIRLOCK_HOME={root / 'home'}; set +a; "
+    script = (f"set -a; . {root / 'etc' / 'airlock.env'}; . {root / 'etc' / 'airlock-store.env'}; "
+              f"AIRLOCK_HOME={root / 'home'}; AIRLOCK_S3_CA={root / 'etc' / 'store-ca.crt'}; set +a; "
               f"exec {prefix / 'current' / 'venv' / 'bin' / 'airlock'} {command}")
     return provisioned["ns"].run(["runuser", "-u", user, "--", "sh", "-c", script], check=False, timeout=600)
 
