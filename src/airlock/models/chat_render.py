@@ -22,6 +22,7 @@ import sys
 import time
 from typing import Any
 
+from airlock.children import describe_exit
 from airlock.errors import InvalidInput
 
 TEMPLATE_MAX_BYTES = 256 * 1024  # the largest templates models ship are a few tens of KiB
@@ -91,8 +92,9 @@ class TemplateRenderer:
                            f"(the limit is {limit}); nothing was run")
             chunk = os.read(fd, 1 << 16)
             if not chunk:
-                self._fail(f"base model {self.model!r}: the chat template's renderer ended while trying to "
-                           f"{doing} (over its memory limit of {RENDER_MEMORY_BYTES >> 20} MiB?)")
+                ended = describe_exit(self._proc.wait())
+                self._fail(f"base model {self.model!r}: the chat template's renderer {ended} while trying to "
+                           f"{doing} (its memory limit is {RENDER_MEMORY_BYTES >> 20} MiB)")
             self._buffer += chunk
         line, self._buffer = self._buffer.split(b"\n", 1)
         return json.loads(line)
