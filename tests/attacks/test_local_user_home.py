@@ -7,12 +7,14 @@ the usual umask 0o022, in a folder every user can enter, and `nobody` then tries
 
 from __future__ import annotations
 
+import json
 import os
-import sqlite3
+import signal
 import stat
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -175,3 +177,39 @@ def test_every_door_refuses_an_open_home(open_parent: Path, usual_umask: None, m
     with pytest.raises(NotReady, match="mode 0755"):
         Supervisor(settings, on_status=lambda _: None).start()
     assert not settings.db_path.exists() and not (home / "run" / "appliance.lock").exists()
+
+
+def test_a_running_appliance_started_under_umask_022_keeps_its_home_closed(open_parent: Path,
+                                                                            tiny_models_dir: Path) -> None:
+    """If any process of the appliance (the supervisor, vLLM, the worker, the gateway, SQLite)
+    created something with the caller's umask, a reviewer would see it listed with group/other
+    bits, in a home `nobody` could then read."""
+    from vllm_fixtures import free_port
+
+    home = open_parent / "home"
+    env = dict(os.environ, AIRLOCK_HOME=str(home), AIRLOCK_MODELS_DIR=str(tiny_models_dir),
+               AIRLOCK_GATEWAY_PORT=str(free_port()), PYTHONPATH=str(REPO_ROOT / "src"))
+    up = subprocess.Popen(["sh", "-c", 'umask 022 && exec "$0" -m airlock up', sys.executable], env=env,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not _ready(home):
+            assert up.poll() is None, (home / "run" / "engine.log").read_text()[-2000:]
+            assert time.monotonic() < deadline, "the appliance did not become ready"
+            time.sleep(1)
+        added = subprocess.run(["sh", "-c", 'umask 022 && exec "$0" -m airlock datasets add "$1"', sys.executable,
+                                str(DATASET)], env=env, capture_output=True, text=True, timeout=120)
+        assert added.returncode == 0, added.stderr
+        assert (home / "airlock.db-wal").is_file() and (home / "run" / "engine" / "vllm.sock").exists()
+        assert open_entries(home) == []
+    finally:
+        os.killpg(up.pid, signal.SIGTERM)
+        up.wait(timeout=120)
+
+
+def _ready(home: Path) -> bool:
+    try:
+        services = json.loads((home / "run" / "status.json").read_text())["services"]
+    except (OSError, ValueError, KeyError):
+        return False
+    return all(services[name]["state"] == "ready" for name in ("engine", "gateway"))
