@@ -88,9 +88,9 @@ class Settings(BaseSettings):
     max_completion_tokens: int = 4096
     max_prompt_chars: int = 200_000
     max_guided_bytes: int = 16 * 1024
-    # A base model's chat template renders each record of a submitted dataset in a child process
-    # that is killed after this many seconds (models/chat_render.py).
-    chat_template_timeout_s: float = 10.0
+    # A base model's chat template renders the records of a submitted workflow's datasets in a
+    # child process that is killed when they take longer than this, in all (models/chat_render.py).
+    chat_template_timeout_s: float = 60.0
     # Request fields that change server behaviour beyond a completion (chat_template, ...),
     # and fields outside OpenAI's API and the engine's sampling extras, are refused unless named
     # here, comma-separated; allow_unknown_request_fields passes every unknown field on.

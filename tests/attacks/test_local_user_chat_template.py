@@ -93,3 +93,22 @@ def test_a_template_that_builds_a_huge_string_is_stopped(tmp_path: Path, tiny_mo
         with pytest.raises(Exception, match="MiB|within 20 s|characters"):
             tokenizer.render(RECORD["messages"])
         assert time.monotonic() - started < 60
+
+
+def test_a_renderer_that_finished_in_time_serves_the_next_submission(tmp_path: Path, tiny_models_dir: Path) -> None:
+    """If every submission started its own renderer, a reviewer would see a new process (and a
+    second of imports) per submission; one that hit a limit must never be reused."""
+    folder = tiny_models_dir / "airlock-tiny"
+    with ChatTokenizer(folder) as first:
+        first.render(RECORD["messages"])
+        pid = first.renderer._child.proc.pid
+    started = time.monotonic()
+    with ChatTokenizer(folder) as second:
+        second.render(RECORD["messages"])
+        assert second.renderer._child.proc.pid == pid
+    assert time.monotonic() - started < 5
+    slow = hostile_model(tmp_path, folder, ENDLESS)
+    with ChatTokenizer(slow, timeout_s=1) as tokenizer:
+        with pytest.raises(Exception, match="within 1 s"):
+            tokenizer.render(RECORD["messages"])
+        assert tokenizer.renderer._child is None  # killed, not handed on

@@ -5,11 +5,13 @@ renders it in stops it from reaching Python objects, not from looping for hours 
 string of gigabytes; rendered inside the gateway (every record of a dataset is rendered when
 `POST /api/runs` pairs it with the model) such a template would hold a request, and the process's
 memory, for as long as it liked. So the rendering runs in a child process: the gateway waits for
-each record's answer at most `timeout_s` seconds and then kills the child, the child cannot grow
+a submission's records at most `timeout_s` seconds in all and then kills the child, which cannot grow
 past RENDER_MEMORY_BYTES, and a template larger than TEMPLATE_MAX_BYTES is refused unread.
 
-One child serves one submission (every record of it, one JSON line each way), so its start-up
-(importing the renderer, about a second) is paid once per submission, not per record.
+A child serves a submission's records one JSON line each way, and then waits for the next
+submission with the same template: its start-up (importing the renderer, about a second) is paid
+once per process and template, not per submission or record. The time limit is for all the records
+of a submission together, so a slow template cannot hold a request for records × limit.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import os
 import select
 import subprocess
 import sys
+import threading
 import time
 from typing import Any
 
@@ -31,76 +34,134 @@ RENDER_MAX_CHARS = 16 * 1024 * 1024  # one rendered record; no context window is
 START_TIMEOUT_S = 60.0  # importing the renderer on a busy host
 
 
+class _Ended(Exception):
+    """The child is gone (killed, out of memory); the message says how it ended."""
+
+
+class _Child:
+    """One renderer process with one template compiled in it, talking one JSON line each way."""
+
+    def __init__(self, setup: dict) -> None:
+        # The child reads the template from stdin, never argv (which every local user can read).
+        self.proc = subprocess.Popen([sys.executable, "-m", "airlock.models.chat_render"], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=_child_env())
+        self.buffer = b""
+        self.setup = setup
+
+    def ask(self, request: dict, deadline: float) -> dict | None:
+        """The answer, or None when `deadline` (a monotonic time) passed first; _Ended if it died."""
+        try:
+            self.proc.stdin.write(json.dumps(request).encode() + b"\n")
+            self.proc.stdin.flush()
+        except BrokenPipeError:
+            raise _Ended(describe_exit(self.proc.wait())) from None
+        fd = self.proc.stdout.fileno()
+        while b"\n" not in self.buffer:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([fd], [], [], left)[0]:
+                return None
+            chunk = os.read(fd, 1 << 16)
+            if not chunk:
+                raise _Ended(describe_exit(self.proc.wait()))
+            self.buffer += chunk
+        line, self.buffer = self.buffer.split(b"\n", 1)
+        return json.loads(line)
+
+    def kill(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+        self.proc.stdin.close()
+        self.proc.stdout.close()
+
+
+# Children that finished a submission in time wait here for the next one with the same template,
+# so a process that checks many submissions (the gateway) pays a renderer's start-up once.
+_IDLE: list[_Child] = []
+_IDLE_LOCK = threading.Lock()
+MAX_IDLE = 2
+
+
+def _take_idle(setup: dict) -> _Child | None:
+    with _IDLE_LOCK:
+        for child in _IDLE:
+            if child.setup == setup:
+                _IDLE.remove(child)
+                return child
+    return None
+
+
+def _give_back(child: _Child) -> None:
+    with _IDLE_LOCK:
+        _IDLE.append(child)
+        spare = _IDLE[:-MAX_IDLE]
+        del _IDLE[:-MAX_IDLE]
+    for old in spare:
+        old.kill()
+
+
 class TemplateRenderer:
     """`render(messages)` through `template` in a child process; InvalidInput (naming the model and
-    the limit) when the template is too large, too slow or too hungry. Close it when done."""
+    the limit) when the template is too large, or its records take longer than `timeout_s` in all,
+    or it outgrows its memory. Close it when done."""
 
     def __init__(self, model: str, template: str, special_tokens: dict[str, str], *, timeout_s: float) -> None:
-        self._proc: subprocess.Popen | None = None
+        self._child: _Child | None = None
         size = len(template.encode("utf-8"))
         if size > TEMPLATE_MAX_BYTES:
             raise InvalidInput(f"base model {model!r}: its chat template is {size} bytes, more than the "
                                f"{TEMPLATE_MAX_BYTES} bytes airlock renders; use a model with a shorter template")
         self.model, self.timeout_s = model, timeout_s
         self._setup = {"template": template, "special_tokens": special_tokens}
-        self._buffer = b""
+        self._deadline: float | None = None
         self._broken: str | None = None
 
     def render(self, messages: list[dict], *, add_generation_prompt: bool = False) -> str:
         if self._broken:  # a limit was hit: every later record would only hit it again
             raise InvalidInput(self._broken)
-        if self._proc is None:
+        if self._child is None:
             self._start()
-        answer = self._ask({"messages": messages, "add_generation_prompt": add_generation_prompt},
-                           self.timeout_s, "render a record", "AIRLOCK_CHAT_TEMPLATE_TIMEOUT_S")
+        if self._deadline is None:  # the budget is for every record of the submission together
+            self._deadline = time.monotonic() + self.timeout_s
+        answer = self._ask({"messages": messages, "add_generation_prompt": add_generation_prompt}, self._deadline,
+                           f"render the records within {self.timeout_s:g} s (the limit is "
+                           "AIRLOCK_CHAT_TEMPLATE_TIMEOUT_S)")
         if "error" in answer:
             raise ValueError(answer["error"])  # the template's own refusal of this record
         return answer["text"]
 
     def close(self) -> None:
-        if self._proc is not None:
-            self._proc.kill()
-            self._proc.wait()
-            for stream in (self._proc.stdin, self._proc.stdout):
-                stream.close()
-            self._proc = None
+        """Hand a healthy child on to the next submission with this template; a failed one is gone."""
+        child, self._child = self._child, None
+        if child is not None:
+            _give_back(child)
 
     def __del__(self) -> None:
-        self.close()
+        if self._child is not None:
+            self._child.kill()
 
     def _start(self) -> None:
-        # The child reads the template from stdin, never argv (which every local user can read).
-        self._proc = subprocess.Popen([sys.executable, "-m", "airlock.models.chat_render"],
-                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                                      env=_child_env())
-        answer = self._ask(self._setup, START_TIMEOUT_S, "compile", "the renderer's start-up limit")
-        if "error" in answer:
-            self._fail(f"base model {self.model!r}: its chat template does not compile: {answer['error']}")
+        self._child = _take_idle(self._setup)
+        if self._child is None:
+            self._child = _Child(self._setup)
+            answer = self._ask(self._setup, time.monotonic() + START_TIMEOUT_S,
+                               f"compile within {START_TIMEOUT_S:g} s (the renderer's start-up limit)")
+            if "error" in answer:
+                self._fail(f"base model {self.model!r}: its chat template does not compile: {answer['error']}")
 
-    def _ask(self, request: dict, timeout_s: float, doing: str, limit: str) -> dict:
+    def _ask(self, request: dict, deadline: float, failing: str) -> dict:
         try:
-            self._proc.stdin.write(json.dumps(request).encode() + b"\n")
-            self._proc.stdin.flush()
-        except BrokenPipeError:
-            self._fail(f"base model {self.model!r}: the chat template's renderer ended before it could {doing}")
-        deadline = time.monotonic() + timeout_s
-        fd = self._proc.stdout.fileno()
-        while b"\n" not in self._buffer:
-            left = deadline - time.monotonic()
-            if left <= 0 or not select.select([fd], [], [], left)[0]:
-                self._fail(f"base model {self.model!r}: its chat template did not {doing} within {timeout_s:g} s "
-                           f"(the limit is {limit}); nothing was run")
-            chunk = os.read(fd, 1 << 16)
-            if not chunk:
-                ended = describe_exit(self._proc.wait())
-                self._fail(f"base model {self.model!r}: the chat template's renderer {ended} while trying to "
-                           f"{doing} (its memory limit is {RENDER_MEMORY_BYTES >> 20} MiB)")
-            self._buffer += chunk
-        line, self._buffer = self._buffer.split(b"\n", 1)
-        return json.loads(line)
+            answer = self._child.ask(request, deadline)
+        except _Ended as ended:
+            self._fail(f"base model {self.model!r}: the chat template's renderer {ended} (its memory limit is "
+                       f"{RENDER_MEMORY_BYTES >> 20} MiB); nothing was run")
+        if answer is None:
+            self._fail(f"base model {self.model!r}: its chat template did not {failing}; nothing was run")
+        return answer
 
     def _fail(self, message: str) -> None:
-        self.close()
+        child, self._child = self._child, None
+        if child is not None:
+            child.kill()
         self._broken = message
         raise InvalidInput(message)
 

@@ -54,7 +54,7 @@ def _default_template(folder: Path, config: dict) -> str | None:
 class ChatTokenizer:
     """The subset of a transformers tokenizer that dataset validation uses: `apply_chat_template`."""
 
-    def __init__(self, folder: Path | str, *, timeout_s: float = 10.0) -> None:
+    def __init__(self, folder: Path | str, *, timeout_s: float = 60.0) -> None:
         from tokenizers import Tokenizer
 
         folder = Path(folder)
