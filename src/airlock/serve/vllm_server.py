@@ -25,8 +25,8 @@ from airlock.config import Settings
 from airlock.errors import NotFound, NotReady
 from airlock.models.tool_calls import tool_call_parser
 from airlock.private import make_private_dir, open_private
-from airlock.store import without_store_credentials
 from airlock.serve.engine import CONNECT_TIMEOUT_S, EngineClient, engine_client
+from airlock.store import without_store_credentials
 
 
 @functools.cache

@@ -17,8 +17,8 @@ from pathlib import Path
 
 from airlock.children import describe_exit, die_with_parent
 from airlock.private import make_private_dir, open_private
-from airlock.store import without_store_credentials
 from airlock.serve.vllm_server import stop_group
+from airlock.store import without_store_credentials
 
 # The order they start in; they stop in the reverse order (the gateway first stops taking traffic).
 NAMES = ("engine", "worker", "gateway")
