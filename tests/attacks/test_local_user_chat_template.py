@@ -79,14 +79,16 @@ def test_an_endless_template_is_cut_off_and_the_gateway_keeps_answering(gateway)
 def test_an_oversized_template_is_refused_unrendered(tmp_path: Path, tiny_models_dir: Path) -> None:
     """If size were not checked, a reviewer would see a template of megabytes compiled and run."""
     folder = hostile_model(tmp_path, tiny_models_dir / "airlock-tiny", "{{ 'x' }}" * (TEMPLATE_MAX_BYTES // 8))
-    with pytest.raises(Exception, match=rf"'hostile': its chat template is \d+ bytes, more than the {TEMPLATE_MAX_BYTES}"):
+    refused = rf"'hostile': its chat template is \d+ bytes, more than the {TEMPLATE_MAX_BYTES}"
+    with pytest.raises(Exception, match=refused):
         ChatTokenizer(folder)
 
 
 def test_a_template_that_builds_a_huge_string_is_stopped(tmp_path: Path, tiny_models_dir: Path) -> None:
     """If memory were not bounded, a reviewer would see the renderer grow by gigabytes; instead the
     record is refused (by the size or memory limit, or the time limit) and the renderer stops."""
-    huge = "{% set s = namespace(t='x' * 1000000) %}{% for i in range(99999) %}{% set s.t = s.t ~ s.t %}{% endfor %}{{ s.t }}"
+    huge = ("{% set s = namespace(t='x' * 1000000) %}{% for i in range(99999) %}{% set s.t = s.t ~ s.t %}"
+            "{% endfor %}{{ s.t }}")
     folder = hostile_model(tmp_path, tiny_models_dir / "airlock-tiny", huge)
     with ChatTokenizer(folder, timeout_s=20) as tokenizer:
         started = time.monotonic()

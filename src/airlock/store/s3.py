@@ -43,7 +43,8 @@ def _verifying_pool(ca: Path) -> urllib3.PoolManager:
     timeout = 300
     return urllib3.PoolManager(timeout=urllib3.Timeout(connect=timeout, read=timeout), maxsize=10,
                                cert_reqs="CERT_REQUIRED", ca_certs=str(ca),
-                               retries=urllib3.Retry(total=5, backoff_factor=0.2, status_forcelist=[500, 502, 503, 504]))
+                               retries=urllib3.Retry(total=5, backoff_factor=0.2,
+                                                     status_forcelist=[500, 502, 503, 504]))
 
 
 class S3Store(ArtifactStore):

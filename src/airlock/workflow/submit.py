@@ -101,7 +101,8 @@ def submit_spec(airlock: Airlock, raw: dict, overrides: list[str] | None, *, whe
     base = None
     try:
         base_path = resolve_base_model(airlock.settings, spec.base_model)
-        base = {"name": spec.base_model, "path": str(base_path), "digest": model_digest(base_path, cache=digest_cache(airlock.settings))}
+        digest = model_digest(base_path, cache=digest_cache(airlock.settings))
+        base = {"name": spec.base_model, "path": str(base_path), "digest": digest}
     except AirlockError as exc:
         problems.append(f"{where}: base_model: {exc.message}")
     fields = _dataset_fields(spec, types)
