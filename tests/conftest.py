@@ -9,6 +9,7 @@ import subprocess
 import sys
 import tempfile
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -22,6 +23,16 @@ EXAMPLES = REPO_ROOT / "examples"
 # podman on hosts such as CI's (no systemd as PID 1, a cgroup mode crun refuses, no CAP_SYS_RESOURCE)
 # needs the repository's settings for it (docs/bundle.md), unless the environment names others.
 os.environ.setdefault("CONTAINERS_CONF", str(REPO_ROOT / "images" / "containers.conf"))
+
+
+@pytest.fixture(autouse=True)
+def _restore_umask() -> Iterator[None]:
+    """Commands that open a home set an owner-only umask for their whole process (airlock.private);
+    run in-process (CliRunner), they must not hand it on to the tests after them."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    yield
+    os.umask(umask)
 
 
 @pytest.fixture

@@ -100,6 +100,9 @@ class Settings(BaseSettings):
     max_completion_tokens: int = 4096
     max_prompt_chars: int = 200_000
     max_guided_bytes: int = 16 * 1024
+    # A base model's chat template renders the records of a submitted workflow's datasets in a
+    # child process that is killed when they take longer than this, in all (models/chat_render.py).
+    chat_template_timeout_s: float = 60.0
     # Request fields that change server behaviour beyond a completion (chat_template, ...),
     # and fields outside OpenAI's API and the engine's sampling extras, are refused unless named
     # here, comma-separated; allow_unknown_request_fields passes every unknown field on.
@@ -137,6 +140,9 @@ class Settings(BaseSettings):
     s3_secret_key: str = ""
     s3_bucket: str = "airlock"
     s3_secure: bool = False
+    # The CA certificate (PEM) that the S3 endpoint's TLS certificate is checked against (the
+    # site's CA, or the store's own self-signed certificate); empty: the system's CAs.
+    s3_ca: Path | None = None
 
     # The audit log's anchors: each new head hash, signed with the appliance key, appended as one
     # line to this file outside the database (default: HOME/audit/anchors.jsonl), and, where set,
@@ -144,7 +150,7 @@ class Settings(BaseSettings):
     audit_anchors: Path | None = None
     audit_syslog: str = ""
 
-    @field_validator("tls_cert", "tls_key", "checkpoints_dir", "audit_anchors", mode="before")
+    @field_validator("tls_cert", "tls_key", "checkpoints_dir", "s3_ca", "audit_anchors", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         # An environment file that writes `AIRLOCK_TLS_CERT=` means no TLS, not the current folder.
@@ -234,11 +240,14 @@ class Settings(BaseSettings):
         return f"{scheme}://{self.gateway_host}:{self.gateway_port}"
 
     def ensure_dirs(self) -> None:
-        for d in (self.home, self.keys_dir, self.run_dir, self.serving_dir):
-            d.mkdir(parents=True, exist_ok=True)
-        # Keys, sockets, logs and the adapter copies vLLM reads: the appliance's user only.
+        """The home's folders, made owner-only; a home other users can open is refused (see
+        airlock.private)."""
+        from airlock.private import check_private_tree, make_private_dir
+
+        make_private_dir(self.home)
+        check_private_tree(self.home)  # before anything is written into it
         for d in (self.keys_dir, self.run_dir, self.serving_dir):
-            d.chmod(0o700)
+            make_private_dir(d)
 
 
 def get_settings() -> Settings:

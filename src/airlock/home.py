@@ -13,6 +13,7 @@ from pathlib import Path
 
 from airlock.config import Settings
 from airlock.errors import NotReady
+from airlock.private import make_private_dir, open_private
 
 
 def lock_path(settings: Settings) -> Path:
@@ -25,8 +26,8 @@ class HomeLock:
         self.fd: int | None = None
 
     def acquire(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        make_private_dir(self.path.parent)
+        fd = open_private(self.path, os.O_RDWR | os.O_CREAT)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

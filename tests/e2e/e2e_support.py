@@ -66,7 +66,7 @@ def running_appliance(home: Path, models_dir: Path, **settings: str) -> Iterator
     env = dict(os.environ, AIRLOCK_HOME=str(home), AIRLOCK_GATEWAY_PORT=str(free_port()),
                AIRLOCK_VLLM_PORT=str(free_port()), AIRLOCK_MODELS_DIR=str(models_dir), **settings)
     gateway_url = f"http://127.0.0.1:{env['AIRLOCK_GATEWAY_PORT']}"
-    home.mkdir(parents=True, exist_ok=True)
+    home.mkdir(mode=0o700, parents=True, exist_ok=True)  # airlock refuses a home others can open
     log_path = home.parent / "up.log"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen([AIRLOCK, "up"], env=env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT)

@@ -67,8 +67,10 @@ def test_one_playbook_serves_the_quickstart_across_a_store_host_and_a_service_ho
             assert set(loaded["servicehost"]) == {f"localhost/airlock-{s}" for s in ("gateway", "worker", "engine")}, loaded
             # The service host finds the store at the store host's address; the credentials crossed
             # through the play, and nothing of the services lies on the store host.
-            settings = service.read("/etc/airlock/airlock.env")
+            settings = service.read("/etc/airlock/airlock-store.env")
             assert f"AIRLOCK_S3_ENDPOINT={STORE_ADDRESS}:{STORE_PORT}" in settings
+            assert "AIRLOCK_S3_SECURE=true" in settings and "AIRLOCK_S3_CA=/store-ca.crt" in settings  # TLS between hosts
+            assert "AIRLOCK_S3_" not in service.read("/etc/airlock/airlock.env")  # the engine's settings: no store keys
             assert service.run(["test", "-e", "/etc/airlock/store.credentials"], check=False).returncode != 0
             assert store.run(["test", "-e", "/etc/airlock/airlock.env"], check=False).returncode != 0
             # The store host's firewall admits the inventory's hosts to the store's port, and no one

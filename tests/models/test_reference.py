@@ -11,7 +11,8 @@ from typer.testing import CliRunner
 from airlock.config import Settings
 from airlock.errors import InvalidInput, NotFound
 from airlock.models.catalog import (
-    DIGEST_CACHE,
+    LEGACY_DIGEST_CACHE,
+    digest_cache,
     list_base_models,
     model_digest,
     refused_base_models,
@@ -123,8 +124,8 @@ def test_same_seed_builds_identical_bytes_and_another_seed_differs(tmp_path: Pat
     a = build(tmp_path / "a" / "tiny")
     b = build(tmp_path / "b" / "tiny")
     c = build(tmp_path / "c" / "tiny", seed=1)
-    assert model_digest(a, use_cache=False) == model_digest(b, use_cache=False)
-    assert model_digest(c, use_cache=False) != model_digest(a, use_cache=False)
+    assert model_digest(a) == model_digest(b)
+    assert model_digest(c) != model_digest(a)
 
 
 def test_build_refuses_unknown_arch_and_existing_folder(tmp_path: Path) -> None:
@@ -183,13 +184,14 @@ def test_catalog_takes_any_hf_folder_such_as_mistral(catalog_settings: Settings)
 
 def test_digest_covers_every_file_and_cache_never_lies(catalog_settings: Settings) -> None:
     folder = resolve_base_model(catalog_settings, "tiny-llama")
-    first = model_digest(folder)
-    assert (folder / DIGEST_CACHE).is_file()
-    assert model_digest(folder) == first == model_digest(folder, use_cache=False)
+    cache = digest_cache(catalog_settings)
+    first = model_digest(folder, cache=cache)
+    assert cache.is_file() and not (folder / LEGACY_DIGEST_CACHE).exists()  # in the home, not beside the model
+    assert model_digest(folder, cache=cache) == first == model_digest(folder)
     (folder / "README.md").write_text("changed")
-    assert model_digest(folder) != first
+    assert model_digest(folder, cache=cache) != first
     (folder / "README.md").unlink()
-    assert model_digest(folder) != first
+    assert model_digest(folder, cache=cache) != first
 
 
 def test_cli_build_reference_skips_an_existing_model(tmp_path: Path, monkeypatch) -> None:

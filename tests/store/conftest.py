@@ -32,6 +32,7 @@ class S3Server:
     endpoint: str
     access_key: str
     secret_key: str
+    ca: Path | None = None  # the server's self-signed certificate, when it serves TLS
 
 
 def _weed_binary() -> str:
@@ -59,8 +60,9 @@ def _wait_until_serving(proc: subprocess.Popen, server: S3Server, log: Path) -> 
         server.endpoint,
         server.access_key,
         server.secret_key,
-        secure=False,
-        http_client=urllib3.PoolManager(timeout=2.0, retries=False),
+        secure=server.ca is not None,
+        http_client=urllib3.PoolManager(timeout=2.0, retries=False, cert_reqs="CERT_REQUIRED",
+                                        ca_certs=str(server.ca) if server.ca else None),
     )
     deadline = time.monotonic() + START_TIMEOUT_S
     while True:
@@ -92,11 +94,27 @@ def _stop(proc: subprocess.Popen, log: Path) -> None:
 
 @pytest.fixture(scope="session")
 def seaweedfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
-    base = tmp_path_factory.mktemp("seaweedfs")
+    yield from _serve(tmp_path_factory.mktemp("seaweedfs"), tls=False)
+
+
+@pytest.fixture(scope="session")
+def seaweedfs_tls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """The same server answering S3 over TLS only, with a self-signed certificate for 127.0.0.1
+    made by airlock's own `tls generate` code (as the playbooks make one where no CA's is given)."""
+    yield from _serve(tmp_path_factory.mktemp("seaweedfs-tls"), tls=True)
+
+
+def _serve(base: Path, *, tls: bool) -> Iterator[S3Server]:
+    from airlock.tls.generate import generate_self_signed
+
     data = base / "data"
     data.mkdir()
     s3, master, volume, filer, *grpc = _free_ports(8)
-    server = S3Server(f"127.0.0.1:{s3}", "airlock-test", secrets.token_hex(20))
+    tls_args = []
+    if tls:
+        generate_self_signed(base / "s3.crt", base / "s3.key", ["127.0.0.1", "localhost"])
+        tls_args = [f"-s3.cert.file={base / 's3.crt'}", f"-s3.key.file={base / 's3.key'}"]
+    server = S3Server(f"127.0.0.1:{s3}", "airlock-test", secrets.token_hex(20), base / "s3.crt" if tls else None)
     identity = {
         "name": "airlock",
         "credentials": [{"accessKey": server.access_key, "secretKey": server.secret_key}],
@@ -125,6 +143,7 @@ def seaweedfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
         f"-s3.port.grpc={grpc[3]}",
         f"-s3.localSocket={base / 's3.sock'}",
         f"-s3.config={s3_config}",
+        *tls_args,
         # Extra listeners on fixed default ports would clash between parallel sessions.
         "-s3.port.iceberg=0",
         "-s3.port.lance=0",

@@ -114,7 +114,7 @@ def test_stored_layout(store: ArtifactStore) -> None:
     if isinstance(store, LocalStore):
         path = store.root / "blobs" / "sha256" / hexdigest[:2] / hexdigest
         assert path.read_bytes() == b"layout"
-        assert stat.S_IMODE(path.stat().st_mode) == 0o444
+        assert stat.S_IMODE(path.stat().st_mode) == 0o400  # read-only, the owner's alone
         assert no_temp_files(path.parent)
     else:
         assert isinstance(store, S3Store)

@@ -176,10 +176,11 @@ def test_a_full_disk_fails_the_run_clearly_and_keeps_the_database_and_the_earlie
         pytest.skip("a tmpfs in a mount namespace needs root and unshare (CI has both: there it runs)")
     run_id = submit_training(airlock, tmp_path, "full", epochs=6, checkpoint_every=20)
     training = airlock.settings.training_dir
-    training.mkdir(parents=True, exist_ok=True)
-    # The worker sees a 420 KiB tmpfs where checkpoints go: room for one checkpoint, not two.
+    training.mkdir(mode=0o700, parents=True, exist_ok=True)
+    # The worker sees a 420 KiB tmpfs where checkpoints go: room for one checkpoint, not two. It is
+    # the appliance's own, 0700 (a tmpfs is 1777 by default, which the worker refuses in its home).
     env = {**os.environ, "AIRLOCK_HOME": str(airlock.settings.home)}
-    worker = subprocess.Popen(["unshare", "-m", "sh", "-c", f"mount -t tmpfs -o size=420k full {training} && "
+    worker = subprocess.Popen(["unshare", "-m", "sh", "-c", f"mount -t tmpfs -o size=420k,mode=0700 full {training} && "
                                f"exec {sys.executable} -m airlock worker"], env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
     try:

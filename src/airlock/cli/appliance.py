@@ -10,6 +10,7 @@ import typer
 
 from airlock.cli.common import cli_actor, command, console, open_airlock, print_json
 from airlock.config import REPO_ROOT, get_settings
+from airlock.private import private_umask
 
 QUICKSTART = REPO_ROOT / "examples" / "quickstart.yaml"
 
@@ -28,6 +29,7 @@ def up() -> None:
     """Start and supervise the engine (vLLM), the worker and the gateway; Ctrl-C stops all three."""
     from airlock.supervisor.supervisor import Supervisor
 
+    private_umask()  # the supervisor and the services it starts: an owner-only home
     supervisor = Supervisor(get_settings(), on_status=_say)
     _on_stop_signals(supervisor.stop_requested)
     try:
@@ -99,6 +101,7 @@ def engine() -> None:
     """Run the engine service alone: vLLM on the private socket, with a new secret (foreground)."""
     from airlock.serve.vllm_server import VllmServer
 
+    private_umask()  # vLLM writes its own files too: owner-only
     settings = get_settings()
     settings.ensure_dirs()
     VllmServer(settings).exec_engine()
@@ -114,6 +117,7 @@ def worker(
 
     from airlock.workflow.worker import live_worker_in, serve_worker
 
+    private_umask()
     if check:
         from airlock.meta import open_meta
 
@@ -133,6 +137,7 @@ def gateway() -> None:
     from airlock.gateway.app import serve_gateway
     from airlock.web import install
 
+    private_umask()
     serve_gateway(get_settings(), log_level="warning", ui=install)
 
 
@@ -179,6 +184,7 @@ def demo(
     from airlock.workflow.submit import submit
 
     workflow_file = workflow_file or QUICKSTART
+    private_umask()
     settings = get_settings()
     supervisor = None
     if appliance_pid(settings) is None:

@@ -47,8 +47,12 @@ def cli_actor() -> str:
 
 
 def open_airlock():
+    """The appliance of AIRLOCK_HOME, for a command that reads or writes its home: everything the
+    command creates from here on is owner-only (airlock.private)."""
     from airlock.context import Airlock
+    from airlock.private import private_umask
 
+    private_umask()
     return Airlock.open()
 
 

@@ -29,7 +29,7 @@ def init(
                                  param_hint="AIRLOCK_STORE_BACKEND")
     state = ensure_bucket(endpoint=settings.s3_endpoint, access_key=settings.s3_access_key,
                           secret_key=settings.s3_secret_key, bucket=settings.s3_bucket,
-                          secure=settings.s3_secure, versioning=versioning)
+                          secure=settings.s3_secure, versioning=versioning, ca=settings.s3_ca)
     if json_out:
         print_json(dataclasses.asdict(state))
     else:

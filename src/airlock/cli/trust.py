@@ -55,8 +55,12 @@ def pinned_dir() -> Path:
     from airlock.config import get_settings
     from airlock.trust.pinned import trust_dir
 
+    from airlock.private import make_private_dir
+
     prefix = os.environ.get("AIRLOCK_PREFIX") or default_prefix()
-    return Path(prefix) / "trust" if prefix else trust_dir(get_settings())
+    if prefix:
+        return Path(prefix) / "trust"  # read by the services' user: made by the installer, 0755
+    return make_private_dir(trust_dir(get_settings()))  # in the home: private like all of it
 
 
 def _signing_keys(paths: list[Path], passphrase_file: Path | None) -> list:

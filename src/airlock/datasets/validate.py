@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from airlock.datasets.records import CHECKS, LENGTH_FIELDS, Messages, describe, detect_format, json_type
-from airlock.errors import InvalidInput, NotFound
+from airlock.errors import AirlockError, InvalidInput, NotFound
 
 # Enough to show the pattern of what is wrong; a file with 40,000 bad lines needs one fix, not
 # 40,000 lines of output.
@@ -98,6 +98,8 @@ def _check_length(tokenizer: Any, max_length: int | None, fmt: str, messages: Me
     field = LENGTH_FIELDS[fmt]
     try:
         n = count_tokens(tokenizer, messages)
+    except AirlockError:
+        raise  # a limit of the renderer (time, size): the template's, not this record's
     except Exception as exc:  # a template may raise for role orders it does not support
         return f"{field}: the model's chat template rejected this record: {exc}"
     if max_length is not None and n > max_length:

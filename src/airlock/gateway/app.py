@@ -91,6 +91,7 @@ def create_app(settings: Settings | None = None, ui: Callable[[FastAPI], None] |
     """The gateway; `ui` adds the web UI's routes (airlock.web.install), which build on this
     package and so are handed in rather than imported."""
     settings = settings or get_settings()
+    settings.ensure_dirs()  # made private, and refused if other users can open it
     # The one context every route and page is handed (gateway/deps.py): one database handle and
     # one audit anchor per gateway, never a second opened beside it.
     airlock = open_context(settings)

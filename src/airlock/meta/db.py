@@ -17,6 +17,7 @@ import sqlite_utils
 
 from airlock.meta.chain import append, chain_unhashed, now
 from airlock.meta.migrations import MIGRATIONS
+from airlock.private import create_private_file, make_private_dir
 
 if TYPE_CHECKING:
     from airlock.meta.anchor import Anchors
@@ -98,7 +99,9 @@ class Meta:
 
 
 def open_meta(path: Path, anchors: Anchors | None = None) -> Meta:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_private_dir(path.parent)
+    # SQLite gives its -wal and -shm files the database file's mode: made 0600 here, all three are.
+    create_private_file(path)
     meta = Meta(path, anchors)
     meta.migrate()
     return meta

@@ -13,15 +13,19 @@ import json
 import os
 import re
 import struct
+from dataclasses import dataclass
 from pathlib import Path
 
 from airlock.config import Settings
 from airlock.errors import InvalidInput, NotFound
 from airlock.models.tool_calls import tool_call_parser
+from airlock.private import PRIVATE_FILE, make_private_dir
+from airlock.trust.atomic import write_atomic
 
 # Pickle-based weights can run code when loaded; they are named so the refusal can say why.
 UNSAFE_WEIGHT_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
-DIGEST_CACHE = ".airlock-digest.json"
+LEGACY_DIGEST_CACHE = ".airlock-digest.json"
+SAFETENSORS_MAX_HEADER = 100 * 1024 * 1024  # the format's own limit
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _CHUNK = 1 << 20
 
@@ -37,7 +41,8 @@ def list_base_models(settings: Settings) -> list[dict]:
         # The override is the served model's: the engine serves one base model.
         override = settings.tool_call_parser if folder.name == settings.serve_base_model else ""
         try:
-            models.append(describe_model(folder, tool_call_parser_override=override))
+            models.append(describe_model(folder, tool_call_parser_override=override,
+                                         cache=digest_cache(settings)))
         except InvalidInput:
             continue
     return models
@@ -104,9 +109,9 @@ def check_model_dir(folder: Path) -> None:
     raise InvalidInput(f"{folder} has no *.safetensors weights")
 
 
-def describe_model(folder: Path, *, tool_call_parser_override: str = "") -> dict:
-    """Name, path, architecture, parameter count, context length, digest and vLLM tool-call
-    parser (None: no tool calling) of one usable model folder."""
+def describe_model(folder: Path, *, tool_call_parser_override: str = "", cache: Path | None = None) -> dict:
+    """Name, path, architecture, parameter count, context length, digest (see `model_digest` for
+    `cache`) and vLLM tool-call parser (None: no tool calling) of one usable model folder."""
     folder = Path(folder)
     check_model_dir(folder)
     config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
@@ -119,7 +124,7 @@ def describe_model(folder: Path, *, tool_call_parser_override: str = "") -> dict
         "parameters": count_parameters(folder),
         "context_length": config.get("max_position_embeddings"),
         "tool_call_parser": tool_call_parser(folder, tool_call_parser_override),
-        "digest": model_digest(folder),
+        "digest": model_digest(folder, cache=cache),
     }
 
 
@@ -134,6 +139,9 @@ def count_parameters(folder: Path) -> int | None:
         for path in sorted(Path(folder).glob("*.safetensors")):
             with path.open("rb") as f:
                 (header_len,) = struct.unpack("<Q", f.read(8))
+                # A damaged or hostile length would otherwise ask read() for exabytes.
+                if header_len > min(path.stat().st_size - 8, SAFETENSORS_MAX_HEADER):
+                    return None
                 header = json.loads(f.read(header_len))
             for key, entry in header.items():
                 if key != "__metadata__":
@@ -146,30 +154,62 @@ def count_parameters(folder: Path) -> int | None:
     return total
 
 
-def model_digest(folder: Path, *, use_cache: bool = True) -> str:
+def model_digest(folder: Path, *, cache: Path | None = None) -> str:
     """`sha256:<hex>` over a canonical listing of every file: relative path, size and sha256.
 
-    Per-file hashes are cached beside the files, keyed by size and mtime, so listing many
-    models stays fast. Verification right before a load should pass use_cache=False: a cache
-    that lives with the files cannot vouch for them.
+    Without `cache` every file is hashed. With it (`digest_cache(settings)`, a file in the
+    appliance's private home, never in the model folder, where a local user or a carried file
+    could write whatever it wants) a file's hash is reused only while its identity is unchanged:
+    see `_FileKey` for why that identity cannot be forged by anyone but root.
     """
     folder = Path(folder)
-    cache_path = folder / DIGEST_CACHE
-    cached = _read_cache(cache_path) if use_cache else {}
+    remembered = _read_cache(cache) if cache is not None else {}
     entries: dict[str, dict] = {}
+    fresh: dict[str, dict] = {}
     for path in sorted(_files(folder), key=lambda p: p.relative_to(folder).as_posix()):
-        rel = path.relative_to(folder).as_posix()
-        st = path.stat()
-        hit = cached.get(rel)
-        if hit and hit.get("size") == st.st_size and hit.get("mtime_ns") == st.st_mtime_ns:
-            sha = hit["sha256"]
-        else:
-            sha = _sha256_file(path)
-        entries[rel] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": sha}
+        key = _FileKey.of(path)
+        hit = remembered.get(key.path)
+        sha = hit["sha256"] if hit and hit.get("key") == key.values() else _sha256_file(path)
+        entries[path.relative_to(folder).as_posix()] = {"size": key.size, "sha256": sha}
+        fresh[key.path] = {"key": key.values(), "sha256": sha}
     listing = "".join(f"{rel}\t{e['size']}\t{e['sha256']}\n" for rel, e in entries.items())
-    if use_cache and entries != cached:
-        _write_cache(cache_path, entries)
+    if cache is not None and any(remembered.get(k) != v for k, v in fresh.items()):
+        # This folder's entries are replaced whole, so files it no longer holds are forgotten.
+        inside = str(folder.resolve()) + os.sep
+        _write_cache(cache, {**{k: v for k, v in remembered.items() if not k.startswith(inside)}, **fresh})
     return "sha256:" + hashlib.sha256(listing.encode("utf-8")).hexdigest()
+
+
+def digest_cache(settings: Settings) -> Path:
+    """Where the appliance remembers the hashes of base model files: its own home, owner-only."""
+    return settings.home / "cache" / "model-digests.json"
+
+
+@dataclass(frozen=True)
+class _FileKey:
+    """What must be unchanged for a remembered hash to still be the file's.
+
+    Size and mtime alone are not enough: anyone who can write the file can set its mtime back
+    (os.utime). The ctime cannot be set that way: the kernel stamps it with the current time on
+    every change of the file's bytes or metadata (a write, a utime, a chmod), and only root can
+    move the clock. A file replaced by another gets a new inode or a new ctime; the device and
+    the absolute path keep a cache entry to the file it was made for.
+    """
+
+    path: str
+    device: int
+    inode: int
+    size: int
+    mtime_ns: int
+    ctime_ns: int
+
+    @classmethod
+    def of(cls, path: Path) -> _FileKey:
+        st = path.stat()
+        return cls(str(path.resolve()), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+    def values(self) -> list[int]:
+        return [self.device, self.inode, self.size, self.mtime_ns, self.ctime_ns]
 
 
 def _candidate_folders(models_dir: Path) -> list[Path]:
@@ -185,8 +225,8 @@ def _files(folder: Path):
         dirs.sort()
         for name in names:
             path = Path(root) / name
-            # The cache and its temporary siblings describe the files; they are not the model.
-            if path.parent == folder and name.startswith(DIGEST_CACHE):
+            # Earlier releases kept a cache of hashes here; it is not the model (and never read).
+            if path.parent == folder and name.startswith(LEGACY_DIGEST_CACHE):
                 continue
             yield path
 
@@ -202,17 +242,13 @@ def _sha256_file(path: Path) -> str:
 def _read_cache(path: Path) -> dict:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-        return data["files"] if data.get("version") == 1 else {}
+        return data["files"] if data.get("version") == 2 and isinstance(data["files"], dict) else {}
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return {}
 
 
 def _write_cache(path: Path, entries: dict) -> None:
-    # Best effort: an installed models directory may be read-only, and then we just rehash.
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(json.dumps({"version": 1, "files": entries}, sort_keys=True), encoding="utf-8")
-        os.replace(tmp, path)
-    except OSError:
-        with contextlib.suppress(OSError):  # on a read-only folder the write failed before creating it
-            tmp.unlink(missing_ok=True)
+    # Best effort: a home that cannot be written only costs hashing again next time.
+    with contextlib.suppress(OSError):
+        make_private_dir(path.parent)
+        write_atomic(path, json.dumps({"version": 2, "files": entries}, sort_keys=True).encode(), PRIVATE_FILE)

@@ -6,6 +6,8 @@ the chat template with its sandboxed jinja renderer, then encode the text withou
 Both are available torch-free: the renderer from `transformers.utils.chat_template_utils` (the
 very function transformers calls, so templates behave the same), the encoding from the model's
 `tokenizer.json` through the `tokenizers` library that backs transformers' fast tokenizers.
+The renderer runs in a child process with a time and a memory limit (models/chat_render.py): the
+template is a program that came with the model folder.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from airlock.errors import InvalidInput
+from airlock.models.chat_render import TemplateRenderer
 
 # The named special tokens transformers passes into every template (its SPECIAL_TOKENS_ATTRIBUTES).
 _SPECIAL = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
@@ -51,7 +54,7 @@ def _default_template(folder: Path, config: dict) -> str | None:
 class ChatTokenizer:
     """The subset of a transformers tokenizer that dataset validation uses: `apply_chat_template`."""
 
-    def __init__(self, folder: Path | str) -> None:
+    def __init__(self, folder: Path | str, *, timeout_s: float = 60.0) -> None:
         from tokenizers import Tokenizer
 
         folder = Path(folder)
@@ -68,14 +71,20 @@ class ChatTokenizer:
         self.special_tokens = {k: t for k in _SPECIAL
                                if (t := _token_text(config.get(k, legacy.get(k)))) is not None}
         self.backend = Tokenizer.from_file(str(folder / "tokenizer.json"))
+        # The template is the model folder's program: rendered in a child with limits (chat_render).
+        self.renderer = TemplateRenderer(name, self.template, self.special_tokens, timeout_s=timeout_s)
 
     def render(self, messages: list[dict], *, add_generation_prompt: bool = False) -> str:
-        from transformers.utils.chat_template_utils import render_jinja_template
+        return self.renderer.render(messages, add_generation_prompt=add_generation_prompt)
 
-        rendered, _ = render_jinja_template([messages], chat_template=self.template,
-                                            add_generation_prompt=add_generation_prompt,
-                                            **self.special_tokens)
-        return rendered[0]
+    def close(self) -> None:
+        self.renderer.close()
+
+    def __enter__(self) -> ChatTokenizer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def apply_chat_template(self, messages: list[dict], *, tokenize: bool = True,
                             add_generation_prompt: bool = False, return_dict: bool = False) -> Any:

@@ -24,7 +24,9 @@ from pathlib import Path
 from airlock.config import Settings
 from airlock.errors import NotFound, NotReady
 from airlock.models.tool_calls import tool_call_parser
+from airlock.private import make_private_dir, open_private
 from airlock.serve.engine import CONNECT_TIMEOUT_S, EngineClient, engine_client
+from airlock.store import without_store_credentials
 
 
 @functools.cache
@@ -43,8 +45,8 @@ def has_nvidia_gpu() -> bool:
 def prepare_engine_dir(settings: Settings) -> str:
     """A private engine directory with no stale socket, and a new secret in it; returns it."""
     engine_dir = settings.engine_dir
-    engine_dir.mkdir(parents=True, exist_ok=True)
-    engine_dir.chmod(0o700)
+    make_private_dir(engine_dir)
+    engine_dir.chmod(0o700)  # a shared volume (AIRLOCK_ENGINE_HOME) made by others is narrowed too
     settings.engine_socket.unlink(missing_ok=True)  # vLLM cannot bind over a stale one
     secret = secrets.token_urlsafe(32)
     tmp = settings.engine_secret_path.with_suffix(".tmp")
@@ -119,7 +121,9 @@ class VllmServer:
         return cmd + extra
 
     def environment(self, secret: str) -> dict[str, str]:
-        env = dict(os.environ)
+        # vLLM never opens the artifact store (the gateway hands it verified copies): it gets none
+        # of the store's keys, whatever the environment it was started from holds.
+        env = without_store_credentials(dict(os.environ))
         env["VLLM_API_KEY"] = secret
         env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] = "True"
         # Idle connections stay open longer than the gateway keeps them pooled, so the gateway
@@ -155,9 +159,9 @@ class VllmServer:
         if self.is_running():
             return
         self._check_model()
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        make_private_dir(self.log_path.parent)
         env = self.environment(prepare_engine_dir(self.settings))
-        with open(self.log_path, "wb") as log:
+        with os.fdopen(open_private(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), "wb") as log:
             self.proc = subprocess.Popen(self.command(), stdin=subprocess.DEVNULL, stdout=log,
                                          stderr=subprocess.STDOUT, env=env, start_new_session=True)
 

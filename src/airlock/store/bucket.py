@@ -8,6 +8,7 @@ without it is reported, not refused.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from minio.commonconfig import ENABLED
 from minio.error import S3Error
@@ -26,10 +27,10 @@ class BucketState:
 
 
 def ensure_bucket(*, endpoint: str, access_key: str, secret_key: str, bucket: str, secure: bool,
-                  versioning: bool = True) -> BucketState:
+                  versioning: bool = True, ca: Path | None = None) -> BucketState:
     """Create the bucket if missing and turn versioning on if asked; `changed` says whether anything was done."""
     probe = S3Store(endpoint=endpoint, access_key=access_key, secret_key=secret_key, bucket=bucket,
-                    secure=secure, create=False)
+                    secure=secure, ca=ca, create=False)
     created = probe.ensure_bucket()
     status, changed = _versioning(probe, versioning)
     return BucketState(bucket=bucket, endpoint=probe.endpoint, created=created, versioning=status,

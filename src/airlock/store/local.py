@@ -1,7 +1,7 @@
 """The folder backend: blobs and refs as plain files under one root.
 
 Layout:
-    <root>/blobs/sha256/<first 2 hex>/<64 hex>   read-only blob files
+    <root>/blobs/sha256/<first 2 hex>/<64 hex>   read-only blob files (0400; folders 0700)
     <root>/refs/<name>                          one line: the digest the ref points at
 
 Every write goes to a temp file in the destination folder, is fsynced and then renamed over the
@@ -16,11 +16,14 @@ import tempfile
 from pathlib import Path
 
 from airlock.errors import IntegrityFailure, InvalidInput, NotFound
+from airlock.private import PRIVATE_FILE, make_private_dir
 from airlock.store.base import CHUNK, ArtifactStore, check_digest, check_ref_name, sha256_file
 
 # "~" can never appear in a ref name or a blob name, so a temp file left behind by a crash is
 # never mistaken for a ref when listing.
 TMP_PREFIX = ".~tmp-"
+# Blobs never change once written: read-only, and like everything in the home, the owner's alone.
+BLOB_MODE = 0o400
 
 
 def fsync_path(folder: Path) -> None:
@@ -38,7 +41,7 @@ class _AtomicWriter:
     def __init__(self, target: Path, mode: int) -> None:
         self.target = target
         self.mode = mode
-        target.parent.mkdir(parents=True, exist_ok=True)
+        make_private_dir(target.parent)
         fd, name = tempfile.mkstemp(prefix=TMP_PREFIX, dir=target.parent)
         self.tmp = Path(name)
         self.file = os.fdopen(fd, "wb")
@@ -68,8 +71,8 @@ class LocalStore(ArtifactStore):
         self.root = Path(root)
         self.blobs = self.root / "blobs" / "sha256"
         self.refs = self.root / "refs"
-        self.blobs.mkdir(parents=True, exist_ok=True)
-        self.refs.mkdir(parents=True, exist_ok=True)
+        make_private_dir(self.blobs)
+        make_private_dir(self.refs)
 
     def __repr__(self) -> str:
         return f"LocalStore({str(self.root)!r})"
@@ -84,7 +87,7 @@ class LocalStore(ArtifactStore):
         digest = "sha256:" + hashlib.sha256(data).hexdigest()
         path = self.blob_path(digest)
         if not path.exists():
-            with _AtomicWriter(path, 0o444) as w:
+            with _AtomicWriter(path, BLOB_MODE) as w:
                 w.file.write(data)
                 w.commit()
         return digest
@@ -100,7 +103,7 @@ class LocalStore(ArtifactStore):
         # Hash again while copying, so the name always matches the bytes actually stored even
         # if the file changed in between.
         h = hashlib.sha256()
-        with open(path, "rb") as src, _AtomicWriter(self.blob_path(digest), 0o444) as w:
+        with open(path, "rb") as src, _AtomicWriter(self.blob_path(digest), BLOB_MODE) as w:
             while chunk := src.read(CHUNK):
                 h.update(chunk)
                 w.file.write(chunk)
@@ -134,7 +137,7 @@ class LocalStore(ArtifactStore):
         dest = Path(dest)
         path, f = self._open_blob(digest)
         h = hashlib.sha256()
-        with f, _AtomicWriter(dest, 0o644) as w:
+        with f, _AtomicWriter(dest, PRIVATE_FILE) as w:
             while chunk := f.read(CHUNK):
                 h.update(chunk)
                 w.file.write(chunk)
@@ -167,7 +170,7 @@ class LocalStore(ArtifactStore):
         path = self._ref_path(name)
         if not self.exists(digest):
             raise NotFound(f"cannot point reference {name!r} at {digest}: not in the store")
-        with _AtomicWriter(path, 0o644) as w:
+        with _AtomicWriter(path, PRIVATE_FILE) as w:
             w.file.write((digest + "\n").encode())
             w.commit()
 

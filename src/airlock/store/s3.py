@@ -17,17 +17,34 @@ import os
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
+from typing import BinaryIO
 
 import urllib3
 from minio import Minio
-from minio.error import S3Error
+from minio.error import InvalidResponseError, S3Error, ServerError
 
 from airlock.errors import AirlockError, IntegrityFailure, InvalidInput, NotFound, NotReady
+from airlock.private import PRIVATE_FILE, make_private_dir
 from airlock.store.base import CHUNK, ArtifactStore, check_digest, check_ref_name, sha256_file
 
 BLOBS = "blobs/sha256/"
 REFS = "refs/"
 MISSING = {"NoSuchKey", "NoSuchObject", "ResourceNotFound"}
+# Blobs smaller than this are verified in memory by get_bytes; bigger ones on disk.
+SPOOL_BYTES = 8 * CHUNK
+REF_MAX_BYTES = 128  # "sha256:" and 64 hex digits, a newline, room to spare
+
+
+def _verifying_pool(ca: Path) -> urllib3.PoolManager:
+    """The SDK's own connection pool (its timeouts and retries), checking the endpoint's
+    certificate against `ca` alone: the site's CA, not every CA the system trusts."""
+    if not ca.is_file():
+        raise NotFound(f"the S3 store's CA certificate {ca} (AIRLOCK_S3_CA) does not exist")
+    timeout = 300
+    return urllib3.PoolManager(timeout=urllib3.Timeout(connect=timeout, read=timeout), maxsize=10,
+                               cert_reqs="CERT_REQUIRED", ca_certs=str(ca),
+                               retries=urllib3.Retry(total=5, backoff_factor=0.2,
+                                                     status_forcelist=[500, 502, 503, 504]))
 
 
 class S3Store(ArtifactStore):
@@ -39,6 +56,7 @@ class S3Store(ArtifactStore):
         secret_key: str = "",
         bucket: str = "airlock",
         secure: bool = False,
+        ca: Path | None = None,
         create: bool = True,
     ) -> None:
         # Accept "http://host:port" as well as the bare "host:port" the SDK wants.
@@ -52,6 +70,7 @@ class S3Store(ArtifactStore):
             access_key=access_key or None,
             secret_key=secret_key or None,
             secure=secure,
+            http_client=_verifying_pool(Path(ca)) if secure and ca else None,
         )
         if create:
             self.ensure_bucket()
@@ -88,6 +107,10 @@ class S3Store(ArtifactStore):
             raise AirlockError(f"S3 refused {what} at {self.endpoint}: {detail}") from e
         except urllib3.exceptions.HTTPError as e:
             raise NotReady(f"S3 endpoint {self.endpoint} is not reachable ({what}): {e}") from e
+        except (InvalidResponseError, ServerError) as e:
+            # Plain HTTP to a TLS endpoint (or the reverse) gets an answer that is not S3's.
+            raise NotReady(f"S3 endpoint {self.endpoint} did not answer as S3 ({what}): {str(e).strip()}; "
+                           "does AIRLOCK_S3_SECURE match the endpoint?") from e
 
     @staticmethod
     def _blob_key(digest: str) -> str:
@@ -143,33 +166,36 @@ class S3Store(ArtifactStore):
                 f"artifact {digest} at {self._where(key)} has changed: it hashes to {actual}"
             )
 
-    def get_bytes(self, digest: str) -> bytes:
+    def _fetch_into(self, digest: str, out: BinaryIO) -> None:
+        """Stream the blob into `out` chunk by chunk, hashing on the way; IntegrityFailure unless
+        what arrived is the digest's bytes. Never more than a chunk of it is held in memory."""
         h = hashlib.sha256()
-        buf = bytearray()
         with self._download(digest) as (key, chunks):
             for chunk in chunks:
                 h.update(chunk)
-                buf += chunk
+                out.write(chunk)
         self._verify(digest, key, h)
-        return bytes(buf)
+
+    def get_bytes(self, digest: str) -> bytes:
+        # Spooled (to an unnamed temp file past SPOOL_BYTES) and verified there first: the caller
+        # gets the bytes once they are known to be the digest's, and they are held in memory once.
+        with tempfile.SpooledTemporaryFile(max_size=SPOOL_BYTES) as spool:
+            self._fetch_into(digest, spool)
+            spool.seek(0)
+            return spool.read()
 
     def get_file(self, digest: str, dest: Path) -> Path:
         dest = Path(dest)
-        dest.parent.mkdir(parents=True, exist_ok=True)
+        make_private_dir(dest.parent)
         # The download lands in a temp file beside dest and only becomes dest once verified.
         fd, name = tempfile.mkstemp(prefix=".~tmp-", dir=dest.parent)
         tmp = Path(name)
         try:
-            h = hashlib.sha256()
             with os.fdopen(fd, "wb") as out:
-                with self._download(digest) as (key, chunks):
-                    for chunk in chunks:
-                        h.update(chunk)
-                        out.write(chunk)
-                self._verify(digest, key, h)
+                self._fetch_into(digest, out)
                 out.flush()
                 os.fsync(out.fileno())
-            os.chmod(tmp, 0o644)
+            os.chmod(tmp, PRIVATE_FILE)
             os.replace(tmp, dest)
         except BaseException:
             tmp.unlink(missing_ok=True)
@@ -191,12 +217,15 @@ class S3Store(ArtifactStore):
         with self._errors(f"reference {name!r}", key):
             response = self.client.get_object(self.bucket, key)
             try:
-                text = response.read().decode(errors="replace").strip()
+                # A reference is one digest: whatever a server sends past that is not read.
+                raw = response.read(REF_MAX_BYTES + 1)
             finally:
                 response.close()
                 response.release_conn()
         try:
-            return check_digest(text)
+            if len(raw) > REF_MAX_BYTES:
+                raise InvalidInput(f"more than {REF_MAX_BYTES} bytes")
+            return check_digest(raw.decode(errors="replace").strip())
         except InvalidInput:
             raise IntegrityFailure(
                 f"reference {name!r} at {self._where(key)} does not hold a digest"

@@ -16,10 +16,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from airlock.children import describe_exit, die_with_parent
+from airlock.private import make_private_dir, open_private
 from airlock.serve.vllm_server import stop_group
+from airlock.store import without_store_credentials
 
 # The order they start in; they stop in the reverse order (the gateway first stops taking traffic).
 NAMES = ("engine", "worker", "gateway")
+# The services that open the artifact store, and so get its credentials (AIRLOCK_S3_*).
+USES_STORE = frozenset({"worker", "gateway"})
 STOP_GRACE_S = {"gateway": 10.0, "worker": 15.0, "engine": 20.0}
 # A service that stayed up this long had a healthy run: its next crash starts the backoff anew.
 STABLE_AFTER_S = 60.0
@@ -43,13 +47,19 @@ class Service:
         return self.proc.pid if self.proc else None
 
     def start(self) -> None:
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        env = dict(os.environ, **self.env)
-        with open(self.log_path, "ab") as log:
+        make_private_dir(self.log_path.parent)
+        env = self.environment()
+        with os.fdopen(open_private(self.log_path), "ab") as log:
             self.proc = subprocess.Popen([sys.executable, "-m", "airlock", self.name], env=env,
                                          stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                          start_new_session=True, preexec_fn=die_with_parent)
         self.state, self.started_at = "starting", time.monotonic()
+
+    def environment(self) -> dict[str, str]:
+        """What the child starts with: the supervisor's environment, less the S3 store's keys for a
+        service that never opens the store (the engine)."""
+        env = dict(os.environ, **self.env)
+        return env if self.name in USES_STORE else without_store_credentials(env)
 
     def exited(self) -> int | None:
         """The exit code once the process ended (and was reaped), else None."""

@@ -20,10 +20,12 @@ import httpx
 from airlock.config import Settings
 from airlock.errors import NotReady
 from airlock.home import HomeLock, appliance_pid
+from airlock.private import PRIVATE_FILE
 from airlock.serve.engine import EngineClient
 from airlock.serve.vllm_server import clear_engine_dir, log_tail
 from airlock.supervisor.services import NAMES, Service
 from airlock.tls import check_configured, local_gateway
+from airlock.trust.atomic import write_atomic
 from airlock.trust.keys import ensure_appliance_key
 from airlock.workflow.worker import LAST_EXIT_ENV
 
@@ -140,10 +142,7 @@ class Supervisor:
         if text == self._last_status:
             return
         self._last_status = text
-        path = status_path(self.settings)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(text)
-        tmp.replace(path)
+        write_atomic(status_path(self.settings), text.encode(), PRIVATE_FILE)
 
 
 def read_status(settings: Settings) -> dict:

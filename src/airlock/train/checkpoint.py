@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from airlock.errors import IntegrityFailure, StageFailed
+from airlock.private import make_private_dir
 from airlock.store.local import fsync_path
 
 ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json")
@@ -137,11 +138,11 @@ def write(folder: Path, snap: Snapshot) -> Path:
     fsynced, then renamed; the older checkpoints beyond the newest two and the best go."""
     from safetensors.torch import save_file
 
-    folder.mkdir(parents=True, exist_ok=True)
+    make_private_dir(folder)
     final, partial = folder / _name(snap.step), folder / f"{PARTIAL}{_name(snap.step)}"
     shutil.rmtree(partial, ignore_errors=True)
     try:
-        partial.mkdir()
+        make_private_dir(partial)
         save_file(snap.adapter, partial / "adapter_model.safetensors", metadata={"format": "pt"})
         (partial / "adapter_config.json").write_bytes(snap.adapter_config)
         save_file(snap.optimizer[0], partial / "optimizer.safetensors")

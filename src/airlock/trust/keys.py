@@ -122,7 +122,8 @@ def _sync_public(keys_dir: Path, key: Ed25519PrivateKey) -> None:
                 f"{public_key_id(key)}; one of the two files was replaced"
             )
         return
-    _write_atomic(pub_path, expected, 0o644, exclusive=False)
+    # Readable by the appliance's user only, as everything in its home (airlock.private).
+    _write_atomic(pub_path, expected, 0o600, exclusive=False)
 
 
 def ensure_appliance_key(settings) -> Ed25519PrivateKey:

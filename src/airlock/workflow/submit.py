@@ -31,7 +31,7 @@ from airlock.context import Airlock
 from airlock.datasets.service import OPERATOR_READER, Reader, add_dataset, get_dataset, length_problems
 from airlock.errors import AirlockError, InvalidInput, NotFound
 from airlock.meta.db import now
-from airlock.models.catalog import model_digest, resolve_base_model
+from airlock.models.catalog import digest_cache, model_digest, resolve_base_model
 from airlock.train.launch import PLACEMENT_SETTINGS, too_few_hosts
 from airlock.workflow import spec as specs
 from airlock.workflow.queue import MAX_PRIORITY, parse_duration, parse_priority
@@ -116,7 +116,8 @@ def submit_spec(airlock: Airlock, raw: dict, overrides: list[str] | None, *, whe
     base = None
     try:
         base_path = resolve_base_model(airlock.settings, spec.base_model)
-        base = {"name": spec.base_model, "path": str(base_path), "digest": model_digest(base_path)}
+        digest = model_digest(base_path, cache=digest_cache(airlock.settings))
+        base = {"name": spec.base_model, "path": str(base_path), "digest": digest}
     except AirlockError as exc:
         problems.append(f"{where}: base_model: {exc.message}")
     fields = _dataset_fields(spec, types)
@@ -231,18 +232,19 @@ def _length_problems(airlock: Airlock, base: dict, fields: dict[str, str], diges
     from airlock.models.chat_tokens import ChatTokenizer
 
     try:
-        tokenizer = ChatTokenizer(base["path"])
+        tokenizer = ChatTokenizer(base["path"], timeout_s=airlock.settings.chat_template_timeout_s)
     except InvalidInput as exc:
         return [f"{where}: base_model: {exc.message}"]
     problems, seen = [], set()
-    for field, digest in digests.items():
-        if digest in seen:
-            continue
-        seen.add(digest)
-        # Lines are labelled as the spec names the dataset: the file the CLI read, or the name.
-        found = length_problems(airlock, digest, tokenizer=tokenizer, too_long_hint=TOO_LONG_HINT,
-                                max_length=airlock.settings.vllm_max_model_len, label=fields[field])
-        problems += [f"{field}: {p}" for p in found]
+    with tokenizer:
+        for field, digest in digests.items():
+            if digest in seen:
+                continue
+            seen.add(digest)
+            # Lines are labelled as the spec names the dataset: the file the CLI read, or the name.
+            found = length_problems(airlock, digest, tokenizer=tokenizer, too_long_hint=TOO_LONG_HINT,
+                                    max_length=airlock.settings.vllm_max_model_len, label=fields[field])
+            problems += [f"{field}: {p}" for p in found]
     return problems
 
 

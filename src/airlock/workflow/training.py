@@ -18,6 +18,8 @@ from pathlib import Path
 from airlock.children import describe_exit, die_with_parent
 from airlock.errors import InvalidInput, StageFailed
 from airlock.meta.db import now
+from airlock.private import make_private_dir, open_private
+from airlock.store import without_store_credentials
 from airlock.train import checkpoint
 from airlock.train.job import EVENTS, JOB, RECORDS, STOP, VALIDATION
 from airlock.train.launch import Placement
@@ -44,7 +46,7 @@ def prepare(folder: Path, base_dir: Path, config: dict, records: list[list[dict]
             placement: Placement | None = None) -> None:
     """The job's inputs; checkpoints of an earlier attempt stay, so the job resumes from them.
     `placement` (default: this host alone) is where the job's processes run and meet."""
-    folder.mkdir(parents=True, exist_ok=True)
+    make_private_dir(folder)
     folder.chmod(0o700)
     for stale in (STOP, EVENTS):
         (folder / stale).unlink(missing_ok=True)
@@ -53,16 +55,23 @@ def prepare(folder: Path, base_dir: Path, config: dict, records: list[list[dict]
     job = {"base_dir": str(base_dir), "config": config, "checkpoints": str(folder / "checkpoints"),
            "adapter_dir": str(adapter), "memory_limit_mb": memory_limit_mb,
            "placement": asdict(placement or Placement(nproc_per_node=config.get("nproc_per_node", 1)))}
-    (folder / JOB).write_text(json.dumps(job, indent=2))
+    with _create(folder / JOB) as f:
+        f.write(json.dumps(job, indent=2))
     for name, rows in ((RECORDS, records), (VALIDATION, validation)):
         (folder / name).unlink(missing_ok=True)
         if rows is not None:
-            with (folder / name).open("w", encoding="utf-8") as f:
+            with _create(folder / name) as f:
                 f.writelines(json.dumps(r) + "\n" for r in rows)
 
 
+def _create(path: Path):
+    """A new owner-only text file (the records are the dataset's own content)."""
+    return os.fdopen(open_private(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), "w", encoding="utf-8")
+
+
 def child_env(threads: int, gpus: list[int]) -> dict[str, str]:
-    env = dict(os.environ)
+    # The job reads its folder only; the worker moves artifacts in and out of the store.
+    env = without_store_credentials(dict(os.environ))
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         env[var] = str(max(threads, 1))
     env["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in gpus)  # empty: the CPU only
