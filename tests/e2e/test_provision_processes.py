@@ -30,13 +30,18 @@ def read_unit(path: Path) -> dict:
     unit = configparser.ConfigParser(strict=False, interpolation=None)
     unit.optionxform = str  # systemd's keys are case-sensitive
     unit.read_string(path.read_text())
-    return dict(unit["Service"])
+    service = dict(unit["Service"])
+    # A unit may name several environment files (the store's credentials have one of their own);
+    # configparser keeps only the last, systemd reads them all in order.
+    service["EnvironmentFiles"] = [line.split("=", 1)[1].strip() for line in path.read_text().splitlines()
+                                   if line.startswith("EnvironmentFile=")]
+    return service
 
 
 def unit_env(service: dict) -> dict[str, str]:
     env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
-    if "EnvironmentFile" in service:
-        for line in Path(service["EnvironmentFile"]).read_text().splitlines():
+    for file in service.get("EnvironmentFiles", []):
+        for line in Path(file.removeprefix("-")).read_text().splitlines():
             if line and not line.startswith("#"):
                 name, _, value = line.partition("=")
                 env[name] = value
