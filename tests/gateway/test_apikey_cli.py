@@ -54,12 +54,17 @@ def test_every_command_has_help():
         assert "Usage" in result.stdout
 
 
-def test_a_keys_own_max_tokens_is_stored_listed_and_checked(settings):
+def test_a_keys_own_max_tokens_is_stored_listed_and_checked(settings, monkeypatch):
     created = runner.invoke(app, ["apikey", "create", "--name", "summaries", "--max-tokens", "300", "--json"])
     assert created.exit_code == 0, created.output
     key = json.loads(created.stdout)
     assert json.loads(runner.invoke(app, ["apikey", "list", "--json"]).stdout)[0]["max_tokens"] == 300
-    assert "300 max_tokens" in runner.invoke(app, ["apikey", "list"], env={"COLUMNS": "200"}).stdout
+    # The CLI's console takes its width when first imported, so a table is as wide as that terminal
+    # was, whatever COLUMNS says now: widen the console itself so the limits cell is not wrapped.
+    from airlock.cli.common import console
+
+    monkeypatch.setattr(console, "width", 200)
+    assert "300 max_tokens" in runner.invoke(app, ["apikey", "list"]).stdout
     assert authenticate(open_meta(settings.db_path), f"Bearer {key['key']}")["max_tokens"] == 300
     negative = runner.invoke(app, ["apikey", "create", "--name", "x", "--max-tokens", "-1"])
     assert negative.exit_code == 2 and "--max-tokens -1" in negative.stderr

@@ -116,9 +116,13 @@ def test_gradient_accumulation_equals_the_larger_batch(base, tmp_path):
 
 @pytest.mark.parametrize(("method", "key"), [("dora", "use_dora"), ("rslora", "use_rslora")])
 def test_dora_and_rslora_train_and_say_so_in_the_adapter(base, tmp_path, method, key):
-    result = finetune(base, RECORDS, LoraTrainConfig(method=method, epochs=2, rank=4, seed=1), tmp_path / method)
+    result = finetune(base, RECORDS, LoraTrainConfig(method=method, epochs=4, rank=4, seed=1), tmp_path / method)
     config = json.loads((tmp_path / method / "adapter_config.json").read_text())
-    assert config[key] is True and result.losses[-1] < result.losses[0]
+    # A step's loss depends on which examples it drew, so one step against another is noise (the
+    # CPU's rounding alone can order them either way): the last epoch against the first is not.
+    per_epoch = len(result.losses) // 4
+    first, last = result.losses[:per_epoch], result.losses[-per_epoch:]
+    assert config[key] is True and sum(last) / per_epoch < sum(first) / per_epoch - 0.2, result.losses
 
 
 def test_validation_settings_are_checked():

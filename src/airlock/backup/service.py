@@ -300,6 +300,8 @@ def restore_backup(settings: Settings, backup: Path, *, passphrase: bytes, trust
             _restore_trust(from_backup, staging / trust_dir.resolve().relative_to(home.resolve()) if inside
                            else trust_dir)
             _place_anchors(staging, home, settings.audit_anchor_path, stamp)
+            for folder, _, _ in os.walk(staging):  # every folder here is this restore's own: all private
+                os.chmod(folder, 0o700)
             if moved_aside is not None:
                 home.rename(moved_aside)
             elif home.exists():

@@ -60,7 +60,12 @@ def pinned_dir() -> Path:
     prefix = os.environ.get("AIRLOCK_PREFIX") or default_prefix()
     if prefix:
         return Path(prefix) / "trust"  # read by the services' user: made by the installer, 0755
-    return make_private_dir(trust_dir(get_settings()))  # in the home: private like all of it
+    pinned = trust_dir(get_settings())
+    # In the home: private like all of it. Made only inside a home that exists: a restore, which
+    # takes this path too, assembles a home of its own and refuses one that is already there.
+    if pinned.parent.is_dir():
+        make_private_dir(pinned)
+    return pinned
 
 
 def _signing_keys(paths: list[Path], passphrase_file: Path | None) -> list:
