@@ -31,7 +31,7 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import closing
 from datetime import UTC, datetime
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
@@ -189,7 +189,13 @@ def _unpack(reader: SealedReader, dest: Path) -> None:
             for member in tar:
                 if not (member.isreg() or member.isdir()):
                     raise IntegrityFailure(f"{reader.path}: {member.name} is not a regular file or folder")
-                tar.extract(member, dest, filter="data")
+                # tarfile's extraction filters came with Python 3.11.4; a provisioned host runs
+                # Debian 12's 3.11.2, so what the "data" filter would refuse here is checked by
+                # hand: a relative path that stays inside `dest`. Modes are set below, owners never.
+                if PurePosixPath(member.name).is_absolute() or ".." in PurePosixPath(member.name).parts \
+                        or not (dest / member.name).resolve().is_relative_to(dest.resolve()):
+                    raise IntegrityFailure(f"{reader.path}: {member.name} would land outside the restored home")
+                tar.extract(member, dest, set_attrs=False)
     except tarfile.TarError as exc:
         raise IntegrityFailure(f"{reader.path}: the sealed archive does not read as tar ({exc})") from None
     reader.read_to_end()  # a chunk appended or the last one cut off shows only at the very end
