@@ -20,12 +20,13 @@ from pathlib import Path
 
 import pytest
 
+from local_user import as_nobody
+
 from airlock.config import Settings
 from airlock.context import Airlock
 from airlock.meta.audit import check_anchors, verify
 
 AIRLOCK = Path(sys.executable).parent / "airlock"
-NOBODY = 65534
 # CI runs as root, so there the attack always runs: a missing root fails rather than skips.
 pytestmark = pytest.mark.skipif(os.getuid() != 0 and not os.environ.get("CI"),
                                 reason="runs the attacker as another user (needs root)")
@@ -54,10 +55,6 @@ ATTACK = """
 DELETE FROM audit WHERE id > 7;
 UPDATE sqlite_sequence SET seq = 7 WHERE name = 'audit';
 """
-
-
-def as_nobody(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(list(args), user=NOBODY, group=NOBODY, capture_output=True, text=True, timeout=60)
 
 
 def test_deleting_the_newest_rows_and_resetting_the_sequence_is_named(shared_home: Settings) -> None:

@@ -21,6 +21,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from local_user import as_nobody
+
 from airlock.access.keys import create_key
 from airlock.config import REPO_ROOT, Settings
 from airlock.context import Airlock
@@ -32,7 +34,6 @@ from airlock.supervisor.services import Service
 from airlock.trust.keys import ensure_appliance_key
 from airlock.workflow.training import prepare
 
-NOBODY = 65534
 DATASET = REPO_ROOT / "examples" / "datasets" / "quickstart.jsonl"
 
 
@@ -57,11 +58,6 @@ def usual_umask() -> Iterator[None]:
         yield
     finally:
         os.umask(old)
-
-
-def as_nobody(*argv: str) -> subprocess.CompletedProcess:
-    return subprocess.run(list(argv), user=NOBODY, group=NOBODY, extra_groups=[], capture_output=True,
-                          text=True, timeout=60)
 
 
 def open_entries(home: Path) -> list[str]:
