@@ -79,7 +79,11 @@ def test_kill_9_of_the_worker_at_a_random_step_resumes_with_identical_losses(air
     assert run["attempts"] == 2 and "killed" not in (run["error"] or "")
     [resume] = events(airlock, resumed, "resumed")
     assert f"queued again to resume from its checkpoint of step {resume['step']}" in run["notice"]
-    assert resume["step"] == killed_at // 20 * 20 and resume["step"] >= 40
+    # The job may run a few steps past what the worker had read from it when the kill came, and
+    # write one more checkpoint before the kernel ends it with its parent; never more than one.
+    last_seen_checkpoint = killed_at // 20 * 20
+    assert resume["step"] % 20 == 0 and resume["step"] >= 40
+    assert last_seen_checkpoint <= resume["step"] <= last_seen_checkpoint + 20, (killed_at, resume["step"])
     expected = losses(airlock, baseline)
     assert len(expected) == 320 and losses(airlock, resumed) == expected
     # Every step either attempt trained, those trained twice included, matches the baseline.
