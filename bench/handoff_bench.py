@@ -126,7 +126,7 @@ def first_token(client: httpx.Client) -> tuple[float, str]:
 
 
 def one_handoff(stack: Stack, client: httpx.Client, model_id: str) -> dict[str, float]:
-    from airlock.gate.promote import GatePolicy, promote
+    from airlock.promotion.gate import GatePolicy, promote
     from airlock.serve.deploy import deploy
 
     if model_id in stack.vllm.loaded_adapters():

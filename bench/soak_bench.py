@@ -167,7 +167,7 @@ async def soak(stack: Stack, clients: int, seconds: float, gap_every: float) -> 
 
 def warm(stack: Stack, adapter: str) -> None:
     """Promote and serve the adapter under the alias, and answer one request through it untimed."""
-    from airlock.gate.promote import GatePolicy, promote
+    from airlock.promotion.gate import GatePolicy, promote
     from airlock.serve.deploy import deploy
 
     promote(stack.airlock, adapter, GatePolicy(min_exact_match=0.9), actor="bench")

@@ -12,7 +12,7 @@ from airlock.config import REPO_ROOT
 PACKAGE = REPO_ROOT / "src" / "airlock"
 TOP = {"cli", "__main__"}
 ENTRY = {"gateway", "supervisor", "web"}
-SERVICES = {"access", "datasets", "evaluate", "gate", "models", "serve", "tls", "train", "trust"}
+SERVICES = {"access", "datasets", "models", "promotion", "serve", "tls", "train", "trust"}
 FOUNDATION = {"store", "meta", "config", "errors", "context", "home", "private"}
 # What each layer may import, besides itself and the layers below the next rule.
 MAY_NOT_IMPORT = {

@@ -91,7 +91,7 @@ def list_cmd(json_out: bool = typer.Option(False, "--json", help="Print JSON."))
 def verify_cmd(model_id: str = typer.Argument(..., help="The adapter's id (see `airlock models list`).")) -> None:
     """Re-check a stored model: its manifest signature and every file's sha256 and size."""
     from airlock.cli.common import open_airlock
-    from airlock.models.signing import verify_model
+    from airlock.promotion.signing import verify_model
 
     manifest = verify_model(open_airlock(), model_id)
     console.print(f"[green]{model_id} verified[/]: signature and {len(manifest['files'])} file(s) match")
@@ -105,7 +105,7 @@ def promote_cmd(
 ) -> None:
     """Pass a signed, evaluated adapter through the promotion gate (signature, digests, thresholds)."""
     from airlock.cli.common import open_airlock
-    from airlock.gate.promote import GatePolicy, promote
+    from airlock.promotion.gate import GatePolicy, promote
 
     result = promote(open_airlock(), model_id, GatePolicy(min_exact_match=min_exact_match), actor=cli_actor())
     console.print(f"[green]promoted {model_id}[/] (promotion {result['promotion_id']})")

@@ -249,7 +249,7 @@ def list_models(airlock: AirlockDep, key: Key = Depends(permit("models:read"))) 
 
 @api.post("/models/{model_id}/verify")
 def verify_model(model_id: str, airlock: AirlockDep, key: Key = Depends(permit("models:verify"))) -> dict:
-    from airlock.models.signing import verify_model as verify
+    from airlock.promotion.signing import verify_model as verify
 
     manifest = verify(airlock, model_id)
     return {"model_id": model_id, "verified": True, "files": len(manifest["files"])}

@@ -12,7 +12,7 @@ import time
 
 from airlock.context import Airlock
 from airlock.errors import GateRefused, InvalidInput, NotReady
-from airlock.gate.promote import latest_promotion
+from airlock.promotion.gate import latest_promotion
 from airlock.home import appliance_pid
 from airlock.meta.db import now
 from airlock.models.adapters import get_model

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from airlock.context import Airlock
 from airlock.errors import IntegrityFailure
-from airlock.models.signing import verify_model
+from airlock.promotion.signing import verify_model
 from airlock.serve.engine import EngineClient
 
 

@@ -23,7 +23,7 @@ router = APIRouter(include_in_schema=False)
 def verification(airlock, model_id: str) -> tuple[dict[str, Any], dict | None]:
     """({state, reason}, the verified manifest or None): verified, unsigned (not yet evaluated),
     or failed with the reason."""
-    from airlock.models.signing import verify_model
+    from airlock.promotion.signing import verify_model
 
     try:
         return {"state": "verified", "reason": ""}, verify_model(airlock, model_id)

@@ -10,9 +10,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from airlock.datasets.service import load_records
 from airlock.errors import StageFailed
-from airlock.evaluate.compare import compare, is_better
+from airlock.promotion.evaluate import compare, is_better
 from airlock.models.adapters import get_model
-from airlock.models.signing import sign_candidate
+from airlock.promotion.signing import sign_candidate
 from airlock.workflow.stage import StageContext, StageType
 
 

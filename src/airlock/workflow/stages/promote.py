@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from airlock.gate.promote import GatePolicy, promote
+from airlock.promotion.gate import GatePolicy, promote
 from airlock.workflow.stage import StageContext, StageType
 
 

@@ -12,10 +12,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from airlock.context import Airlock
 from airlock.errors import GateRefused, IntegrityFailure
-from airlock.evaluate.compare import is_better
+from airlock.promotion.evaluate import is_better
 from airlock.meta.db import now
 from airlock.models.adapters import get_model
-from airlock.models.signing import verify_model
+from airlock.promotion.signing import verify_model
 
 
 class GatePolicy(BaseModel):

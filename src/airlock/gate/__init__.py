@@ -1,1 +1,0 @@
-"""The promotion gate: nothing is served unless its signature, bytes and scores check out."""

@@ -1,0 +1,1 @@
+"""A candidate's life from evaluation to an approved promotion: evaluate, sign, policy, approvals, records."""
