@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from airlock.context import Airlock
 from airlock.errors import GateRefused, IntegrityFailure
-from airlock.promotion.evaluate import is_better
+from airlock.promotion.thresholds import problems_of
 from airlock.meta.db import now
 from airlock.models.adapters import get_model
 from airlock.promotion.signing import verify_model
@@ -26,15 +26,10 @@ class GatePolicy(BaseModel):
 
 
 def check_thresholds(eval_results: dict, policy: GatePolicy) -> list[str]:
-    problems = []
-    candidate, base = eval_results.get("candidate"), eval_results.get("base")
-    if not candidate or not base:
+    if not eval_results.get("candidate") or not eval_results.get("base"):
         return ["the signed manifest holds no evaluation results"]
-    if candidate["exact_match"] < policy.min_exact_match:
-        problems.append(f"exact match {candidate['exact_match']:.2f} is under the gate's {policy.min_exact_match:.2f}")
-    if policy.require_better_than_base and not is_better(candidate, base):
-        problems.append("the candidate is not better than the base model")
-    return problems
+    return problems_of(eval_results, min_exact_match=policy.min_exact_match,
+                       better_than_base=policy.require_better_than_base)
 
 
 def promote(airlock: Airlock, model_id: str, policy: GatePolicy | None = None, actor: str = "worker") -> dict:

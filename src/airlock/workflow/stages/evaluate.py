@@ -10,7 +10,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from airlock.datasets.service import load_records
 from airlock.errors import StageFailed
-from airlock.promotion.evaluate import compare, is_better
+from airlock.promotion.evaluate import compare
+from airlock.promotion.thresholds import problems_of
 from airlock.models.adapters import get_model
 from airlock.promotion.signing import sign_candidate
 from airlock.workflow.stage import StageContext, StageType
@@ -39,16 +40,8 @@ def run_evaluate(ctx: StageContext) -> dict:
     answers = ctx.airlock.store.put_bytes(
         json.dumps({"candidate": scores["candidate"].answers, "base": scores["base"].answers}).encode()
     )
-    if candidate["exact_match"] < params.min_exact_match:
-        raise StageFailed(
-            f"candidate {model_id} exact match {candidate['exact_match']:.2f} is under min_exact_match "
-            f"{params.min_exact_match:.2f} (base model: {base['exact_match']:.2f})"
-        )
-    if not is_better(candidate, base):
-        raise StageFailed(
-            f"candidate {model_id} is not better than the base model: exact match "
-            f"{candidate['exact_match']:.2f} vs {base['exact_match']:.2f}, loss {candidate['loss']:.3f} vs {base['loss']:.3f}"
-        )
+    if problems := problems_of({"base": base, "candidate": candidate}, min_exact_match=params.min_exact_match):
+        raise StageFailed(f"candidate {model_id}: " + "; ".join(problems))
     manifest = sign_candidate(ctx.airlock, model_id, results)
     return {"model_id": model_id, "eval": results, "answers": answers, "manifest": manifest}
 
