@@ -15,7 +15,7 @@ import secrets
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypedDict
 
-from airlock.access.holders import check_holder, own_holder
+from airlock.access.holders import OPERATOR, check_holder, own_holder
 from airlock.access.roles import DEFAULT_ROLE, check_role
 from airlock.errors import InvalidInput, NotFound, Unauthorized
 from airlock.meta import Meta
@@ -237,3 +237,12 @@ def check_usable(row: KeyRow, at: datetime | None = None) -> KeyRow:
 def authenticate(meta: Meta, authorization: str | None) -> dict[str, Any]:
     """`check_key` against the database itself: for callers without a gateway's memory."""
     return check_key(load_keys(meta), authorization)
+
+
+def holder_of_actor(meta: Meta, actor: str) -> str:
+    """The person behind an audit actor: a key's holder for `key:ID`, the operator for what was
+    done on the host (`os:USER`, the worker)."""
+    if actor.startswith("key:"):
+        row = meta.one("SELECT holder FROM api_keys WHERE id = ?", (actor[4:],))
+        return (row and row["holder"]) or own_holder(actor[4:])
+    return OPERATOR

@@ -214,4 +214,65 @@ MIGRATIONS: list[tuple[int, str]] = [
         ALTER TABLE api_keys ADD COLUMN max_tokens INTEGER NOT NULL DEFAULT 0
         """,
     ),
+    (
+        # The promotion gate: policies per alias (versioned, each with a digest), promotion
+        # requests with their approvals, signed promotion records, staging names, revocation.
+        7,
+        """
+        CREATE TABLE gate_policies (
+            alias TEXT NOT NULL,
+            version INTEGER NOT NULL,
+            policy_json TEXT NOT NULL,
+            digest TEXT NOT NULL,
+            set_by TEXT NOT NULL,
+            set_at TEXT NOT NULL,
+            PRIMARY KEY (alias, version)
+        );
+        CREATE TABLE promotion_requests (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            alias TEXT NOT NULL,
+            staging_name TEXT NOT NULL,
+            model_id TEXT NOT NULL REFERENCES models(id),
+            run_id TEXT,
+            author TEXT NOT NULL,
+            author_key TEXT,
+            manifest_digest TEXT NOT NULL,
+            policy_version INTEGER NOT NULL,
+            policy_digest TEXT NOT NULL,
+            evaluation_digest TEXT NOT NULL,
+            scores_json TEXT NOT NULL,
+            champion_id TEXT,
+            state TEXT NOT NULL,
+            reason TEXT,
+            created_at TEXT NOT NULL,
+            decided_at TEXT,
+            promotion_id INTEGER
+        );
+        CREATE INDEX promotion_requests_by_alias ON promotion_requests(alias, state);
+        CREATE TABLE approvals (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            request_id INTEGER NOT NULL REFERENCES promotion_requests(id),
+            key_id TEXT NOT NULL,
+            holder TEXT NOT NULL,
+            verdict TEXT NOT NULL,
+            comment TEXT,
+            bound_json TEXT NOT NULL,
+            signature_json TEXT,
+            at TEXT NOT NULL,
+            UNIQUE (request_id, holder)
+        );
+        ALTER TABLE promotions ADD COLUMN alias TEXT;
+        ALTER TABLE promotions ADD COLUMN request_id INTEGER;
+        ALTER TABLE promotions ADD COLUMN record_digest TEXT;
+        ALTER TABLE aliases ADD COLUMN staged_for TEXT;
+        ALTER TABLE aliases ADD COLUMN audience TEXT;
+        ALTER TABLE aliases ADD COLUMN promotion_id INTEGER;
+        ALTER TABLE aliases ADD COLUMN revoked_note TEXT;
+        ALTER TABLE alias_history ADD COLUMN promotion_id INTEGER;
+        ALTER TABLE alias_history ADD COLUMN event TEXT;
+        ALTER TABLE models ADD COLUMN revoked_at TEXT;
+        ALTER TABLE models ADD COLUMN revoked_by TEXT;
+        ALTER TABLE models ADD COLUMN revoked_reason TEXT
+        """,
+    ),
 ]

@@ -1,28 +1,35 @@
-"""Promoting a signed candidate: verify signature, every file digest and the thresholds, then record.
+"""The workflow's own gate: a signed candidate's signature, every file digest and the thresholds
+its workflow asks, checked against the evaluation inside the signed manifest (not the database,
+so a row edited after signing passes nothing).
 
-The thresholds are checked against the eval results inside the signed manifest, not the database,
-so a row edited after signing cannot promote a model.
+This is the author's check, and it can only add to the alias's policy (policy.stricter_of): what
+an alias serves is decided by the policy an admin set and the approvers it names.
 """
 
 from __future__ import annotations
-
-import json
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from airlock.context import Airlock
 from airlock.errors import GateRefused, IntegrityFailure
-from airlock.promotion.thresholds import problems_of
-from airlock.meta.db import now
 from airlock.models.adapters import get_model
 from airlock.promotion.signing import verify_model
+from airlock.promotion.thresholds import problems_of
 
 
 class GatePolicy(BaseModel):
+    """A workflow's gate parameters; each can make the alias's policy stricter, never weaker."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     min_exact_match: float = Field(0.0, ge=0.0, le=1.0)
     require_better_than_base: bool = True
+    better_than_serving: bool | None = None
+    margin: float | None = Field(None, ge=0.0, le=1.0)
+
+    def as_policy_fields(self) -> dict:
+        return {"min_exact_match": self.min_exact_match, "better_than_base": self.require_better_than_base,
+                "better_than_serving": self.better_than_serving, "margin": self.margin}
 
 
 def check_thresholds(eval_results: dict, policy: GatePolicy) -> list[str]:
@@ -32,7 +39,8 @@ def check_thresholds(eval_results: dict, policy: GatePolicy) -> list[str]:
                        better_than_base=policy.require_better_than_base)
 
 
-def promote(airlock: Airlock, model_id: str, policy: GatePolicy | None = None, actor: str = "worker") -> dict:
+def check_candidate(airlock: Airlock, model_id: str, policy: GatePolicy | None = None, actor: str = "worker") -> dict:
+    """The candidate's signature, files and the workflow's thresholds; GateRefused naming each problem."""
     policy = policy or GatePolicy()
     get_model(airlock, model_id)
     try:
@@ -43,17 +51,6 @@ def promote(airlock: Airlock, model_id: str, policy: GatePolicy | None = None, a
     if problems := check_thresholds(manifest.get("eval_results") or {}, policy):
         airlock.meta.audit(actor, "gate.refused", model_id, reason=problems)
         raise GateRefused(f"gate refused {model_id}: thresholds not met", problems=problems)
-    model = get_model(airlock, model_id)
-    decision = {"policy": policy.model_dump(), "checks": ["signature", "file digests", "thresholds"],
-                "eval": manifest["eval_results"].get("candidate")}
-    with airlock.meta.write() as db:
-        promotion_id = db["promotions"].insert({
-            "model_id": model_id, "manifest_digest": model["manifest_digest"],
-            "decision_json": json.dumps(decision, sort_keys=True), "created_at": now(),
-        }).last_pk
-    airlock.meta.audit(actor, "gate.promoted", model_id, promotion=promotion_id)
-    return {"promotion_id": promotion_id, "model_id": model_id, "manifest": model["manifest_digest"]}
-
-
-def latest_promotion(airlock: Airlock, model_id: str) -> dict | None:
-    return airlock.meta.one("SELECT * FROM promotions WHERE model_id = ? ORDER BY id DESC LIMIT 1", (model_id,))
+    return {"model_id": model_id, "gate": policy.as_policy_fields(), "checks": ["signature", "file digests",
+                                                                              "thresholds"],
+            "eval": manifest["eval_results"].get("candidate")}

@@ -1,8 +1,11 @@
-"""Putting a promoted adapter behind an alias: verify again, hot-load, smoke-test, switch.
+"""Putting an adapter behind a name: a staging name at once, a production alias with a record only.
 
-The switch is one row update, made only after a smoke request through the new adapter worked.
-The previous adapter stays loaded in vLLM, so requests that resolved the alias before the switch
-finish on the adapter they started with.
+A candidate that passed its policy's evaluation is served under its staging name
+(`ALIAS.candidate-N`), callable by its author, approvers and admins. A production alias switches
+to an adapter only with a valid promotion record for that alias (promotion/records.py), checked
+right here before the load, and the switch is one row update made after a smoke request through
+the adapter worked. The previous adapter stays loaded in vLLM, so requests that resolved the
+alias before the switch finish on the adapter they started with.
 """
 
 from __future__ import annotations
@@ -12,11 +15,12 @@ import time
 
 from airlock.context import Airlock
 from airlock.errors import GateRefused, InvalidInput, NotReady
-from airlock.promotion.gate import latest_promotion
 from airlock.home import appliance_pid
 from airlock.meta.db import now
 from airlock.models.adapters import get_model
-from airlock.models.catalog import base_model_names
+from airlock.models.catalog import base_model_names, digest_cache, model_digest, resolve_base_model
+from airlock.promotion.records import verify_record
+from airlock.promotion.requests import STAGING_SUFFIX, RequestRow
 from airlock.serve.engine import EngineClient, engine_client
 from airlock.serve.serving_copy import load_verified
 
@@ -26,6 +30,9 @@ ALIAS_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 def check_alias(alias: str, settings=None) -> str:
     if not ALIAS_RE.match(alias or ""):
         raise InvalidInput(f"alias {alias!r} is not valid: use letters, digits, '.', '_' and '-' (at most 64)")
+    if re.search(re.escape(STAGING_SUFFIX) + r"\d+$", alias):
+        raise InvalidInput(f"alias {alias!r} ends like a staging name ({STAGING_SUFFIX}N), which the gate gives "
+                           "candidates; choose another alias")
     if settings is not None:
         bases = {settings.serve_base_model} | base_model_names(settings)
         if alias in bases:
@@ -50,28 +57,79 @@ def wait_for_engine(airlock: Airlock) -> EngineClient:
     return client
 
 
-def deploy(airlock: Airlock, model_id: str, alias: str, actor: str = "worker") -> dict:
+def served_base_digest(airlock: Airlock) -> str:
+    """The digest of the base model the engine serves, from its files (cached by size and mtime)."""
+    settings = airlock.settings
+    return model_digest(resolve_base_model(settings, settings.serve_base_model), cache=digest_cache(settings))
+
+
+def _check_base(airlock: Airlock, model: dict) -> None:
+    if model["revoked_at"]:
+        raise GateRefused(f"model {model['id']} was revoked at {model['revoked_at']} ({model['revoked_reason']}); "
+                          "a revoked adapter is never served again")
+    served = airlock.settings.serve_base_model
+    if model["base_digest"] != served_base_digest(airlock):
+        raise InvalidInput(f"model {model['id']} adapts {model['base_model']!r} ({model['base_digest']}), but the "
+                           f"engine here serves {served!r} with other weights: an adapter is served only on "
+                           "the very base model it was trained on")
+
+
+def _load(airlock: Airlock, model_id: str) -> EngineClient:
+    client = wait_for_engine(airlock)
+    if model_id not in client.loaded_adapters():  # vLLM knows each adapter by its content-derived id
+        load_verified(airlock, client, model_id)  # verifies the signed manifest again, right before load
+    client.smoke_test(model_id)
+    return client
+
+
+def stage_candidate(airlock: Airlock, request: RequestRow, *, actor: str = "worker") -> dict:
+    """Serve a candidate under its request's staging name, for its author and its reviewers."""
+    model = get_model(airlock, request["model_id"])
+    _check_base(airlock, model)
+    _load(airlock, model["id"])
+    with airlock.meta.write() as db:
+        db["aliases"].upsert({"name": request["staging_name"], "model_id": model["id"], "lora_name": model["id"],
+                              "base_model": airlock.settings.serve_base_model, "updated_at": now(),
+                              "staged_for": request["alias"], "audience": request["author"],
+                              "promotion_id": None, "revoked_note": None}, pk="name")
+    airlock.meta.audit(actor, "alias.staged", request["staging_name"], model_id=model["id"], request=request["id"])
+    return {"staging_name": request["staging_name"], "model_id": model["id"]}
+
+
+def switch(airlock: Airlock, alias: str, model_id: str, promotion_id: int, *, actor: str,
+           event: str = "promoted") -> dict:
+    """Point a production alias at `model_id` under promotion `promotion_id`: the record is
+    verified, the adapter loaded (verified again) and smoke-tested, then the row switches."""
     check_alias(alias, airlock.settings)
     model = get_model(airlock, model_id)
-    if latest_promotion(airlock, model_id) is None:
-        raise GateRefused(f"model {model_id} has not passed the promotion gate; it cannot be served")
-    served = airlock.settings.serve_base_model
-    if model["base_model"] != served:
-        raise InvalidInput(f"model {model_id} adapts {model['base_model']!r}, but vLLM here serves {served!r}")
-    client = wait_for_engine(airlock)
-
-    lora_name = model_id  # vLLM knows each adapter by its content-derived id
-    if lora_name not in client.loaded_adapters():
-        load_verified(airlock, client, model_id)  # verifies the signed manifest again, right before load
-    client.smoke_test(lora_name)
-
+    _check_base(airlock, model)
+    verify_record(airlock, alias, model_id, promotion_id, served_base_digest(airlock))
+    _load(airlock, model_id)
     with airlock.meta.write() as db:
-        db["aliases"].upsert({"name": alias, "model_id": model_id, "lora_name": lora_name,
-                              "base_model": served, "updated_at": now()}, pk="name")
-        db["alias_history"].insert({"alias": alias, "model_id": model_id, "lora_name": lora_name, "at": now()})
-    airlock.meta.audit(actor, "alias.switched", alias, model_id=model_id)
-    return {"alias": alias, "model_id": model_id, "lora_name": lora_name}
+        db["aliases"].upsert({"name": alias, "model_id": model_id, "lora_name": model_id,
+                              "base_model": airlock.settings.serve_base_model, "updated_at": now(),
+                              "staged_for": None, "audience": None, "promotion_id": promotion_id,
+                              "revoked_note": None}, pk="name")
+        db["alias_history"].insert({"alias": alias, "model_id": model_id, "lora_name": model_id, "at": now(),
+                                    "promotion_id": promotion_id, "event": event})
+    airlock.meta.audit(actor, "alias.switched", alias, model_id=model_id, promotion=promotion_id, event=event)
+    return {"alias": alias, "model_id": model_id, "lora_name": model_id, "promotion_id": promotion_id}
 
 
-def list_aliases(airlock: Airlock) -> list[dict]:
-    return airlock.meta.query("SELECT * FROM aliases ORDER BY name")
+def deploy(airlock: Airlock, model_id: str, alias: str, actor: str = "worker") -> dict:
+    """Serve `model_id` under `alias` again by hand: only with an approved promotion of that
+    model to that alias (the newest), checked like every load."""
+    check_alias(alias, airlock.settings)
+    get_model(airlock, model_id)
+    row = airlock.meta.one("SELECT id FROM promotions WHERE model_id = ? AND alias = ? AND record_digest IS NOT NULL "
+                           "ORDER BY id DESC LIMIT 1", (model_id, alias))
+    if row is None:
+        raise GateRefused(f"model {model_id} has no approved promotion to {alias!r}; it cannot be served there "
+                          "(a run proposes it, the alias's policy and its approvers promote it)")
+    return switch(airlock, alias, model_id, row["id"], actor=actor, event="deployed")
+
+
+def list_aliases(airlock: Airlock, *, staging: bool = False) -> list[dict]:
+    """Production aliases (and, with `staging`, the staging names too)."""
+    where = "" if staging else " WHERE staged_for IS NULL"
+    return airlock.meta.query(f"SELECT * FROM aliases{where} ORDER BY name")

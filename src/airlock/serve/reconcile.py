@@ -1,8 +1,9 @@
 """One reconciler: whatever restarted the engine, aliases come back only through verification.
 
 It compares the aliases in the database with the adapters the engine has loaded and, for each
-alias whose adapter is missing, verifies the signed manifest and the stored bytes again, makes a
-fresh serving copy and loads it. An alias that fails verification stays unloaded (the gateway
+alias whose adapter is missing, checks the alias's promotion record (a production alias) or its
+pending request (a staging name), verifies the signed manifest and the stored bytes again, makes
+a fresh serving copy and loads it. An alias that fails verification stays unloaded (the gateway
 answers 503 for it) and the failure is an audit row, repeated only when the reason changes.
 """
 
@@ -12,7 +13,10 @@ import logging
 import threading
 
 from airlock.context import Airlock
-from airlock.errors import AirlockError
+from airlock.errors import AirlockError, IntegrityFailure
+from airlock.promotion.records import verify_record
+from airlock.states import RequestState
+from airlock.serve.deploy import served_base_digest
 from airlock.serve.engine import engine_client
 from airlock.serve.serving_copy import load_verified
 
@@ -30,7 +34,8 @@ class Reconciler:
         """Load what is missing; returns {alias: 'restored' | 'refused: ...'} for what it did."""
         if not self.client.is_healthy(timeout=1.0):
             return {}
-        aliases = self.airlock.meta.query("SELECT name, model_id, lora_name FROM aliases ORDER BY name")
+        aliases = self.airlock.meta.query("SELECT name, model_id, lora_name, staged_for, promotion_id FROM aliases "
+                                          "WHERE revoked_note IS NULL ORDER BY name")
         if not aliases:
             return {}
         loaded = set(self.client.loaded_adapters())
@@ -43,8 +48,20 @@ class Reconciler:
             loaded = set(self.client.loaded_adapters())
         return done
 
+    def _may_serve(self, row: dict) -> None:
+        """A production alias needs its promotion record; a staging name a pending request."""
+        if row["staged_for"] is None:
+            verify_record(self.airlock, row["name"], row["model_id"], row["promotion_id"],
+                          served_base_digest(self.airlock))
+            return
+        request = self.airlock.meta.one("SELECT state FROM promotion_requests WHERE staging_name = ? "
+                                        "AND model_id = ?", (row["name"], row["model_id"]))
+        if request is None or request["state"] not in (RequestState.PENDING, RequestState.APPROVED):
+            raise IntegrityFailure(f"staging name {row['name']!r} has no open promotion request for {row['model_id']}")
+
     def _restore(self, row: dict) -> str:
         try:
+            self._may_serve(row)
             load_verified(self.airlock, self.client, row["model_id"])
         except AirlockError as exc:
             reason = str(exc)
