@@ -4,8 +4,8 @@ This table is the one place that says what a role may do: the rest of the code a
 `has_permission(role, ...)` and never compares a role by name (tests/test_role_names.py keeps it
 so), so a new role, or a role that may do more, is a change here and in docs/security.md only.
 
-`approver` is here so the promotion gate can grow approvals without a new key format: it may
-read what it is asked to approve, never train or administer.
+`approver` decides on promotion requests (docs/promotion.md): it may read what it is asked to
+approve and revoke what turned out bad, never train or administer.
 """
 
 from __future__ import annotations
@@ -23,14 +23,17 @@ MANAGES_ALL_RUNS = "runs:manage-all"  # cancel, reprioritise and resume every ru
 ANY_PRIORITY = "runs:any-priority"  # priorities above `high`, up to the queue's bound
 SEES_INTERNALS = "errors:internals"  # errors and specs with host paths and tracebacks, unredacted
 WEB_SIGN_IN = "web:sign-in"  # signs in to the web UI with its key
+APPROVES = "models:approve"  # approves or rejects promotion requests, calls every staging name
+SETS_POLICIES = "gate:policy"  # sets aliases' promotion policies; its approvals count only where a policy says so
+REVOKES = "models:revoke"  # revokes an adapter for good and rolls aliases back
 
 _READ = {"datasets:read", "runs:read", "models:read"}
 PERMISSIONS: dict[str, frozenset[str]] = {
     "inference": frozenset({INFERENCE}),
     "trainer": frozenset({INFERENCE, *_READ, "datasets:write", "runs:write", WEB_SIGN_IN}),
-    "approver": frozenset({INFERENCE, *_READ, "models:approve", READS_ALL_DATASETS, READS_ALL_RUNS,
+    "approver": frozenset({INFERENCE, *_READ, APPROVES, REVOKES, READS_ALL_DATASETS, READS_ALL_RUNS,
                            WEB_SIGN_IN}),
-    "admin": frozenset({INFERENCE, *_READ, "datasets:write", "runs:write", "models:approve",
+    "admin": frozenset({INFERENCE, *_READ, "datasets:write", "runs:write", APPROVES, SETS_POLICIES, REVOKES,
                         "models:verify", "aliases:read", "aliases:write", "keys:admin", "audit:read",
                         "metrics", "datasets:share", READS_ALL_DATASETS, READS_ALL_RUNS, MANAGES_ALL_RUNS,
                         ANY_PRIORITY, SEES_INTERNALS, WEB_SIGN_IN}),

@@ -194,6 +194,7 @@ def demo(
         threading.Thread(target=supervisor.run, name="airlock-supervisor", daemon=True).start()
     try:
         airlock = open_airlock()
+        _unprotected_for_the_demo(airlock, workflow_file)
         run_id = submit(airlock, workflow_file, set_, actor=cli_actor())["run_id"]
         _say(f"running workflow {workflow_file.name} as {run_id}")
         run = follow(airlock, run_id, stop=supervisor.stop_requested if supervisor else None)
@@ -218,6 +219,23 @@ def demo(
     finally:
         if supervisor:
             supervisor.stop()
+
+
+def _unprotected_for_the_demo(airlock, workflow_file: Path) -> None:
+    """The demo goes from dataset to served alias in one command, so its alias asks no approvals:
+    set explicitly, said aloud, with how to protect it. An alias that already has a policy keeps it."""
+    import yaml
+
+    from airlock.access.holders import OPERATOR
+    from airlock.promotion.policy import policy_for, set_policy
+
+    stages = (yaml.safe_load(workflow_file.read_text()) or {}).get("stages") or []
+    for stage in stages:
+        alias = (stage.get("with") or {}).get("alias") if stage.get("uses") == "serve.vllm" else None
+        if alias and policy_for(airlock, alias) is None:
+            set_policy(airlock, alias, {"approvals": 0}, actor=cli_actor(), holder=OPERATOR)
+            _say(f"[yellow]alias {alias} is UNPROTECTED for the demo (no approvals: a development setting); "
+                 f"protect it with `airlock gate policy set {alias} --eval-set DATASET --approvals 2`[/]")
 
 
 def register(app: typer.Typer) -> None:

@@ -97,27 +97,27 @@ def verify_cmd(model_id: str = typer.Argument(..., help="The adapter's id (see `
     console.print(f"[green]{model_id} verified[/]: signature and {len(manifest['files'])} file(s) match")
 
 
-@app.command("promote")
+@app.command("revoke")
 @command
-def promote_cmd(
+def revoke_cmd(
     model_id: str = typer.Argument(..., help="The adapter's id."),
-    min_exact_match: float = typer.Option(0.0, help="The gate's exact-match threshold (0-1)."),
+    reason: str = typer.Option(..., "--reason", help="Why; every alias that served it shows this."),
 ) -> None:
-    """Pass a signed, evaluated adapter through the promotion gate (signature, digests, thresholds)."""
-    from airlock.cli.common import open_airlock
-    from airlock.promotion.gate import GatePolicy, promote
+    """Revoke an adapter for good: every alias serving it goes back to its previous approved
+    champion, or answers 503 naming the revocation; it is never staged or promoted again."""
+    from airlock.cli.gate import revoke_model
 
-    result = promote(open_airlock(), model_id, GatePolicy(min_exact_match=min_exact_match), actor=cli_actor())
-    console.print(f"[green]promoted {model_id}[/] (promotion {result['promotion_id']})")
+    revoke_model(model_id, reason)
 
 
 @app.command("deploy")
 @command
 def deploy_cmd(
-    model_id: str = typer.Argument(..., help="A promoted adapter's id."),
+    model_id: str = typer.Argument(..., help="An adapter approved for the alias."),
     alias: str = typer.Option(..., "--alias", help="The model name applications call."),
 ) -> None:
-    """Serve a promoted adapter under an alias: verify, hot-load into vLLM, smoke-test, switch."""
+    """Serve an adapter again under an alias it was promoted to: its promotion record is checked,
+    then verify, hot-load into vLLM, smoke-test, switch."""
     from airlock.cli.common import open_airlock
     from airlock.serve.deploy import deploy
 

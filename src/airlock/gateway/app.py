@@ -26,6 +26,7 @@ from airlock.config import Settings, get_settings
 from airlock.gateway.control import api
 from airlock.gateway.deps import open_context
 from airlock.gateway.events import events_api
+from airlock.gateway.gate_api import gate_api
 from airlock.gateway.errors import install_error_handlers
 from airlock.gateway.auth import permit
 from airlock.gateway.front import Front
@@ -134,6 +135,7 @@ def create_app(settings: Settings | None = None, ui: Callable[[FastAPI], None] |
     app.include_router(ops)
     app.include_router(api)
     app.include_router(events_api)
+    app.include_router(gate_api)
     if ui is not None:
         ui(app)
     return Front(app, OpenAIApi(app.state), settings, app.state.metrics)

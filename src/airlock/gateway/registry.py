@@ -32,7 +32,7 @@ class Snapshot:
 
 def read_snapshot(meta: Meta) -> Snapshot:
     aliases = {r["name"]: r for r in meta.query(
-        "SELECT name, model_id, lora_name, base_model, updated_at FROM aliases")}
+        "SELECT name, model_id, lora_name, base_model, updated_at, audience, revoked_note FROM aliases")}
     beat = meta.one("SELECT MAX(heartbeat_at) AS at FROM workers")
     asleep = meta.one("SELECT run_id, retry_after_s FROM engine_sleep ORDER BY since LIMIT 1")
     return Snapshot(keys=load_keys(meta), aliases=aliases, worker_heartbeat=beat["at"] if beat else None,

@@ -21,6 +21,8 @@ import msgspec
 from starlette.types import Receive, Scope, Send
 
 from airlock.errors import AirlockError, NotReady
+from airlock.access.holders import own_holder
+from airlock.access.roles import APPROVES, may
 from airlock.access.sessions import session_token
 from airlock.gateway.auth import check_permission, client_address, guarded_check, key_of_cookie
 from airlock.gateway.errors import BadRequest, ModelNotFound, UpstreamError, error_body, from_airlock_error
@@ -98,12 +100,12 @@ class OpenAIApi:
         scope, base = key.get("models"), self.settings.serve_base_model
         cards = [self._base_card()] if scope is None or base in scope else []
         return cards + [_alias_card(name, row, self.state.started) for name, row in sorted(snapshot.aliases.items())
-                        if name != base and (scope is None or name in scope)]
+                        if name != base and (scope is None or name in scope) and may_call(key, row)]
 
     def _card(self, snapshot: Snapshot, key: dict[str, Any], name: str) -> dict[str, Any]:
         scope = key.get("models")
         if scope is None or name in scope:
-            if (row := snapshot.aliases.get(name)) is not None:
+            if (row := snapshot.aliases.get(name)) is not None and may_call(key, row):
                 return _alias_card(name, row, self.state.started)
             if name == self.settings.serve_base_model:
                 return self._base_card()
@@ -228,12 +230,21 @@ class OpenAIApi:
         return token
 
 
+def may_call(key: dict[str, Any], row: dict[str, Any]) -> bool:
+    """A staging name is for its candidate's author, approvers and admins only; an alias for any
+    key whose scope names it."""
+    return row.get("audience") is None or (key.get("holder") or own_holder(key["id"])) == row["audience"] \
+        or may(key, APPROVES)
+
+
 def resolve_model(snapshot: Snapshot, key: dict[str, Any], base: str, name: str) -> tuple[str, str]:
     """(the model name the engine knows, its base model). A model outside the key's scope is
     answered exactly like one that does not exist: no oracle for what is served."""
     scope = key.get("models")
     if scope is None or name in scope:
-        if (row := snapshot.aliases.get(name)) is not None:
+        if (row := snapshot.aliases.get(name)) is not None and may_call(key, row):
+            if row.get("revoked_note"):
+                raise _revoked(name, row["revoked_note"])
             return row["lora_name"], row["base_model"]
         if name == base:
             return name, name
@@ -250,6 +261,11 @@ def _not_loaded(name: str) -> NotReady:
                    "and restored); retry shortly")
     exc.retry_after = 2
     return exc
+
+
+def _revoked(name: str, note: str) -> NotReady:
+    return NotReady(f"the model {name!r} is not served: {note}; an admin promotes another candidate or "
+                    "rolls the alias back (`airlock serve rollback`)")
 
 
 def _asleep(name: str, asleep: dict[str, Any]) -> NotReady:

@@ -20,6 +20,8 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from airlock.access.holders import own_holder
+from airlock.access.roles import APPROVES, SETS_POLICIES, may
 from airlock.context import Airlock
 from airlock.errors import Conflict, Forbidden, IntegrityFailure, InvalidInput
 from airlock.meta.db import now
@@ -45,6 +47,12 @@ class Approver:
     may_approve: bool
     is_admin: bool
     actor: str
+
+
+def approver_from_key(key: dict, actor: str) -> Approver:
+    """The Approver an API key row is: its holder, and what its role may do (asked by permission)."""
+    return Approver(key_id=key["id"], holder=key.get("holder") or own_holder(key["id"]),
+                    may_approve=may(key, APPROVES), is_admin=may(key, SETS_POLICIES), actor=actor)
 
 
 def bound_of(request: RequestRow | dict) -> dict[str, Any]:

@@ -14,6 +14,8 @@ import json
 from dataclasses import dataclass
 from typing import Any, TypedDict
 
+from airlock.access.holders import own_holder
+from airlock.access.roles import APPROVES, may
 from airlock.context import Airlock
 from airlock.errors import NotFound
 from airlock.meta.db import now
@@ -51,6 +53,10 @@ class Viewer:
 
     holder: str
     reviewer: bool = False
+
+
+def viewer_from_key(key: dict) -> Viewer:
+    return Viewer(key.get("holder") or own_holder(key["id"]), reviewer=may(key, APPROVES))
 
 
 def staging_name(alias: str, number: int) -> str:
