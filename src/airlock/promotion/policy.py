@@ -97,7 +97,8 @@ def _eval_set(airlock: Airlock, ref: str, reader: Reader) -> tuple[str, str]:
     """(@OWNER/NAME, digest) of an eval set the admin holds and has shared with no one: a policy's
     test that a trainer could read is a test a trainer could train on."""
     row = get_dataset(airlock, ref, reader=Reader(reader.holder))  # the admin's own namespace only
-    if grantees := shared_with(airlock, row["id"]):
+    found = airlock.meta.one("SELECT id FROM datasets WHERE owner = ? AND digest = ?", (row["owner"], row["digest"]))
+    if grantees := shared_with(airlock, found["id"]):
         raise InvalidInput(f"--eval-set {ref!r} is shared with {', '.join(grantees)}: a policy's eval set must be "
                            "readable by admins and approvers only, so nobody trains on the test; unshare it or "
                            "upload the eval set again under a name of its own")

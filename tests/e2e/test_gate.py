@@ -1,0 +1,163 @@
+"""The promotion gate end to end, from a terminal and over /api, on the shared real appliance: an
+admin's policy, a trainer's run, the staged candidate asked through the official openai client,
+the author's approval refused, one person's two keys counted once, two approvers, the alias
+switching, a weaker challenger refused against the champion, and a revocation.
+Tests run in file order and share one protected alias."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+
+import httpx
+import openai
+import pytest
+from openai import OpenAI
+
+from e2e_support import QA, QUICKSTART
+
+pytestmark = [pytest.mark.slow, pytest.mark.vllm]
+ALIAS = "gated-assistant"
+DATA = QUICKSTART.parent / "datasets"
+JSONL = {"content-type": "application/x-ndjson"}
+
+
+def key(appliance, name: str, role: str, holder: str) -> str:
+    out = appliance.cli("apikey", "create", "--name", name, "--role", role, "--holder", holder).stdout
+    return re.search(r"ak-[A-Za-z0-9_-]+", out).group(0)
+
+
+def api(appliance, method: str, path: str, secret: str, **kw) -> httpx.Response:
+    return httpx.request(method, appliance.gateway_url + path, headers={"Authorization": f"Bearer {secret}",
+                                                                        **kw.pop("headers", {})}, timeout=600, **kw)
+
+
+def as_key(appliance, secret: str, *args: str, check: bool = True):
+    env = dict(appliance.env, AIRLOCK_API_KEY=secret)
+    import subprocess
+
+    from e2e_support import AIRLOCK
+    result = subprocess.run([AIRLOCK, *args], env=env, capture_output=True, text=True, timeout=600)
+    if check:
+        assert result.returncode == 0, result.stdout + result.stderr
+    return result
+
+
+def train(appliance, trainer: str, seed: int, *, epochs: int = 40) -> dict:
+    """A run of the trainer's own: its data, its own evaluation, and a gate that asks nothing (min 0)."""
+    spec = {"name": f"gated-{seed}", "base_model": "airlock-tiny", "dataset": "facts",
+            "stages": [{"name": "finetune", "uses": "finetune.lora",
+                        "with": {"epochs": epochs, "rank": 8, "alpha": 16, "learning_rate": 0.01, "batch_size": 1,
+                                 "seed": seed}},
+                       {"name": "evaluate", "uses": "evaluate.compare", "needs": ["finetune"],
+                        "with": {"eval_set": "facts", "min_exact_match": 0}},
+                       {"name": "promote", "uses": "gate.promote", "needs": ["evaluate"],
+                        "with": {"min_exact_match": 0}},
+                       {"name": "serve", "uses": "serve.vllm", "needs": ["promote"], "with": {"alias": ALIAS}}]}
+    queued = api(appliance, "POST", "/api/runs", trainer, json={"spec": spec})
+    assert queued.status_code == 202, queued.text
+    run_id = queued.json()["run_id"]
+    deadline = time.monotonic() + 900
+    while time.monotonic() < deadline:
+        run = api(appliance, "GET", f"/api/runs/{run_id}", trainer).json()
+        if run["status"] in ("succeeded", "failed"):
+            return run
+        time.sleep(2)
+    raise AssertionError(f"run {run_id} did not finish")
+
+
+def ask(client: OpenAI, model: str) -> list[bool]:
+    out = []
+    for m in QA:
+        reply = client.chat.completions.create(model=model, messages=m[:-1], temperature=0, max_tokens=48)
+        out.append(reply.choices[0].message.content.strip() == m[-1]["content"])
+    return out
+
+
+@pytest.fixture(scope="module")
+def people(appliance):
+    found = {"trainer": key(appliance, "alice-trainer", "trainer", "alice"),
+             "author_approver": key(appliance, "alice-approver", "approver", "alice"),
+             "bob": key(appliance, "bob-1", "approver", "bob"), "bob2": key(appliance, "bob-2", "approver", "bob"),
+             "carol": key(appliance, "carol", "approver", "carol"), "admin": key(appliance, "dave", "admin", "dave"),
+             "eve": key(appliance, "eve", "inference", "eve")}
+    # The quickstart's eval set is its training set (facts the model must learn): one upload.
+    up = api(appliance, "POST", "/api/datasets", found["trainer"], params={"name": "facts"},
+             content=(DATA / "quickstart.jsonl").read_bytes(), headers=JSONL)
+    assert up.status_code == 201, up.text
+    appliance.cli("datasets", "add", str(DATA / "quickstart-eval.jsonl"), "--name", "gate-eval")
+    return found
+
+
+def test_an_admin_sets_the_policy_and_a_trainer_cannot_read_its_eval_set(appliance, people):
+    appliance.cli("gate", "policy", "set", ALIAS, "--eval-set", "gate-eval", "--approvals", "2",
+                  "--min-exact-match", "0.5", "--better-than-serving")
+    shown = json.loads(appliance.cli("gate", "policy", "show", ALIAS).stdout)
+    assert shown["approvals"] == 2 and shown["eval_set"] == "@operator/gate-eval" and shown["version"] == 1
+    assert api(appliance, "GET", "/api/datasets/@operator/gate-eval", people["trainer"]).status_code == 404
+    refused = api(appliance, "PUT", f"/api/gate/policies/{ALIAS}", people["trainer"], json={"approvals": 0})
+    assert refused.status_code == 403 and "gate:policy" in refused.text
+
+
+def test_a_trainers_run_is_staged_not_served_under_the_protected_alias(appliance, people):
+    run = train(appliance, people["trainer"], seed=0)
+    assert run["status"] == "succeeded", run["error"]
+    serve = next(s for s in run["stages"] if s["name"] == "serve")["outputs"]
+    assert serve["state"] == "pending" and serve["staging_name"] == f"{ALIAS}.candidate-1"
+    assert "min_exact_match 0 is weaker than the policy's 0.5, which applies" in serve["notes"][0]
+    author = OpenAI(base_url=appliance.gateway_url + "/v1", api_key=people["trainer"])
+    assert sum(ask(author, serve["staging_name"])) >= len(QA) - 1  # the author asks its candidate
+    with pytest.raises(openai.NotFoundError):  # the production alias serves nothing yet
+        author.chat.completions.create(model=ALIAS, messages=QA[0][:-1], max_tokens=4)
+    stranger = OpenAI(base_url=appliance.gateway_url + "/v1", api_key=people["eve"])
+    with pytest.raises(openai.NotFoundError):
+        stranger.chat.completions.create(model=serve["staging_name"], messages=QA[0][:-1], max_tokens=4)
+    assert serve["staging_name"] not in {m.id for m in stranger.models.list().data}
+    reviewer = OpenAI(base_url=appliance.gateway_url + "/v1", api_key=people["bob"])
+    assert serve["staging_name"] in {m.id for m in reviewer.models.list().data}
+    mine = api(appliance, "GET", f"/api/gate/requests/{serve['request']}", people["trainer"]).json()
+    assert "examples" not in mine  # the author never sees the policy's eval set
+    assert "examples" in api(appliance, "GET", f"/api/gate/requests/{serve['request']}", people["bob"]).json()
+
+
+def test_the_author_cannot_approve_through_the_cli_nor_the_api(appliance, people):
+    cli = as_key(appliance, people["author_approver"], "gate", "approve", "1", check=False)
+    assert cli.returncode != 0 and "alice is the author of request 1" in cli.stderr
+    http = api(appliance, "POST", "/api/gate/requests/1/approve", people["author_approver"], json={})
+    assert http.status_code == 403 and "author" in http.text
+    assert api(appliance, "POST", "/api/gate/requests/1/approve", people["trainer"], json={}).status_code == 403
+    admin = api(appliance, "POST", "/api/gate/requests/1/approve", people["admin"], json={})
+    assert admin.status_code == 403 and "approvers' keys only" in admin.text
+
+
+def test_two_keys_of_one_person_count_once_and_two_approvers_switch_the_alias(appliance, people):
+    first = as_key(appliance, people["bob"], "gate", "approve", "1", "--comment", "answers checked")
+    assert "still waiting" in first.stdout
+    again = api(appliance, "POST", "/api/gate/requests/1/approve", people["bob2"], json={})
+    assert again.status_code == 409 and "one person counts once" in again.text
+    done = api(appliance, "POST", "/api/gate/requests/1/approve", people["carol"], json={"comment": "ok"})
+    assert done.status_code == 200 and done.json()["state"] == "approved", done.text
+    client = OpenAI(base_url=appliance.gateway_url + "/v1", api_key=people["eve"])
+    assert sum(ask(client, ALIAS)) >= len(QA) - 1
+    history = json.loads(appliance.cli("serve", "history", ALIAS).stdout)
+    assert history[0]["approved_by"] == ["bob", "carol"] and history[0]["record"].startswith("sha256:")
+
+
+def test_a_weaker_challenger_is_refused_against_the_champion_with_the_numbers(appliance, people):
+    appliance.cli("gate", "policy", "set", ALIAS, "--margin", "0.5")
+    run = train(appliance, people["trainer"], seed=1, epochs=40)
+    assert run["status"] == "failed"
+    assert "does not beat the serving champion by the margin 0.5 on exact_match" in run["error"], run["error"]
+    assert "against the champion's exact match" in run["error"]
+
+
+def test_revoking_the_only_champion_stops_the_alias_with_a_503_naming_it(appliance, people):
+    champion = json.loads(appliance.cli("serve", "history", ALIAS).stdout)[0]["model_id"]
+    as_key(appliance, people["bob"], "models", "revoke", champion, "--reason", "leaked a secret")
+    client = OpenAI(base_url=appliance.gateway_url + "/v1", api_key=people["eve"], max_retries=0)
+    with pytest.raises(openai.APIStatusError) as refused:
+        client.chat.completions.create(model=ALIAS, messages=QA[0][:-1], max_tokens=4)
+    assert refused.value.status_code == 503 and "leaked a secret" in str(refused.value)
+    again = appliance.cli("models", "deploy", champion, "--alias", ALIAS, check=False)
+    assert again.returncode != 0 and "revoked" in again.stderr
