@@ -13,7 +13,7 @@ PACKAGE = REPO_ROOT / "src" / "airlock"
 TOP = {"cli", "__main__"}
 ENTRY = {"gateway", "supervisor", "web"}
 SERVICES = {"access", "datasets", "models", "promotion", "serve", "tls", "train", "trust"}
-FOUNDATION = {"store", "meta", "config", "errors", "context", "home", "private"}
+FOUNDATION = {"store", "meta", "config", "errors", "context", "home", "private", "states"}
 # What each layer may import, besides itself and the layers below the next rule.
 MAY_NOT_IMPORT = {
     **{s: TOP | ENTRY | {"workflow"} for s in SERVICES},
