@@ -15,7 +15,6 @@ of checkpoints at the default interval, the start-up of a resumed job, and peak 
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys

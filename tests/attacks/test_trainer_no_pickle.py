@@ -9,7 +9,6 @@ the data it reads would run code as the appliance's user; a reviewer would see t
 from __future__ import annotations
 
 import ast
-from pathlib import Path
 
 from airlock.config import REPO_ROOT
 

@@ -8,7 +8,6 @@ import json
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 from vllm_fixtures import free_port
-from waiting import wait_for
 from worker_support import DATA, WorkerProcess, progress_step
 
 SPEC = {"name": "live", "base_model": "airlock-tiny", "dataset": "quickstart",

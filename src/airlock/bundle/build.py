@@ -16,10 +16,10 @@ import os
 import shutil
 import tempfile
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Callable
 
 from airlock import __version__
 from airlock.bundle import manifest as bm, webassets

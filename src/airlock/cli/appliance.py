@@ -179,6 +179,7 @@ def demo(
     from airlock.cli.workflow import follow
     from airlock.errors import StageFailed
     from airlock.home import appliance_pid
+    from airlock.states import RunState
     from airlock.supervisor.supervisor import Supervisor
     from airlock.tls import check_configured, local_gateway
     from airlock.workflow.submit import submit
@@ -198,7 +199,7 @@ def demo(
         run_id = submit(airlock, workflow_file, set_, actor=cli_actor())["run_id"]
         _say(f"running workflow {workflow_file.name} as {run_id}")
         run = follow(airlock, run_id, stop=supervisor.stop_requested if supervisor else None)
-        if run["status"] != "succeeded":
+        if run["status"] != RunState.SUCCEEDED:
             raise StageFailed(f"run {run_id} {run['status']}: {run['error']}")
         alias = next(s["outputs"]["alias"] for s in run["stages"] if s["uses"] == "serve.vllm")
         _, key = create_key(airlock.meta, f"demo-{run_id}", role="inference", models=[alias], actor=cli_actor())

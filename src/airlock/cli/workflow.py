@@ -19,7 +19,8 @@ def follow(airlock, run_id: str, stop: threading.Event | None = None) -> dict:
     """Live progress of every stage until the run finishes; returns the final run.
 
     A set `stop` event (Ctrl-C or SIGTERM while the demo follows its run) ends the wait."""
-    from airlock.workflow.runs import FINISHED, get_run
+    from airlock.states import RUN_FINISHED, STAGE_FINISHED
+    from airlock.workflow.runs import get_run
 
     columns = (TextColumn("{task.description:<24}"), BarColumn(), TextColumn("{task.fields[info]}"), TimeElapsedColumn(),
                TextColumn("left"), TimeRemainingColumn())
@@ -34,13 +35,13 @@ def follow(airlock, run_id: str, stop: threading.Event | None = None) -> dict:
                 info = stage["status"] + (" (cached)" if stage["skipped"] else "")
                 if "loss" in p:
                     info += f"  step {p['step']}/{p['total']}  loss {p['loss']:.4f}"
-                if stage["status"] in ("succeeded", "failed", "not-run", "cancelled", "interrupted"):
+                if stage["status"] in STAGE_FINISHED:
                     bars.update(task, total=1, completed=1, info=info)
                 elif "total" in p:
                     bars.update(task, total=p["total"], completed=p["step"], info=info)
                 else:
                     bars.update(task, info=info)
-            if run["status"] in FINISHED:
+            if run["status"] in RUN_FINISHED:
                 return run
             if stop is not None and stop.wait(0.3):
                 raise typer.Exit(130)
@@ -63,6 +64,7 @@ def run_cmd(
     run in this process instead.
     """
     from airlock.errors import StageFailed
+    from airlock.states import RunState
     from airlock.workflow.submit import submit
     from airlock.workflow.worker import Worker, worker_alive
 
@@ -79,7 +81,7 @@ def run_cmd(
     run = follow(airlock, run_id) if not json_out else _wait_quietly(airlock, run_id)
     if json_out:
         print_json(run)
-    if run["status"] != "succeeded":
+    if run["status"] != RunState.SUCCEEDED:
         raise StageFailed(f"run {run_id} {run['status']}: {run['error']}")
     if json_out:
         return
@@ -90,9 +92,10 @@ def run_cmd(
 
 
 def _wait_quietly(airlock, run_id: str) -> dict:
-    from airlock.workflow.runs import FINISHED, get_run
+    from airlock.states import RUN_FINISHED
+    from airlock.workflow.runs import get_run
 
-    while (run := get_run(airlock, run_id))["status"] not in FINISHED:
+    while (run := get_run(airlock, run_id))["status"] not in RUN_FINISHED:
         time.sleep(0.3)
     return run
 

@@ -10,7 +10,6 @@ independent gateways as they like from different settings.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
@@ -70,7 +69,7 @@ async def _engine_state(engine: Engine) -> str:
     try:
         async with engine.session.get("/health", timeout=aiohttp.ClientTimeout(total=_READY_TIMEOUT_S)) as resp:
             return "ready" if resp.status == 200 else f"unhealthy (HTTP {resp.status})"
-    except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+    except (TimeoutError, aiohttp.ClientError) as exc:
         return f"unreachable ({type(exc).__name__})"
 
 

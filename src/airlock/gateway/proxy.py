@@ -8,7 +8,6 @@ up as latency.
 
 from __future__ import annotations
 
-import asyncio
 import errno
 import logging
 import time
@@ -109,7 +108,7 @@ class Engine:
             self.metrics.count_upstream_error("unreachable")
             raise NotReady(f"the model server is not reachable ({type(exc).__name__}); "
                            "it may be starting or restarting, try again shortly") from None
-        except asyncio.TimeoutError:
+        except TimeoutError:
             self.metrics.count_upstream_error("timeout")
             raise UpstreamTimeout("the model server did not answer in time") from None
         except aiohttp.ClientError as exc:

@@ -187,7 +187,7 @@ class OpenAIApi:
                 settle(settle.budget.prompt)
                 return
             raise
-        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, aiohttp.ClientError) as exc:
             state.metrics.count_upstream_error("transport")
             raise UpstreamError(f"the model server broke off its answer: {type(exc).__name__}") from None
         finally:
@@ -336,7 +336,7 @@ async def _relay_stream(resp: aiohttp.ClientResponse, send: Send, watcher: async
         async for chunk in resp.content.iter_any():
             if out := shaper.feed(chunk):
                 await send({"type": "http.response.body", "body": out, "more_body": True})
-    except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+    except (TimeoutError, aiohttp.ClientError) as exc:
         metrics.count_upstream_error("transport")
         log.warning("stream from the engine broke off: %s", exc)
         err = error_body(f"the model server broke off the stream: {type(exc).__name__}", 502, UpstreamError.code)

@@ -3,10 +3,49 @@
 from __future__ import annotations
 
 import json
+from typing import TypedDict
 
 from airlock.context import Airlock
 from airlock.errors import IntegrityFailure, NotFound
 from airlock.meta.db import now
+
+
+class ModelRow(TypedDict):
+    """A fine-tuned model's row (`get_model`): what it adapts, what trained it, and whether its
+    signed manifest was last checked good. `get_model` reads exactly these columns."""
+
+    id: str  # `adp-` and the start of its tree digest
+    kind: str  # lora-adapter
+    base_model: str  # the base model's folder name
+    base_digest: str
+    dataset_digest: str | None
+    tree_digest: str  # of the adapter's files
+    config_json: str | None  # the training configuration, as JSON
+    eval_json: str | None
+    manifest_digest: str | None  # its signed manifest; None while unsigned
+    run_id: str | None
+    created_at: str
+    checked_at: str | None  # when its files were last checked against the manifest
+    check_error: str | None  # what that check found wrong; None when it passed
+
+
+class ModelListing(TypedDict):
+    """A model in `list_models`: the row's summary with its promotions and the aliases serving it."""
+
+    id: str
+    kind: str
+    base_model: str
+    tree_digest: str
+    manifest_digest: str | None
+    run_id: str | None
+    created_at: str
+    checked_at: str | None
+    check_error: str | None
+    promotions: int
+    aliases: str | None  # the names, comma-separated; None when no alias points at it
+
+
+_MODEL_COLUMNS = ", ".join(ModelRow.__annotations__)
 
 
 def adapter_id(tree_digest: str) -> str:
@@ -29,15 +68,15 @@ def register_adapter(airlock: Airlock, *, tree_digest: str, base_model: dict, da
     return model_id
 
 
-def get_model(airlock: Airlock, model_id: str) -> dict:
-    row = airlock.meta.one("SELECT * FROM models WHERE id = ?", (model_id,))
+def get_model(airlock: Airlock, model_id: str) -> ModelRow:
+    row = airlock.meta.one(f"SELECT {_MODEL_COLUMNS} FROM models WHERE id = ?", (model_id,))
     if row is None:
         known = [r["id"] for r in airlock.meta.query("SELECT id FROM models ORDER BY created_at DESC LIMIT 10")]
         raise NotFound(f"no model {model_id!r}" + (f"; known: {', '.join(known)}" if known else "; none yet"))
-    return row
+    return ModelRow(**row)
 
 
-def list_models(airlock: Airlock) -> list[dict]:
+def list_models(airlock: Airlock) -> list[ModelListing]:
     rows = airlock.meta.query(
         """SELECT m.id, m.kind, m.base_model, m.tree_digest, m.manifest_digest, m.run_id, m.created_at,
                   m.checked_at, m.check_error,
@@ -45,7 +84,7 @@ def list_models(airlock: Airlock) -> list[dict]:
                   (SELECT group_concat(a.name) FROM aliases a WHERE a.model_id = m.id) AS aliases
            FROM models m ORDER BY m.created_at"""
     )
-    return rows
+    return [ModelListing(**r) for r in rows]
 
 
 def check_tree(airlock: Airlock, files: dict[str, dict]) -> None:

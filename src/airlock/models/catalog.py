@@ -15,6 +15,7 @@ import re
 import struct
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypedDict
 
 from airlock.config import Settings
 from airlock.errors import InvalidInput, NotFound
@@ -30,7 +31,20 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _CHUNK = 1 << 20
 
 
-def list_base_models(settings: Settings) -> list[dict]:
+class BaseModelRow(TypedDict):
+    """A usable base-model folder as `describe_model` reads it."""
+
+    name: str  # the folder's name, which workflows and the served model use
+    path: str
+    architecture: str | None  # config.json's first architecture
+    model_type: str | None
+    parameters: int | None  # None when a safetensors header is unreadable
+    context_length: int | None  # config.json's max_position_embeddings
+    tool_call_parser: str | None  # vLLM's parser for its tool calls; None: no tool calling
+    digest: str
+
+
+def list_base_models(settings: Settings) -> list[BaseModelRow]:
     """Every usable base model, sorted by name.
 
     Folders that are not usable (no config.json, pickle weights only) are left out here and
@@ -109,23 +123,24 @@ def check_model_dir(folder: Path) -> None:
     raise InvalidInput(f"{folder} has no *.safetensors weights")
 
 
-def describe_model(folder: Path, *, tool_call_parser_override: str = "", cache: Path | None = None) -> dict:
+def describe_model(folder: Path, *, tool_call_parser_override: str = "",
+                   cache: Path | None = None) -> BaseModelRow:
     """Name, path, architecture, parameter count, context length, digest (see `model_digest` for
     `cache`) and vLLM tool-call parser (None: no tool calling) of one usable model folder."""
     folder = Path(folder)
     check_model_dir(folder)
     config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
     architectures = config.get("architectures") or []
-    return {
-        "name": folder.name,
-        "path": str(folder),
-        "architecture": architectures[0] if architectures else None,
-        "model_type": config.get("model_type"),
-        "parameters": count_parameters(folder),
-        "context_length": config.get("max_position_embeddings"),
-        "tool_call_parser": tool_call_parser(folder, tool_call_parser_override),
-        "digest": model_digest(folder, cache=cache),
-    }
+    return BaseModelRow(
+        name=folder.name,
+        path=str(folder),
+        architecture=architectures[0] if architectures else None,
+        model_type=config.get("model_type"),
+        parameters=count_parameters(folder),
+        context_length=config.get("max_position_embeddings"),
+        tool_call_parser=tool_call_parser(folder, tool_call_parser_override),
+        digest=model_digest(folder, cache=cache),
+    )
 
 
 def count_parameters(folder: Path) -> int | None:

@@ -130,7 +130,8 @@ def finetune(
     selective = keeps_logits(model)
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = adamw(trainable, config)
-    steps_per_epoch = -(-(-(-len(examples) // config.batch_size)) // config.gradient_accumulation)
+    batches = -(-len(examples) // config.batch_size)  # ceiling division: a short last batch still counts
+    steps_per_epoch = -(-batches // config.gradient_accumulation)
     total = steps_per_epoch * config.epochs
     scheduler = lr_scheduler(optimizer, config, total)
     autocast = torch.autocast(device().type, dtype=torch.bfloat16) if training_dtype(config.precision) == \

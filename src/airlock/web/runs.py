@@ -16,13 +16,14 @@ from airlock.access.roles import may
 from airlock.errors import AirlockError
 from airlock.gateway.deps import AirlockDep, Key, caller_of
 from airlock.gateway.redact import run_view
+from airlock.states import RUN_FINISHED, RUN_RESUMABLE, RunState
 from airlock.web.pages import page, render
-from airlock.workflow.queue import RESUMABLE
-from airlock.workflow.runs import FINISHED
 
 router = APIRouter(include_in_schema=False)
 
-CHANGEABLE = ("queued", "running")  # a run in these states can be cancelled or reprioritised
+# The page offers cancel and a priority change for a run in these states (a claimed run is
+# about to be running: its buttons appear on the next load).
+CHANGEABLE = frozenset({RunState.QUEUED, RunState.RUNNING})
 CURVES = ("loss", "eval_loss", "learning_rate", "tokens_per_second")
 
 
@@ -41,7 +42,7 @@ def runs_page(request: Request, airlock: AirlockDep, key: Key = Depends(page("ru
     runs = [run_view(r, key) for r in list_queue(airlock, caller, limit=200)]
     for run in runs:
         run["manageable"] = caller.may_change(run["owner"])
-    return render(request, "runs.html", key, runs=runs, changeable=CHANGEABLE, resumable=RESUMABLE,
+    return render(request, "runs.html", key, runs=runs, changeable=CHANGEABLE, resumable=RUN_RESUMABLE,
                   can_launch=may(key, "runs:write"))
 
 
@@ -82,7 +83,7 @@ def run_page(run_id: str, request: Request, airlock: AirlockDep,
         stage["seconds"] = _seconds(stage["started_at"], stage["finished_at"])
     training = next((s["name"] for s in run["stages"] if s["uses"].startswith("finetune.")), None)
     return render(request, "run.html", key, run=run, training=training, manageable=caller.may_change(run["owner"]),
-                  changeable=CHANGEABLE, resumable=RESUMABLE, finished=FINISHED)
+                  changeable=CHANGEABLE, resumable=RUN_RESUMABLE, finished=RUN_FINISHED)
 
 
 def _settings_of(run: dict[str, Any]) -> dict[str, str]:

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from airlock.context import Airlock
 from airlock.errors import AirlockError, StageFailed
 from airlock.meta.db import now
+from airlock.states import RunState, StageState
 from airlock.workflow.registry import stage_types
 from airlock.workflow.spec import WorkflowSpec
 from airlock.workflow.stage import StageContext
@@ -73,9 +74,9 @@ class RunControl:
 
 
 def execute_run(airlock: Airlock, run_id: str, *, claim: dict | None = None,
-                shutdown: Callable[[], bool] = lambda: False) -> str:
+                shutdown: Callable[[], bool] = lambda: False) -> RunState:
     """Run the stages of `run_id` not yet succeeded; returns the run's status afterwards:
-    'succeeded', 'failed', 'cancelled', or 'queued' (preempted, or the worker stopping)."""
+    succeeded, failed, cancelled, or queued (preempted, or the worker stopping)."""
     run = airlock.meta.one("SELECT * FROM runs WHERE id = ?", (run_id,))
     resolved = json.loads(run["spec_json"])
     spec = WorkflowSpec.model_validate(resolved["spec"])
@@ -83,12 +84,12 @@ def execute_run(airlock: Airlock, run_id: str, *, claim: dict | None = None,
     types = stage_types()
     outputs: dict[str, dict] = {}
     control = RunControl(airlock, run_id, shutdown)
-    _set_run(airlock, run_id, status="running", started_at=run["started_at"] or now())
+    _set_run(airlock, run_id, status=RunState.RUNNING, started_at=run["started_at"] or now())
     stages = airlock.meta.query("SELECT name, status, outputs_json FROM stages WHERE run_id = ? ORDER BY position",
                                 (run_id,))
 
     for row in stages:
-        if row["status"] == "succeeded":  # a resumed run keeps what it already did
+        if row["status"] == StageState.SUCCEEDED:  # a resumed run keeps what it already did
             outputs[row["name"]] = json.loads(row["outputs_json"])
             continue
         if (reason := control()) and reason != "preempt":  # preemption is for training, mid-stage
@@ -101,12 +102,12 @@ def execute_run(airlock: Airlock, run_id: str, *, claim: dict | None = None,
         inputs = {"base_model": resolved["base_model"]["digest"], "dataset": datasets["dataset"],
                   "datasets": stage_datasets, "upstream": upstream}
         key = cache_key(stage.uses, params.model_dump(), inputs)
-        _set_stage(airlock, run_id, stage.name, status="running", started_at=now(), cache_key=key,
+        _set_stage(airlock, run_id, stage.name, status=StageState.RUNNING, started_at=now(), cache_key=key,
                    inputs_json=json.dumps(inputs, default=str))
 
         if stage_type.batch and (cached := _cached_outputs(airlock, stage.uses, key)) is not None:
             outputs[stage.name] = cached
-            _set_stage(airlock, run_id, stage.name, status="succeeded", skipped=1, finished_at=now(),
+            _set_stage(airlock, run_id, stage.name, status=StageState.SUCCEEDED, skipped=1, finished_at=now(),
                        outputs_json=json.dumps(cached))
             continue
 
@@ -121,47 +122,47 @@ def execute_run(airlock: Airlock, run_id: str, *, claim: dict | None = None,
             reason = str(exc) if isinstance(exc, AirlockError) else f"{type(exc).__name__}: {exc}"
             if not isinstance(exc, AirlockError):
                 reason += "\n" + traceback.format_exc(limit=5)
-            _set_stage(airlock, run_id, stage.name, status="failed", error=reason, finished_at=now())
-            _set_run(airlock, run_id, status="failed", finished_at=now(), control=None, ran_s=control.ran_s(),
+            _set_stage(airlock, run_id, stage.name, status=StageState.FAILED, error=reason, finished_at=now())
+            _set_run(airlock, run_id, status=RunState.FAILED, finished_at=now(), control=None, ran_s=control.ran_s(),
                      error=f"stage {stage.name!r} ({stage.uses}) failed: {reason.splitlines()[0]}")
             _not_run_after(airlock, run_id, stages, stage.name)
             airlock.meta.audit("worker", "run.failed", run_id, stage=stage.name)
-            return "failed"
-        _set_stage(airlock, run_id, stage.name, status="succeeded", finished_at=now(),
+            return RunState.FAILED
+        _set_stage(airlock, run_id, stage.name, status=StageState.SUCCEEDED, finished_at=now(),
                    outputs_json=json.dumps(outputs[stage.name], default=str))
 
-    _set_run(airlock, run_id, status="succeeded", finished_at=now(), control=None, ran_s=control.ran_s())
+    _set_run(airlock, run_id, status=RunState.SUCCEEDED, finished_at=now(), control=None, ran_s=control.ran_s())
     airlock.meta.audit("worker", "run.succeeded", run_id)
-    return "succeeded"
+    return RunState.SUCCEEDED
 
 
 def _not_run_after(airlock: Airlock, run_id: str, stages: list[dict], name: str) -> None:
     names = [s["name"] for s in stages]
     for later in names[names.index(name) + 1:]:
-        _set_stage(airlock, run_id, later, status="not-run")
+        _set_stage(airlock, run_id, later, status=StageState.NOT_RUN)
 
 
 def _stopped(airlock: Airlock, run_id: str, stages: list[dict], name: str, stop: RunStopped,
-             control: RunControl) -> str:
+             control: RunControl) -> RunState:
     """Record a run stopped on request: cancelled, failed (its time limit), or back in the queue."""
     at = f" at step {stop.step} (its checkpoint is kept)" if stop.step is not None else ""
     if stop.reason in ("preempt", "shutdown"):
         why = ("preempted by a higher-priority run" if stop.reason == "preempt" else "the worker stopped") + at
-        _set_stage(airlock, run_id, name, status="pending")
-        _set_run(airlock, run_id, status="queued", worker_id=None, control=None, ran_s=control.ran_s(),
+        _set_stage(airlock, run_id, name, status=StageState.PENDING)
+        _set_run(airlock, run_id, status=RunState.QUEUED, worker_id=None, control=None, ran_s=control.ran_s(),
                  notice=f"{why}; it resumes when it is next started")
         airlock.meta.audit("worker", "run.preempted" if stop.reason == "preempt" else "run.requeued", run_id,
                            stage=name, step=stop.step)
-        return "queued"
+        return RunState.QUEUED
     if stop.reason == "time-limit":
         error = (f"the run's time limit of {control.limit:g} s was reached{at}; "
                  f"`airlock runs resume {run_id} --time-limit ...` continues it")
-        status, stage_status, action = "failed", "failed", "run.failed"
+        status, stage_status, action = RunState.FAILED, StageState.FAILED, "run.failed"
     else:
         error = f"cancelled{at}; `airlock runs resume {run_id}` continues it"
-        status, stage_status, action = "cancelled", "cancelled", "run.cancelled"
+        status, stage_status, action = RunState.CANCELLED, StageState.CANCELLED, "run.cancelled"
     if stop.step is None:
-        stage_status = "not-run"
+        stage_status = StageState.NOT_RUN
     _set_stage(airlock, run_id, name, status=stage_status, error=error, finished_at=now())
     _set_run(airlock, run_id, status=status, finished_at=now(), control=None, ran_s=control.ran_s(), error=error)
     _not_run_after(airlock, run_id, stages, name)

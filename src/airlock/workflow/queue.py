@@ -12,19 +12,34 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Any
 
 from airlock.context import Airlock
 from airlock.errors import Conflict, Forbidden, InvalidInput, NotFound
 from airlock.meta.db import now
-from airlock.workflow.runs import FINISHED, get_run, list_runs
+from airlock.states import RUN_ACTIVE, RUN_FINISHED, RUN_RESUMABLE, CancelOutcome, RunState
+from airlock.workflow.runs import RunDetail, RunRow, get_run, list_runs
 
 PRIORITIES = {"low": 0, "normal": 50, "high": 100}
 NORMAL = PRIORITIES["normal"]
 MAX_PRIORITY = 1000
-ACTIVE = ("claimed", "running")
-RESUMABLE = ("cancelled", "failed", "interrupted")
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d)?\s*$")
 _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
+
+
+class QueuedRun(RunRow):
+    """A run in the queue's lists (`list_queue`): its priority by name and its place in the queue."""
+
+    priority_name: str
+    position: int | None  # 1 for the queued run the worker starts next; None when not queued
+
+
+class ShownRun(RunDetail):
+    """One run as `show_run` shows it: its stages, its place in the queue and its checkpoints."""
+
+    priority_name: str
+    position: int | None
+    checkpoints: list[dict[str, Any]]  # workflow.training.list_checkpoints
 
 
 @dataclass(frozen=True)
@@ -99,24 +114,27 @@ def queue_positions(airlock: Airlock) -> dict[str, int]:
     return {row["id"]: n for n, row in enumerate(rows, start=1)}
 
 
-def _with_queue_fields(run: dict, positions: dict[str, int]) -> dict:
-    return {**run, "priority_name": priority_name(run["priority"]), "position": positions.get(run["id"])}
+def _queue_fields(run: RunRow, positions: dict[str, int]) -> dict[str, Any]:
+    return {"priority_name": priority_name(run["priority"]), "position": positions.get(run["id"])}
 
 
-def list_queue(airlock: Airlock, caller: Caller, *, states: list[str] | None = None, limit: int = 50) -> list[dict]:
+def list_queue(airlock: Airlock, caller: Caller, *, states: list[str] | None = None,
+               limit: int = 50) -> list[QueuedRun]:
     """Runs the caller may see, newest first, each with its owner, priority and queue position."""
     owner = None if caller.sees_all else caller.actor
     positions = queue_positions(airlock)
-    return [_with_queue_fields(r, positions) for r in list_runs(airlock, limit, owner=owner, states=states)]
+    return [QueuedRun(**r, **_queue_fields(r, positions))
+            for r in list_runs(airlock, limit, owner=owner, states=states)]
 
 
-def show_run(airlock: Airlock, caller: Caller, run_id: str) -> dict:
+def show_run(airlock: Airlock, caller: Caller, run_id: str) -> ShownRun:
     """A run with its stages, queue position and the checkpoints it holds."""
     from airlock.workflow.training import list_checkpoints
 
     _visible(airlock, caller, run_id)
-    run = _with_queue_fields(get_run(airlock, run_id), queue_positions(airlock))
-    return {**run, "checkpoints": list_checkpoints(airlock.settings, run_id)}
+    run = get_run(airlock, run_id)
+    return ShownRun(**run, **_queue_fields(run, queue_positions(airlock)),
+                    checkpoints=list_checkpoints(airlock.settings, run_id))
 
 
 def cancel_run(airlock: Airlock, caller: Caller, run_id: str) -> dict:
@@ -124,15 +142,15 @@ def cancel_run(airlock: Airlock, caller: Caller, run_id: str) -> dict:
     row = _manageable(airlock, caller, run_id)
     with airlock.meta.write() as db:
         status = db.execute("SELECT status FROM runs WHERE id = ?", [run_id]).fetchone()[0]
-        if status == "queued":
+        if status == RunState.QUEUED:
             db.execute("UPDATE runs SET status = 'cancelled', finished_at = ?, error = ? WHERE id = ?",
                        [now(), f"cancelled by {caller.actor} before it started", run_id])
             db.execute("UPDATE stages SET status = 'not-run' WHERE run_id = ? AND status = 'pending'", [run_id])
-            outcome = "cancelled"
-        elif status in ACTIVE:
+            outcome = CancelOutcome.CANCELLED
+        elif status in RUN_ACTIVE:
             db.execute("UPDATE runs SET control = 'cancel', notice = ? WHERE id = ?",
                        [f"cancel requested by {caller.actor}", run_id])
-            outcome = "cancelling"
+            outcome = CancelOutcome.CANCELLING
         else:
             raise Conflict(f"run {run_id} already finished: {status} at {row['finished_at']}; nothing to cancel")
     airlock.meta.audit(caller.actor, "run.cancel", run_id, was=status)
@@ -145,7 +163,7 @@ def set_priority(airlock: Airlock, caller: Caller, run_id: str, priority: str | 
     if value > caller.max_priority:
         raise Forbidden(f"priority {value} is above {caller.max_priority}, the highest your role may set; "
                         "an admin can set it")
-    if row["status"] in FINISHED:
+    if row["status"] in RUN_FINISHED:
         raise Conflict(f"run {run_id} already finished ({row['status']}); its priority no longer matters")
     with airlock.meta.write() as db:
         db.execute("UPDATE runs SET priority = ? WHERE id = ?", [value, run_id])
@@ -158,20 +176,20 @@ def resume_run(airlock: Airlock, caller: Caller, run_id: str, *, time_limit: str
     """Queue a cancelled, failed or interrupted run again: stages that succeeded are kept, and
     training continues from its last complete checkpoint."""
     _manageable(airlock, caller, run_id)
-    fields = {"status": "queued", "error": None, "finished_at": None, "control": None,
+    fields = {"status": RunState.QUEUED, "error": None, "finished_at": None, "control": None,
               "notice": f"resumed by {caller.actor}", "attempts": 0}
     if time_limit is not None:
         fields["time_limit_s"] = parse_duration(time_limit)
     with airlock.meta.write() as db:
         status = db.execute("SELECT status FROM runs WHERE id = ?", [run_id]).fetchone()[0]
-        if status not in RESUMABLE:
-            state = "already succeeded" if status == "succeeded" else f"is {status}"
+        if status not in RUN_RESUMABLE:
+            state = "already succeeded" if status == RunState.SUCCEEDED else f"is {status}"
             raise Conflict(f"run {run_id} {state}; only a cancelled, failed or interrupted run can be resumed")
         db["runs"].update(run_id, fields)
         db.execute("UPDATE stages SET status = 'pending', error = NULL, finished_at = NULL "
                    "WHERE run_id = ? AND status != 'succeeded'", [run_id])
     airlock.meta.audit(caller.actor, "run.resume", run_id, was=status)
-    return {"run_id": run_id, "status": "queued", "position": queue_positions(airlock).get(run_id)}
+    return {"run_id": run_id, "status": RunState.QUEUED, "position": queue_positions(airlock).get(run_id)}
 
 
 def run_events(airlock: Airlock, caller: Caller, run_id: str, after: int = 0, limit: int = 500) -> dict:
@@ -182,6 +200,6 @@ def run_events(airlock: Airlock, caller: Caller, run_id: str, after: int = 0, li
     row = _visible(airlock, caller, run_id)
     events = airlock.meta.query("SELECT id, at, kind, data_json FROM run_events WHERE run_id = ? AND id > ? "
                                 "ORDER BY id LIMIT ?", (run_id, after, limit))
-    return {"status": row["status"], "finished": row["status"] in FINISHED,
+    return {"status": row["status"], "finished": row["status"] in RUN_FINISHED,
             "events": [{"id": e["id"], "at": e["at"], "kind": e["kind"], "data": json.loads(e["data_json"])}
                        for e in events]}

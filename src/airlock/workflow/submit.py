@@ -32,6 +32,7 @@ from airlock.datasets.service import OPERATOR_READER, Reader, add_dataset, get_d
 from airlock.errors import AirlockError, InvalidInput, NotFound
 from airlock.meta.db import now
 from airlock.models.catalog import digest_cache, model_digest, resolve_base_model
+from airlock.states import RunState, StageState
 from airlock.train.launch import PLACEMENT_SETTINGS, too_few_hosts
 from airlock.workflow import spec as specs
 from airlock.workflow.queue import MAX_PRIORITY, parse_duration, parse_priority
@@ -284,13 +285,13 @@ def _queue(airlock: Airlock, spec: specs.WorkflowSpec, base: dict, datasets: dic
     resolved = {"spec": spec.dump(), "base_model": base, "datasets": datasets}
     with airlock.meta.write() as db:
         db["runs"].insert({"id": run_id, "workflow": spec.name, "spec_json": json.dumps(resolved),
-                           "status": "queued", "error": None, "created_at": now(), "submitted_by": actor,
+                           "status": RunState.QUEUED, "error": None, "created_at": now(), "submitted_by": actor,
                            **queue_fields})
         for position, stage in enumerate(specs.execution_order(spec)):
             db["stages"].insert({"run_id": run_id, "name": stage.name, "uses": stage.uses,
-                                 "position": position, "status": "pending", "skipped": 0})
+                                 "position": position, "status": StageState.PENDING, "skipped": 0})
     airlock.meta.audit(actor, "run.queued", run_id, workflow=spec.name)
-    return {"run_id": run_id, "workflow": spec.name, "status": "queued", "priority": queue_fields["priority"]}
+    return {"run_id": run_id, "workflow": spec.name, "status": RunState.QUEUED, "priority": queue_fields["priority"]}
 
 
 def queued_spec(airlock: Airlock, run_id: str) -> dict:

@@ -22,6 +22,7 @@ from datetime import UTC, datetime, timedelta
 
 from airlock.context import Airlock
 from airlock.meta.db import now
+from airlock.states import RUN_ACTIVE, RunState, placeholders
 from airlock.workflow.engine import execute_run
 from airlock.workflow.gpu_share import fit_beside_engine, gpu_totals_mib, sleep_engine, wake_engine
 from airlock.workflow.scheduler import capacity_of, never_fits, plan
@@ -207,8 +208,9 @@ class Worker:
             with self.airlock.meta.write() as db:
                 db["workers"].delete_where("id = ?", [self.id])
 
-    def run_one(self, run_id: str) -> str:
-        """Execute one queued run in this process (the CLI does this when no worker is up)."""
+    def run_one(self, run_id: str) -> RunState | str:
+        """Execute one queued run in this process (the CLI does this when no worker is up); its
+        state afterwards, or `claimed-elsewhere` when another worker took it first."""
         self.beat()
         threading.Thread(target=self._beat_while, args=(threading.current_thread(),), daemon=True).start()
         try:
@@ -228,7 +230,8 @@ class Worker:
         how = os.environ.get(LAST_EXIT_ENV)
         held = self.airlock.meta.query(
             "SELECT r.id, r.attempts, r.worker_id, w.pid, w.heartbeat_at FROM runs r "
-            "LEFT JOIN workers w ON w.id = r.worker_id WHERE r.status IN ('claimed', 'running')")
+            f"LEFT JOIN workers w ON w.id = r.worker_id WHERE r.status IN ({placeholders(RUN_ACTIVE)})",
+            tuple(RUN_ACTIVE))
         cutoff = _cutoff()
         for run in held:
             gone = run["pid"] is None or run["heartbeat_at"] <= cutoff or not _pid_alive(run["pid"])

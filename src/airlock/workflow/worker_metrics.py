@@ -14,8 +14,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import GaugeMetricFamily
 
 from airlock.gpus import query
-
-STATES = ("queued", "claimed", "running", "succeeded", "failed", "cancelled", "interrupted")
+from airlock.states import RunState
 
 
 def gpu_memory() -> list[tuple[str, float, float]]:
@@ -31,7 +30,7 @@ class WorkerCollector:
         meta = self.worker.airlock.meta
         runs = GaugeMetricFamily("airlock_worker_runs", "Runs by state (all runs of this appliance).", labels=["state"])
         counts = {r["status"]: r["n"] for r in meta.query("SELECT status, COUNT(*) AS n FROM runs GROUP BY status")}
-        for state in STATES:
+        for state in RunState:
             runs.add_metric([state], counts.get(state, 0))
         yield runs
         slots = list(self.worker.slots.items())
