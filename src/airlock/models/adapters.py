@@ -27,6 +27,9 @@ class ModelRow(TypedDict):
     created_at: str
     checked_at: str | None  # when its files were last checked against the manifest
     check_error: str | None  # what that check found wrong; None when it passed
+    revoked_at: str | None  # revoked for good (never staged, promoted or served again)
+    revoked_by: str | None
+    revoked_reason: str | None
 
 
 class ModelListing(TypedDict):
@@ -41,8 +44,9 @@ class ModelListing(TypedDict):
     created_at: str
     checked_at: str | None
     check_error: str | None
-    promotions: int
-    aliases: str | None  # the names, comma-separated; None when no alias points at it
+    revoked_at: str | None
+    promotions: int  # approved promotions (signed records)
+    aliases: str | None  # the production aliases serving it, comma-separated; None when none does
 
 
 _MODEL_COLUMNS = ", ".join(ModelRow.__annotations__)
@@ -79,9 +83,11 @@ def get_model(airlock: Airlock, model_id: str) -> ModelRow:
 def list_models(airlock: Airlock) -> list[ModelListing]:
     rows = airlock.meta.query(
         """SELECT m.id, m.kind, m.base_model, m.tree_digest, m.manifest_digest, m.run_id, m.created_at,
-                  m.checked_at, m.check_error,
-                  (SELECT COUNT(*) FROM promotions p WHERE p.model_id = m.id) AS promotions,
-                  (SELECT group_concat(a.name) FROM aliases a WHERE a.model_id = m.id) AS aliases
+                  m.checked_at, m.check_error, m.revoked_at,
+                  (SELECT COUNT(*) FROM promotions p WHERE p.model_id = m.id AND p.record_digest IS NOT NULL)
+                      AS promotions,
+                  (SELECT group_concat(a.name) FROM aliases a WHERE a.model_id = m.id AND a.staged_for IS NULL
+                      AND a.revoked_note IS NULL) AS aliases
            FROM models m ORDER BY m.created_at"""
     )
     return [ModelListing(**r) for r in rows]
