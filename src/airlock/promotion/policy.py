@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from airlock.context import Airlock
 from airlock.datasets.service import Reader, get_dataset
 from airlock.datasets.sharing import shared_with
-from airlock.errors import InvalidInput, NotFound
+from airlock.errors import IntegrityFailure, InvalidInput, NotFound
 from airlock.meta.db import now
 from airlock.trust.root import canonical_json
 
@@ -69,8 +69,17 @@ def policy_digest(alias: str, policy: Policy) -> str:
 
 
 def _row(row: dict) -> PolicyRow:
-    return PolicyRow(alias=row["alias"], version=row["version"], policy=Policy(**json.loads(row["policy_json"])),
-                     digest=row["digest"], set_by=row["set_by"], set_at=row["set_at"])
+    """A stored policy, once its rules still hash to its digest: a policy edited in the database
+    (fewer approvals, say) would otherwise satisfy a record made under the stricter one."""
+    try:
+        policy = Policy(**json.loads(row["policy_json"]))
+    except (ValueError, TypeError) as exc:
+        raise IntegrityFailure(f"policy version {row['version']} of {row['alias']!r} is unreadable: {exc}") from None
+    if policy_digest(row["alias"], policy) != row["digest"]:
+        raise IntegrityFailure(f"policy version {row['version']} of {row['alias']!r} does not hash to its digest: "
+                               "it was edited in the database")
+    return PolicyRow(alias=row["alias"], version=row["version"], policy=policy, digest=row["digest"],
+                     set_by=row["set_by"], set_at=row["set_at"])
 
 
 def policy_for(airlock: Airlock, alias: str) -> PolicyRow | None:
