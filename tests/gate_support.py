@@ -68,3 +68,24 @@ def promoted(airlock: Airlock, tmp_path: Path, alias: str, seed: int = 0) -> tup
         decide(airlock, approver(holder), request["id"], APPROVE, comment="checked")
     promotion = write_record(airlock, request, actor="test")
     return model_id, promotion["id"]
+
+
+def real_candidate(airlock: Airlock, tmp_path: Path) -> str:
+    """A stored, signed PEFT LoRA adapter of the reference model, freshly initialised (its B
+    matrices are zero, so it answers as the base does): a candidate an evaluation can load."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    base_dir = airlock.settings.models_dir / airlock.settings.serve_base_model
+    torch.manual_seed(0)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32), LoraConfig(
+        r=4, lora_alpha=8, task_type="CAUSAL_LM", target_modules=["q_proj", "v_proj"]))
+    folder = tmp_path / "peft-adapter"
+    model.save_pretrained(folder)
+    tree = airlock.store.put_tree(folder)
+    model_id = register_adapter(airlock, tree_digest=tree, base_model={"name": airlock.settings.serve_base_model,
+                                "digest": served_base_digest(airlock)}, dataset_digest="sha256:" + "0" * 64,
+                                config={}, run_id=None)
+    sign_candidate(airlock, model_id, {"eval_set": "test", **SCORES})
+    return model_id

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 import time
 
 import httpx
@@ -15,7 +16,7 @@ import openai
 import pytest
 from openai import OpenAI
 
-from e2e_support import QA, QUICKSTART
+from e2e_support import AIRLOCK, QA, QUICKSTART
 
 pytestmark = [pytest.mark.slow, pytest.mark.vllm]
 ALIAS = "gated-assistant"
@@ -33,11 +34,9 @@ def api(appliance, method: str, path: str, secret: str, **kw) -> httpx.Response:
                                                                         **kw.pop("headers", {})}, timeout=600, **kw)
 
 
-def as_key(appliance, secret: str, *args: str, check: bool = True):
+def as_key(appliance, secret: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    """The CLI acting as the API key `secret` (AIRLOCK_API_KEY)."""
     env = dict(appliance.env, AIRLOCK_API_KEY=secret)
-    import subprocess
-
-    from e2e_support import AIRLOCK
     result = subprocess.run([AIRLOCK, *args], env=env, capture_output=True, text=True, timeout=600)
     if check:
         assert result.returncode == 0, result.stdout + result.stderr
@@ -161,3 +160,27 @@ def test_revoking_the_only_champion_stops_the_alias_with_a_503_naming_it(applian
     assert refused.value.status_code == 503 and "leaked a secret" in str(refused.value)
     again = appliance.cli("models", "deploy", champion, "--alias", ALIAS, check=False)
     assert again.returncode != 0 and "revoked" in again.stderr
+
+
+def approve_both(appliance, people, request_id: int) -> dict:
+    api(appliance, "POST", f"/api/gate/requests/{request_id}/approve", people["bob"], json={})
+    done = api(appliance, "POST", f"/api/gate/requests/{request_id}/approve", people["carol"], json={})
+    assert done.status_code == 200 and done.json()["state"] == "approved", done.text
+    return done.json()
+
+
+def test_rollback_and_revocation_go_back_to_the_previous_approved_champion(appliance, people):
+    appliance.cli("gate", "policy", "set", ALIAS, "--no-better-than-serving", "--margin", "0")
+    champions = []
+    for seed in (2, 3):
+        serve = next(s for s in train(appliance, people["trainer"], seed=seed)["stages"] if s["name"] == "serve")
+        champions.append(approve_both(appliance, people, serve["outputs"]["request"])["model_id"])
+    first, second = champions
+    assert json.loads(appliance.cli("serve", "history", ALIAS).stdout)[0]["model_id"] == second
+    appliance.cli("serve", "rollback", ALIAS)
+    latest = json.loads(appliance.cli("serve", "history", ALIAS).stdout)[0]
+    assert (latest["model_id"], latest["event"]) == (first, "rollback")
+    revoked = as_key(appliance, people["bob"], "models", "revoke", first, "--reason", "wrong facts")
+    assert f"back on {second}" in revoked.stdout
+    client = OpenAI(base_url=appliance.gateway_url + "/v1", api_key=people["eve"])
+    assert sum(ask(client, ALIAS)) >= len(QA) - 1
