@@ -1,10 +1,11 @@
 """Benchmark 4: the hand-off, from the gate's pass to the first token served under the alias.
 
 Two candidates are trained and evaluated by the quickstart workflow (its finetune and evaluate
-stages, through `submit()` and the worker) while vLLM boots. Each repetition then promotes one
-of them with `promote()` and starts the clock when it returns: `deploy()` (verify again,
-materialise, hot-load into vLLM, smoke test, alias switch), then a streamed chat completion
-through the gateway under the alias until its first token. The candidates take turns, so each
+stages, through `submit()` and the worker) while vLLM boots. Each repetition then passes one of
+them through the workflow's gate (`check_candidate()`) and starts the clock when it returns:
+`propose()` to the alias, unprotected as the quickstart's (verify again, materialise, hot-load
+into vLLM, smoke test under the staging name, the signed promotion record, alias switch), then a
+streamed chat completion through the gateway under the alias until its first token. The candidates take turns, so each
 deploy replaces the adapter serving the alias, as a new release does; a candidate is unloaded
 from vLLM before its turn, so every repetition pays a real load.
 
@@ -72,11 +73,11 @@ def train_candidates(airlock: Airlock, seeds: tuple[int, ...] = SEEDS) -> list[s
 
 @contextmanager
 def timed_parts() -> Iterator[dict[str, float]]:
-    """Time the steps `deploy()` takes by wrapping the functions it calls, for one call.
+    """Time the steps `propose()` takes by wrapping the functions it calls, for one call.
 
-    `deploy()` itself runs unchanged; what it spends outside these (database reads, the alias
-    row and the audit entry) is the switch. The engine calls are wrapped on the client class
-    `deploy()` reaches the locked engine through.
+    `propose()` itself runs unchanged; what it spends outside these (the request, the signed
+    record, the alias rows and the audit entries) is the switch. The engine calls are wrapped on
+    the client class it reaches the locked engine through.
     """
     import airlock.serve.serving_copy as serving_copy
     from airlock.serve.engine import EngineClient
@@ -126,16 +127,21 @@ def first_token(client: httpx.Client) -> tuple[float, str]:
 
 
 def one_handoff(stack: Stack, client: httpx.Client, model_id: str) -> dict[str, float]:
-    from airlock.promotion.gate import GatePolicy, promote
-    from airlock.serve.deploy import deploy
+    from airlock.access.holders import OPERATOR
+    from airlock.promotion.gate import GatePolicy, check_candidate
+    from airlock.promotion.policy import set_policy
+    from airlock.workflow.gatekeeper import propose
 
+    settings = stack.airlock.settings
+    set_policy(stack.airlock, ALIAS, {"approvals": 0}, actor="bench", holder=OPERATOR)  # the quickstart's
     if model_id in stack.vllm.loaded_adapters():
         stack.vllm.unload_adapter(model_id)  # untimed: this turn must pay a real load
     started = time.perf_counter()
-    promote(stack.airlock, model_id, GatePolicy(min_exact_match=0.9), actor="bench")
-    passed = time.perf_counter()  # the clock starts when the gate has passed
+    check_candidate(stack.airlock, model_id, GatePolicy(min_exact_match=0.9), actor="bench")
+    passed = time.perf_counter()  # the clock starts when the workflow's gate has passed
     with timed_parts() as parts:
-        deploy(stack.airlock, model_id, ALIAS, actor="bench")
+        propose(stack.airlock, model_id=model_id, alias=ALIAS, run_id=None,
+                base_path=settings.models_dir / settings.serve_base_model, actor="bench")
     deployed = time.perf_counter()
     parts = dict(parts)
     parts["switch"] = (deployed - passed) - sum(parts.values())
@@ -154,9 +160,10 @@ def run(stack: Stack, quick: bool) -> Section:
     candidates: list[str] = stack.prepared
     section = Section(
         title="4. Hand-off: gate pass to first token under the alias",
-        what=("From `promote()` returning to the first streamed token through the gateway under the alias: "
-              "`deploy()` (verify the signed manifest and every file again, materialise the files, hot-load "
-              "into vLLM, smoke test, switch the alias), then the first request. Baseline: the same streamed "
+        what=("From the workflow's gate (`check_candidate()`) returning to the first streamed token through the "
+              "gateway under the alias: `propose()` to an unprotected alias (verify the signed manifest and every "
+              "file again, materialise the files, hot-load into vLLM, smoke test, the request and its signed "
+              "promotion record, switch the alias), then the first request. Baseline: the same streamed "
               f"request once the adapter is loaded and warm. {reps} hand-offs, two candidates taking turns, each "
               f"unloaded from vLLM before its turn; {warm_per_rep} warm requests after each. The ratio is hand-off "
               "total / warm first token."))
@@ -177,7 +184,7 @@ def run(stack: Stack, quick: bool) -> Section:
 
     labels = {"verify": "verify again (signature, every file digest)", "materialize": "materialise files for vLLM",
               "load": "hot-load into vLLM", "smoke": "smoke test", "checks": "vLLM health and adapter list",
-              "switch": "alias switch, audit, database reads", "first token": "first token through the gateway",
+              "switch": "request, signed record, alias switch, audit, database reads", "first token": "first token through the gateway",
               "total": "total"}
     part_rows = []
     for part in (*PARTS, "total"):

@@ -166,12 +166,16 @@ async def soak(stack: Stack, clients: int, seconds: float, gap_every: float) -> 
 
 
 def warm(stack: Stack, adapter: str) -> None:
-    """Promote and serve the adapter under the alias, and answer one request through it untimed."""
-    from airlock.promotion.gate import GatePolicy, promote
-    from airlock.serve.deploy import deploy
+    """Promote and serve the adapter under the alias (unprotected, as the quickstart's), and answer
+    one request through it untimed."""
+    from airlock.access.holders import OPERATOR
+    from airlock.promotion.policy import set_policy
+    from airlock.workflow.gatekeeper import propose
 
-    promote(stack.airlock, adapter, GatePolicy(min_exact_match=0.9), actor="bench")
-    deploy(stack.airlock, adapter, ALIAS, actor="bench")
+    settings = stack.airlock.settings
+    set_policy(stack.airlock, ALIAS, {"approvals": 0}, actor="bench", holder=OPERATOR)
+    propose(stack.airlock, model_id=adapter, alias=ALIAS, run_id=None,
+            base_path=settings.models_dir / settings.serve_base_model, actor="bench")
     with openai.OpenAI(base_url=f"{stack.gateway.url}/v1", api_key=stack.key, max_retries=0, timeout=TIMEOUT_S,
                        http_client=openai.DefaultHttpxClient(trust_env=False)) as client:
         client.chat.completions.create(model=ALIAS, messages=QUESTION, max_tokens=MAX_TOKENS)
