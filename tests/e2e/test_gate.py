@@ -184,3 +184,12 @@ def test_rollback_and_revocation_go_back_to_the_previous_approved_champion(appli
     assert f"back on {second}" in revoked.stdout
     client = OpenAI(base_url=appliance.gateway_url + "/v1", api_key=people["eve"])
     assert sum(ask(client, ALIAS)) >= len(QA) - 1
+
+
+def test_the_gate_counts_requests_approval_times_and_refusals_on_metrics(appliance, people):
+    text = api(appliance, "GET", "/metrics", people["admin"]).text
+    approved = re.search(r'^airlock_gate_requests\{state="approved"\} (\S+)$', text, re.M)
+    assert approved and float(approved.group(1)) >= 3, text[-2000:]
+    assert re.search(r"^airlock_gate_seconds_to_approval_count [3-9]", text, re.M)
+    refused = re.search(r'^airlock_gate_refusals_total\{reason="better_than_serving"\} (\S+)$', text, re.M)
+    assert refused and float(refused.group(1)) >= 1
