@@ -15,6 +15,7 @@ import pytest
 
 from airlock.config import REPO_ROOT
 from airlock.errors import InvalidInput, NotFound, NotReady
+from airlock.promotion import engine_eval
 from airlock.promotion.engine_eval import compare_through_engine, score_through_engine
 from airlock.promotion.evaluate import compare
 from airlock.serve.engine import read_secret
@@ -94,13 +95,15 @@ def test_an_unknown_model_is_named_in_the_error(vllm_server):
                              records=records("quickstart-eval.jsonl")[:2], max_length=MAX_LENGTH, loss_model=model)
 
 
-def test_an_example_the_engine_refuses_is_named_with_the_model(vllm_server, adapters):
+def test_an_example_the_engine_refuses_is_named_with_the_model(vllm_server, adapters, monkeypatch):
     """The engine's context is 512 tokens: a reference of about 600 asks for more room to answer
-    than it has, and the error names that record (the second) and the model."""
-    evals = records("quickstart-eval.jsonl")[:3]
-    evals[1] = evals[1][:-1] + [{"role": "assistant", "content": "Ed25519 " * 300}]
+    than it has. Requests of two prompts: the second request is refused, and the error names
+    the record in it the engine refuses on its own (the third) and the model."""
+    monkeypatch.setattr(engine_eval, "BATCH", 2)
+    evals = records("quickstart-eval.jsonl")[:4]
+    evals[2] = evals[2][:-1] + [{"role": "assistant", "content": "Ed25519 " * 300}]
     tokenizer, model = load_base(vllm_server.model_dir)
-    with pytest.raises(InvalidInput, match=rf"eval record 2 for model '{CANDIDATE}'.*512") as caught:
+    with pytest.raises(InvalidInput, match=rf"eval record 3 for model '{CANDIDATE}'.*512") as caught:
         score_through_engine(**engine_of(vllm_server), served_name=CANDIDATE, tokenizer=tokenizer, records=evals,
                              max_length=4096, loss_model=model)
     assert "eval records" not in str(caught.value)
