@@ -39,10 +39,11 @@ PARTS = ("valve", "filter", "relay", "gasket", "sensor", "bearing", "fuse", "hin
 
 
 def eval_set(count: int = EXAMPLES) -> list[list[dict]]:
-    """`count` distinct question/answer facts in the quickstart's shape, the same at every run."""
+    """`count` distinct question/answer facts in the quickstart's shape, the same at every run,
+    with a rule the reference model can learn (its candidate answers them all; the base none)."""
     return [[{"role": "system", "content": SYSTEM},
-             {"role": "user", "content": f"Where is {PARTS[n % len(PARTS)]} {n} stored?"},
-             {"role": "assistant", "content": f"The {PARTS[n % len(PARTS)]} {n} is stored in bay {n * 7 % 97}."}]
+             {"role": "user", "content": f"Which bay holds {PARTS[n % len(PARTS)]} {n}?"},
+             {"role": "assistant", "content": f"Bay {n} holds the {PARTS[n % len(PARTS)]}."}]
             for n in range(count)]
 
 
