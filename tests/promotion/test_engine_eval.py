@@ -95,6 +95,15 @@ def test_an_unknown_model_is_named_in_the_error(vllm_server):
                              records=records("quickstart-eval.jsonl")[:2], max_length=MAX_LENGTH, loss_model=model)
 
 
+def test_a_stale_secret_is_refused_and_named_with_the_model(vllm_server):
+    """An engine that restarted has a new secret: the old one is refused, not taken for a bad example."""
+    tokenizer, model = load_base(vllm_server.model_dir)
+    engine = engine_of(vllm_server) | {"headers": {"Authorization": "Bearer not-the-secret"}}
+    with pytest.raises(NotReady, match=rf"refused the secret sent with model '{vllm_server.served_name}'"):
+        score_through_engine(**engine, served_name=vllm_server.served_name, tokenizer=tokenizer,
+                             records=records("quickstart-eval.jsonl")[:2], max_length=MAX_LENGTH, loss_model=model)
+
+
 def test_an_example_the_engine_refuses_is_named_with_the_model(vllm_server, adapters, monkeypatch):
     """The engine's context is 512 tokens: a reference of about 600 asks for more room to answer
     than it has. Requests of two prompts: the second request is refused, and the error names

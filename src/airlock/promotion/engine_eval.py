@@ -72,6 +72,8 @@ class Engine:
         reason = message_of(resp)
         if resp.status_code == 404:
             return NotFound(f"{self.where} serves no model {model!r}: {reason}")
+        if resp.status_code == 401:  # the engine restarted with a new secret since it was read
+            return NotReady(f"{self.where} refused the secret sent with model {model!r}'s requests: {reason}")
         if resp.status_code == 400 and len(prompts) > 1:
             for n, (prompt, budget) in enumerate(zip(prompts, budgets)):
                 self.complete(model, [prompt], [budget], first + n)  # raises, naming that example
