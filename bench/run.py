@@ -4,8 +4,8 @@ Fine-tuning (its throughput, then the fine-tuning service's packing, checkpoints
 first, before any server is started, so nothing of ours competes with it for
 the CPU; then the gateway's capacity and its cost over TLS, against a stand-in engine; the
 gateway-overhead and hand-off and soak benchmarks share one vLLM (see bench.serving), the soak
-last of them because it is the longest; the isolation benchmark starts a whole appliance of its
-own last. The gateway benchmarks
+last of them because it is the longest; the evaluation benchmark starts a vLLM of its own after
+theirs is stopped; the isolation benchmark starts a whole appliance of its own last. The gateway benchmarks
 drive wrk; without it they are reported as not run (the soak drives the openai client instead).
 """
 
@@ -29,7 +29,7 @@ from bench.report import Section, document, split_sections  # noqa: E402
 from bench.wrk import WrkMissing, wrk_path  # noqa: E402
 
 NAMES = ("finetune", "training", "capacity", "gateway", "handoff", "isolation", "soak", "verify", "offline", "tls",
-         "provision", "uploads")
+         "provision", "uploads", "eval")
 NEEDS_WRK = ("capacity", "gateway", "isolation", "tls")
 TITLES = {"finetune": "1. Fine-tuning throughput", "capacity": "2. Gateway capacity",
           "gateway": "3. Gateway overhead against direct vLLM",
@@ -41,7 +41,8 @@ TITLES = {"finetune": "1. Fine-tuning throughput", "capacity": "2. Gateway capac
           "tls": "9. Gateway over TLS against plain HTTP",
           "provision": "10. Provisioning this machine in containers mode",
           "training": "11. The fine-tuning service",
-          "uploads": "12. Gateway memory during dataset uploads"}
+          "uploads": "12. Gateway memory during dataset uploads",
+          "eval": "13. Evaluation through the engine"}
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -190,6 +191,12 @@ def main(argv: list[str] | None = None) -> int:
             done = {s.title for s in sections}
             sections.extend(Section(title=TITLES[n], what="", error=f"the serving stack failed: {exc}")
                             for n in serving if TITLES[n] not in done)
+
+    if "eval" in wanted:
+        from bench import eval_bench
+
+        attempt("eval", "evaluation: the gate's scores through vLLM against the in-process loop, base + candidate",
+                lambda: eval_bench.run(args.quick))
 
     if "isolation" in wanted:
         from bench import isolation_bench
