@@ -117,6 +117,7 @@ def test_a_trainers_run_is_staged_not_served_under_the_protected_alias(appliance
     assert serve["staging_name"] in {m.id for m in reviewer.models.list().data}
     mine = api(appliance, "GET", f"/api/gate/requests/{serve['request']}", people["trainer"]).json()
     assert "examples" not in mine  # the author never sees the policy's eval set
+    assert mine["evaluation"] == {"eval_set": "@operator/gate-eval", "answered_by": "engine"}
     assert "examples" in api(appliance, "GET", f"/api/gate/requests/{serve['request']}", people["bob"]).json()
 
 

@@ -33,6 +33,15 @@ ROUTES = {
     ("POST", "/api/models/{model_id}/verify"): "models:verify",
     ("POST", "/api/datasets/share"): "datasets:share",
     ("POST", "/api/datasets/unshare"): "datasets:share",
+    ("PUT", "/api/gate/policies/{alias}"): "gate:policy",
+    ("GET", "/api/gate/policies/{alias}"): "models:read",
+    ("GET", "/api/gate/requests"): "models:read",
+    ("GET", "/api/gate/requests/{request_id}"): "models:read",
+    ("POST", "/api/gate/requests/{request_id}/approve"): "models:approve",
+    ("POST", "/api/gate/requests/{request_id}/reject"): "models:approve",
+    ("POST", "/api/models/{model_id}/revoke"): "models:revoke",
+    ("POST", "/api/aliases/{alias}/rollback"): "aliases:write",
+    ("GET", "/api/aliases/{alias}/history"): "models:read",
 }
 
 

@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 
 from airlock.cli.main import app
 from airlock.config import REPO_ROOT
+from airlock.promotion.policy import set_policy
 from airlock.workflow.runs import get_run, stage_metrics
 from airlock.workflow.submit import submit
 from airlock.workflow.worker import Worker
@@ -56,6 +57,12 @@ def test_serve_without_vllm_fails_clearly(airlock, tiny_models_dir, tmp_path):
                      "with": {"eval_set": str(EVAL), "min_exact_match": 0.9}},
                     {"name": "promote", "uses": "gate.promote", "needs": ["evaluate"]},
                     {"name": "serve", "uses": "serve.vllm", "needs": ["promote"], "with": {"alias": "x"}})
+    run_id = submit(airlock, path, actor="os:test")["run_id"]
+    Worker(airlock).run_one(run_id)
+    run = get_run(airlock, run_id)
+    assert [s["status"] for s in run["stages"]] == ["succeeded", "succeeded", "succeeded", "failed"]
+    assert "alias 'x' has no promotion policy, so nothing is served under it" in run["error"]
+    set_policy(airlock, "x", {"approvals": 0}, actor="os:test", holder="operator")
     run_id = submit(airlock, path, actor="os:test")["run_id"]
     Worker(airlock).run_one(run_id)
     run = get_run(airlock, run_id)

@@ -133,8 +133,11 @@ def request_view(airlock: Airlock, viewer: Viewer, request_id: int | str) -> dic
     view = summary(airlock, row)
     view["approvals"] = [{k: a[k] for k in ("holder", "key_id", "verdict", "comment", "at")}
                          | {"signed": a["signature_json"] is not None} for a in approvals_of(airlock, row["id"])]
+    evaluation = json.loads(airlock.store.get_bytes(row["evaluation_digest"]))
+    view["evaluation"] = {"eval_set": (evaluation.get("eval_set") or {}).get("name"),
+                          "answered_by": evaluation.get("answered_by")}
     if viewer.reviewer:
-        view["examples"] = side_by_side(json.loads(airlock.store.get_bytes(row["evaluation_digest"])))
+        view["examples"] = side_by_side(evaluation)
     return view
 
 

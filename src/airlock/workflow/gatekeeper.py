@@ -19,6 +19,7 @@ from airlock.errors import AirlockError, Conflict, GateRefused
 from airlock.meta.db import now
 from airlock.models.adapters import get_model
 from airlock.promotion.approvals import APPROVE, Approver, approval_problems, decide, pinned_root, recorded_approvals
+from airlock.promotion.engine_eval import compare_through_engine
 from airlock.promotion.evaluate import BASE, CANDIDATE, CHAMPION, compare
 from airlock.promotion.policy import require_policy, stricter_of
 from airlock.promotion.records import verify_record, write_record
@@ -26,6 +27,8 @@ from airlock.promotion.requests import RequestRow, get_request, open_request, vo
 from airlock.promotion.signing import verify_model
 from airlock.promotion.thresholds import problems_of
 from airlock.serve.deploy import served_base_digest, stage_candidate, switch, wait_for_engine
+from airlock.serve.engine import engine_client, read_secret
+from airlock.serve.serving_copy import load_verified
 from airlock.states import RequestState
 from airlock.trust.root import canonical_json
 
@@ -40,15 +43,32 @@ def champion_of(airlock: Airlock, alias: str) -> str | None:
 
 def _evaluate(airlock: Airlock, base_path: Path, model: dict, champion_id: str | None, eval_digest: str,
               max_length: int) -> dict:
-    """The policy's evaluation: base, champion and candidate on the policy's eval set."""
+    """The policy's evaluation: base, champion and candidate on the policy's eval set. The answers
+    come from the engine where it runs (the candidate loaded, verified, under its own id: batched,
+    bench/eval_bench.py), else from the in-process loop; the figures are the same (tested)."""
     records = load_records(airlock, eval_digest)
+    client = engine_client(airlock.settings)
     with tempfile.TemporaryDirectory(prefix="airlock-gate-") as tmp:
         candidate = airlock.store.get_tree(model["tree_digest"], Path(tmp) / CANDIDATE)
         champion = None
         if champion_id:
             champion = airlock.store.get_tree(get_model(airlock, champion_id)["tree_digest"], Path(tmp) / CHAMPION)
-        scores = compare(base_path, candidate, records, max_length, champion_dir=champion)
-    return {"scores": {m: s.summary() for m, s in scores.items()}, "answers": {m: s.answers for m, s in scores.items()}}
+        if client.is_healthy():
+            for model_id in filter(None, (model["id"], champion_id)):
+                if model_id not in client.loaded_adapters():
+                    load_verified(airlock, client, model_id)
+            settings = airlock.settings
+            scores = compare_through_engine(
+                settings.vllm_url, {"Authorization": f"Bearer {read_secret(settings)}"}, base_path, candidate,
+                records, max_length, base_model=settings.serve_base_model, candidate=model["id"],
+                champion_dir=champion, champion=champion_id,
+                socket=settings.engine_socket if settings.engine_transport == "uds" else None)
+            how = "engine"
+        else:
+            scores = compare(base_path, candidate, records, max_length, champion_dir=champion)
+            how = "in-process"
+    return {"scores": {m: s.summary() for m, s in scores.items()}, "answers": {m: s.answers for m, s in scores.items()},
+            "answered_by": how}
 
 
 def propose(airlock: Airlock, *, model_id: str, alias: str, run_id: str | None, base_path: Path,
