@@ -26,7 +26,7 @@ from airlock.promotion.records import verify_record, write_record
 from airlock.promotion.requests import RequestRow, get_request, open_request, void_for_model
 from airlock.promotion.signing import verify_model
 from airlock.promotion.thresholds import problems_of
-from airlock.serve.deploy import served_base_digest, stage_candidate, switch, wait_for_engine
+from airlock.serve.deploy import served_base_digest, stage_candidate, switch
 from airlock.serve.engine import engine_client, read_secret
 from airlock.serve.serving_copy import load_verified
 from airlock.states import RequestState
@@ -98,6 +98,8 @@ def propose(airlock: Airlock, *, model_id: str, alias: str, run_id: str | None, 
                                better_than_serving=policy.better_than_serving, metric=policy.metric,
                                margin=policy.margin):
         airlock.meta.audit(actor, "gate.refused", alias, model_id=model_id, reasons=problems, evaluation=evaluation_digest)
+        if not airlock.meta.one("SELECT 1 AS yes FROM aliases WHERE model_id = ?", (model_id,)):
+            _unload(airlock, model_id)  # loaded for the evaluation only: its engine slot goes back
         raise GateRefused(f"the gate of {alias!r} refused {model_id}: " + "; ".join(problems), problems=problems)
     author_actor = (airlock.meta.one("SELECT submitted_by FROM runs WHERE id = ?", (run_id,)) or {}).get(
         "submitted_by") if run_id else actor
@@ -194,12 +196,13 @@ def revoke(airlock: Airlock, model_id: str, reason: str, *, actor: str) -> dict:
 
 
 def _unload(airlock: Airlock, model_id: str) -> None:
+    """Take an adapter out of the engine, if one runs and holds it (never waits for one to start)."""
+    client = engine_client(airlock.settings)
     try:
-        client = wait_for_engine(airlock)
-        if model_id in client.loaded_adapters():
+        if client.is_healthy() and model_id in client.loaded_adapters():
             client.unload_adapter(model_id)
-    except AirlockError as exc:  # no engine running: nothing loaded to take out
-        log.info("revoked %s; the engine was not reachable to unload it: %s", model_id, exc)
+    except AirlockError as exc:  # the engine went away meanwhile: it holds nothing after a restart
+        log.info("could not unload %s from the engine: %s", model_id, exc)
 
 
 def request_state(airlock: Airlock, request_id: int) -> str:
