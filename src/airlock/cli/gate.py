@@ -169,6 +169,30 @@ def _decide(request_id: str, verdict: str, comment: str, key_file: Path | None, 
                       + "; ".join(out.get("waiting_for", [])))
 
 
+@app.command("propose")
+@command
+def propose_cmd(
+    model_id: str = typer.Argument(..., help="A signed adapter's id."),
+    alias: str = typer.Option(..., "--alias", help="The production alias to propose it for."),
+    max_length: int = typer.Option(512, "--max-length", help="Longest record of the policy's eval set, in tokens."),
+) -> None:
+    """Put an adapter that is already trained and signed to ALIAS's gate, as a run's serve stage
+    does (the policy's evaluation, a staging name, a request); its author stays its run's."""
+    from airlock.models.adapters import get_model
+    from airlock.models.catalog import resolve_base_model
+    from airlock.workflow.gatekeeper import propose
+
+    airlock = open_airlock()
+    model = get_model(airlock, model_id)
+    out = propose(airlock, model_id=model_id, alias=alias, run_id=model["run_id"],
+                  base_path=resolve_base_model(airlock.settings, model["base_model"]), max_length=max_length,
+                  actor=cli_actor())
+    console.print(f"request {out['request']}: {model_id} staged as [bold]{out['staging_name']}[/], {out['state']}"
+                  + (f"; {out['approvals_needed']} approval(s) needed" if out["state"] == "pending" else ""))
+    for note in out["notes"]:
+        console.print(f"  note: {note}")
+
+
 @serve_app.command("rollback")
 @command
 def rollback_cmd(alias: str = typer.Argument(..., help="The alias.")) -> None:
