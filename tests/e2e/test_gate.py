@@ -75,7 +75,7 @@ def ask(client: OpenAI, model: str) -> list[bool]:
 
 
 @pytest.fixture(scope="module")
-def people(appliance):
+def people(appliance, tmp_path_factory):
     found = {"trainer": key(appliance, "alice-trainer", "trainer", "alice"),
              "author_approver": key(appliance, "alice-approver", "approver", "alice"),
              "bob": key(appliance, "bob-1", "approver", "bob"), "bob2": key(appliance, "bob-2", "approver", "bob"),
@@ -85,7 +85,12 @@ def people(appliance):
     up = api(appliance, "POST", "/api/datasets", found["trainer"], params={"name": "facts"},
              content=(DATA / "quickstart.jsonl").read_bytes(), headers=JSONL)
     assert up.status_code == 201, up.text
-    appliance.cli("datasets", "add", str(DATA / "quickstart-eval.jsonl"), "--name", "gate-eval")
+    # The policy's own copy of the test: the same questions in another order, so other bytes than
+    # any dataset the quickstart added (the same bytes would keep their first name).
+    lines = (DATA / "quickstart-eval.jsonl").read_text().splitlines()
+    eval_file = tmp_path_factory.mktemp("gate") / "gate-eval.jsonl"
+    eval_file.write_text("\n".join(reversed(lines)) + "\n")
+    appliance.cli("datasets", "add", str(eval_file), "--name", "gate-eval")
     return found
 
 
@@ -104,6 +109,7 @@ def test_a_trainers_run_is_staged_not_served_under_the_protected_alias(appliance
     assert run["status"] == "succeeded", run["error"]
     serve = next(s for s in run["stages"] if s["name"] == "serve")["outputs"]
     assert serve["state"] == "pending" and serve["staging_name"] == f"{ALIAS}.candidate-1"
+    people["request"] = str(serve["request"])
     assert "min_exact_match 0 is weaker than the policy's 0.5, which applies" in serve["notes"][0]
     author = OpenAI(base_url=appliance.gateway_url + "/v1", api_key=people["trainer"])
     assert sum(ask(author, serve["staging_name"])) >= len(QA) - 1  # the author asks its candidate
@@ -122,21 +128,23 @@ def test_a_trainers_run_is_staged_not_served_under_the_protected_alias(appliance
 
 
 def test_the_author_cannot_approve_through_the_cli_nor_the_api(appliance, people):
-    cli = as_key(appliance, people["author_approver"], "gate", "approve", "1", check=False)
-    assert cli.returncode != 0 and "alice is the author of request 1" in cli.stderr
-    http = api(appliance, "POST", "/api/gate/requests/1/approve", people["author_approver"], json={})
+    number = people["request"]
+    cli = as_key(appliance, people["author_approver"], "gate", "approve", number, check=False)
+    assert cli.returncode != 0 and f"alice is the author of request {number}" in cli.stderr
+    http = api(appliance, "POST", f"/api/gate/requests/{number}/approve", people["author_approver"], json={})
     assert http.status_code == 403 and "author" in http.text
-    assert api(appliance, "POST", "/api/gate/requests/1/approve", people["trainer"], json={}).status_code == 403
-    admin = api(appliance, "POST", "/api/gate/requests/1/approve", people["admin"], json={})
+    assert api(appliance, "POST", f"/api/gate/requests/{number}/approve", people["trainer"], json={}).status_code == 403
+    admin = api(appliance, "POST", f"/api/gate/requests/{number}/approve", people["admin"], json={})
     assert admin.status_code == 403 and "approvers' keys only" in admin.text
 
 
 def test_two_keys_of_one_person_count_once_and_two_approvers_switch_the_alias(appliance, people):
-    first = as_key(appliance, people["bob"], "gate", "approve", "1", "--comment", "answers checked")
+    number = people["request"]
+    first = as_key(appliance, people["bob"], "gate", "approve", number, "--comment", "answers checked")
     assert "still waiting" in first.stdout
-    again = api(appliance, "POST", "/api/gate/requests/1/approve", people["bob2"], json={})
+    again = api(appliance, "POST", f"/api/gate/requests/{number}/approve", people["bob2"], json={})
     assert again.status_code == 409 and "one person counts once" in again.text
-    done = api(appliance, "POST", "/api/gate/requests/1/approve", people["carol"], json={"comment": "ok"})
+    done = api(appliance, "POST", f"/api/gate/requests/{number}/approve", people["carol"], json={"comment": "ok"})
     assert done.status_code == 200 and done.json()["state"] == "approved", done.text
     client = OpenAI(base_url=appliance.gateway_url + "/v1", api_key=people["eve"])
     assert sum(ask(client, ALIAS)) >= len(QA) - 1
@@ -185,6 +193,13 @@ def test_rollback_and_revocation_go_back_to_the_previous_approved_champion(appli
     assert f"back on {second}" in revoked.stdout
     client = OpenAI(base_url=appliance.gateway_url + "/v1", api_key=people["eve"])
     assert sum(ask(client, ALIAS)) >= len(QA) - 1
+    # The same adapter proposed by hand to a second, unprotected alias goes live there at once.
+    appliance.cli("gate", "policy", "set", "gated-copy", "--approvals", "0")
+    out = appliance.cli("gate", "propose", second, "--alias", "gated-copy").stdout
+    assert "staged as gated-copy.candidate-1, approved" in out
+    assert sum(ask(client, "gated-copy")) >= len(QA) - 1
+    refused = appliance.cli("gate", "propose", first, "--alias", "gated-copy", check=False)
+    assert refused.returncode != 0 and "revoked" in refused.stderr
 
 
 def test_the_gate_counts_requests_approval_times_and_refusals_on_metrics(appliance, people):

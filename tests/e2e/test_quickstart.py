@@ -87,12 +87,12 @@ def test_alias_switch_does_not_break_requests_in_flight(appliance, served, tmp_p
     client = served["client"]
     before = {m.id for m in client.models.list().data}
     candidate = second_candidate(appliance, tmp_path, seed=11)
-    appliance.cli("models", "promote", candidate)
     stream = client.chat.completions.create(
         model=ALIAS, messages=QA[1][:-1], max_tokens=200, stream=True, temperature=0,
         extra_body={"ignore_eos": True})
     first = next(iter(stream))
-    switched = threading.Thread(target=appliance.cli, args=("models", "deploy", candidate, "--alias", ALIAS))
+    # The quickstart's alias is unprotected: proposing the candidate switches it at once.
+    switched = threading.Thread(target=appliance.cli, args=("gate", "propose", candidate, "--alias", ALIAS))
     switched.start()
     rest = [c for c in stream]
     switched.join()
@@ -120,8 +120,8 @@ def test_tampered_adapter_is_refused_and_alias_keeps_serving(appliance, served, 
 
     verify = appliance.cli("models", "verify", candidate, check=False)
     assert verify.returncode == 5 and "adapter_model.safetensors" in verify.stderr
-    promote = appliance.cli("models", "promote", candidate, check=False)
-    assert promote.returncode == 6 and "refused" in promote.stderr
+    propose = appliance.cli("gate", "propose", candidate, "--alias", ALIAS, check=False)
+    assert propose.returncode == 5 and candidate in propose.stderr, propose.stderr
     deploy = appliance.cli("models", "deploy", candidate, "--alias", ALIAS, check=False)
     assert deploy.returncode != 0
     current = next(m for m in json.loads(appliance.cli("models", "list", "--json").stdout) if m.get("aliases") == ALIAS)

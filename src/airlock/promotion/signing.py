@@ -66,5 +66,8 @@ def _verified_manifest(airlock: Airlock, model_id: str, model: dict) -> dict:
         problems.append("the manifest's base model digest differs from the recorded one")
     if problems:
         raise IntegrityFailure(f"model {model_id}: manifest does not match the record", problems=problems)
-    check_tree(airlock, manifest["files"])
+    try:
+        check_tree(airlock, manifest["files"])
+    except IntegrityFailure as exc:
+        raise IntegrityFailure(f"model {model_id}: {exc.message}", problems=exc.problems) from None
     return manifest
