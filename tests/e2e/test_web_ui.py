@@ -24,6 +24,14 @@ ALIAS = "web-assistant"
 RUN_TIMEOUT_MS = 420_000
 
 
+@pytest.fixture(scope="module", autouse=True)
+def unprotected_aliases(appliance) -> None:
+    """This module's aliases serve what passes the workflow's own gate, approved by no one: the
+    gate's approvals are tests/e2e/test_web_gate.py's."""
+    for alias in (ALIAS, "web-switch"):
+        appliance.cli("gate", "policy", "set", alias, "--approvals", "0")
+
+
 @pytest.fixture(scope="module")
 def trainer(appliance) -> str:
     out = appliance.cli("apikey", "create", "--name", "web-trainer", "--role", "trainer").stdout

@@ -20,11 +20,11 @@ def install(app) -> None:
     """Add the UI's pages, its static files and its security headers to the gateway's app."""
     from fastapi.staticfiles import StaticFiles
 
-    from airlock.web import admin, datasets, launch, models, pages, playground, runs, serving
+    from airlock.web import admin, datasets, gate, launch, models, pages, playground, runs, serving
     from airlock.web.security import SecurityHeaders
 
     # /runs/new before /runs/{run_id}, which would take it for a run's id.
-    for module in (pages, launch, runs, datasets, models, serving, playground, admin):
+    for module in (pages, launch, runs, datasets, models, gate, serving, playground, admin):
         app.include_router(module.router)
     pages.install_page_errors(app)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")

@@ -2,20 +2,23 @@
 in readable form with its lineage drawn as a chain (dataset -> run -> adapter -> promotion ->
 alias -> the keys that called it). An adapter's page checks it against its signed manifest
 (signature, then every stored file's digest) as the engine's load does; the list shows the
-outcome of each adapter's latest check, wherever it was made."""
+outcome of each adapter's latest check, wherever it was made. Keys that may revoke (approvers,
+admins) revoke an adapter from its page, with a reason: a form posted here with the session's
+CSRF token, calling the gate's own `revoke`."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import HTMLResponse
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
-from airlock.access.roles import may
+from airlock.access.roles import REVOKES, may
 from airlock.errors import AirlockError
+from airlock.gateway.auth import actor
 from airlock.gateway.deps import AirlockDep, Key
 from airlock.gateway.redact import redact_text, sees_internals
-from airlock.web.pages import page, render
+from airlock.web.pages import page, posted_form, render
 
 router = APIRouter(include_in_schema=False)
 
@@ -60,6 +63,12 @@ def latest_check(model: dict) -> dict[str, Any]:
 @router.get("/models/{model_id}", response_class=HTMLResponse)
 def model_page(model_id: str, request: Request, airlock: AirlockDep,
                key: Key = Depends(page("models:read"))) -> HTMLResponse:
+    return _model_page(request, airlock, key, model_id)
+
+
+def _model_page(request: Request, airlock, key: Key, model_id: str, status: int = 200,
+                error: str | None = None) -> HTMLResponse:
+    from airlock.models.adapters import get_model
     from airlock.workflow.lineage import lineage
 
     try:
@@ -69,5 +78,20 @@ def model_page(model_id: str, request: Request, airlock: AirlockDep,
     state, manifest = verification(airlock, model_id)
     state = shown(state, key)
     files = sorted((manifest or {}).get("files", {}).items())
-    return render(request, "model.html", key, chain=chain, verification=state, manifest=manifest, files=files,
-                  can_verify=may(key, "models:verify"))
+    model = get_model(airlock, model_id)
+    revoked = {k: model[k] for k in ("revoked_at", "revoked_by", "revoked_reason")} if model["revoked_at"] else None
+    return render(request, "model.html", key, status=status, chain=chain, verification=state, manifest=manifest,
+                  files=files, can_verify=may(key, "models:verify"), can_revoke=may(key, REVOKES) and not revoked,
+                  revoked=revoked, error=error)
+
+
+@router.post("/models/{model_id}/revoke", response_class=HTMLResponse)
+def revoke_form(model_id: str, request: Request, airlock: AirlockDep, key: Key = Depends(page(REVOKES)),
+                form: dict = Depends(posted_form)) -> Response:
+    from airlock.workflow.gatekeeper import revoke
+
+    try:
+        revoke(airlock, model_id, form.get("reason", ""), actor=actor(key))
+    except AirlockError as exc:
+        return _model_page(request, airlock, key, model_id, status=exc.http_status, error=exc.message)
+    return RedirectResponse(f"/models/{model_id}", status_code=303)

@@ -29,6 +29,8 @@ NAV = [
     ("New fine-tune", "/runs/new", "runs:write"),
     ("Datasets", "/datasets", "datasets:read"),
     ("Models", "/models", "models:read"),
+    ("Approvals", "/gate/requests", "models:read"),
+    ("Policies", "/gate/policies", "models:read"),
     ("Serving", "/serving", "aliases:read"),
     ("Playground", "/playground", "inference"),
     ("Keys", "/keys", "keys:admin"),
@@ -67,6 +69,19 @@ def page(permission: str):
         return key
 
     return dependency
+
+
+async def posted_form(request: Request) -> dict[str, str]:
+    """A page form's fields, once its origin and the session's CSRF token (the form's `csrf`
+    field) are checked: a form posted from another site is refused before anything changes.
+    Declare it after the page's key, whose dependency finds the session."""
+    form = await request.form()
+    try:
+        check_same_origin(request)
+        check_csrf(request.state.session, str(form.get("csrf") or ""))
+    except Forbidden as exc:
+        raise PageRefused(exc) from None
+    return {name: str(value) for name, value in form.items()}
 
 
 def render(request: Request, template: str, key: dict | None, status: int = 200, **context) -> HTMLResponse:
