@@ -17,7 +17,7 @@ from typing import Any, TypedDict
 from airlock.access.holders import own_holder
 from airlock.access.roles import APPROVES, may
 from airlock.context import Airlock
-from airlock.errors import NotFound
+from airlock.errors import InvalidInput, NotFound
 from airlock.meta.db import now
 from airlock.promotion.policy import PolicyRow
 from airlock.states import RequestState
@@ -107,8 +107,10 @@ def list_requests(airlock: Airlock, viewer: Viewer, *, state: str | None = None,
         where.append("author = ?")
         params.append(viewer.holder)
     if state:
+        if state not in set(RequestState):
+            raise InvalidInput(f"state {state!r}: a request is {', '.join(RequestState)}")
         where.append("state = ?")
-        params.append(RequestState(state).value)
+        params.append(state)
     rows = airlock.meta.query(f"SELECT * FROM promotion_requests WHERE {' AND '.join(where)} "
                               "ORDER BY id DESC LIMIT ?", (*params, limit))
     return [summary(airlock, r) for r in rows]

@@ -120,7 +120,10 @@ def propose(airlock: Airlock, *, model_id: str, alias: str, run_id: str | None, 
 def complete(airlock: Airlock, request: RequestRow, *, actor: str) -> dict:
     """Write the signed record of a request whose approvals are complete and switch its alias."""
     promotion = write_record(airlock, request, actor=actor)
-    return switch(airlock, request["alias"], request["model_id"], promotion["id"], actor=actor)
+    switched = switch(airlock, request["alias"], request["model_id"], promotion["id"], actor=actor)
+    with airlock.meta.write() as db:  # the candidate is the champion now: its staging name has done its work
+        db.execute("DELETE FROM aliases WHERE name = ? AND staged_for IS NOT NULL", [request["staging_name"]])
+    return switched
 
 
 def decide_and_promote(airlock: Airlock, approver: Approver, request_id: int | str, verdict: str, *,

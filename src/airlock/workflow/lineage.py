@@ -21,7 +21,8 @@ def lineage(airlock: Airlock, model_id: str) -> dict[str, Any]:
     promotions = [{**p, "decision": json.loads(p.pop("decision_json"))} for p in meta.query(
         "SELECT id, manifest_digest, decision_json, created_at FROM promotions WHERE model_id = ? ORDER BY id",
         (model_id,))]
-    serving = [r["name"] for r in meta.query("SELECT name FROM aliases WHERE model_id = ? ORDER BY name", (model_id,))]
+    serving = [r["name"] for r in meta.query("SELECT name FROM aliases WHERE model_id = ? AND staged_for IS NULL "
+                                              "AND revoked_note IS NULL ORDER BY name", (model_id,))]
     history = meta.query("SELECT alias, at FROM alias_history WHERE model_id = ? ORDER BY id", (model_id,))
     aliases = sorted({h["alias"] for h in history} | set(serving))
     # vLLM knows an adapter by its id, so the gateway records calls by the adapter that answered.
