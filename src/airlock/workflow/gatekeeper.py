@@ -23,7 +23,7 @@ from airlock.promotion.engine_eval import compare_through_engine
 from airlock.promotion.evaluate import BASE, CANDIDATE, CHAMPION, compare
 from airlock.promotion.policy import require_policy, stricter_of
 from airlock.promotion.records import verify_record, write_record
-from airlock.promotion.requests import RequestRow, get_request, open_request, void_for_model
+from airlock.promotion.requests import RequestRow, open_request, void_for_model
 from airlock.promotion.signing import verify_model
 from airlock.promotion.thresholds import problems_of
 from airlock.serve.deploy import served_base_digest, stage_candidate, switch
@@ -206,10 +206,6 @@ def _unload(airlock: Airlock, model_id: str) -> None:
             client.unload_adapter(model_id)
     except AirlockError as exc:  # the engine went away meanwhile: it holds nothing after a restart
         log.info("could not unload %s from the engine: %s", model_id, exc)
-
-
-def request_state(airlock: Airlock, request_id: int) -> str:
-    return get_request(airlock, request_id)["state"]
 
 
 def alias_history(airlock: Airlock, alias: str) -> list[dict]:
