@@ -80,7 +80,7 @@ def train(appliance, trainer: str) -> dict:
     spec = {"name": "web-gated", "base_model": "airlock-tiny", "dataset": "facts",
             "stages": [{"name": "finetune", "uses": "finetune.lora",
                         "with": {"epochs": 40, "rank": 8, "alpha": 16, "learning_rate": 0.01, "batch_size": 1,
-                                 "seed": 5}},
+                                 "seed": 70}},  # a seed of its own: it revokes what it trains
                        {"name": "evaluate", "uses": "evaluate.compare", "needs": ["finetune"],
                         "with": {"eval_set": "facts", "min_exact_match": 0}},
                        {"name": "promote", "uses": "gate.promote", "needs": ["evaluate"],
