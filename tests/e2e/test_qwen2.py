@@ -24,6 +24,7 @@ def test_qwen2_model_goes_the_whole_way(tmp_path, tiny_models_dir):
     assert "Qwen2ForCausalLM" in (models / "tiny-qwen2" / "config.json").read_text()
 
     with running_appliance(tmp_path / "home", models, AIRLOCK_SERVE_BASE_MODEL="tiny-qwen2") as appliance:
+        appliance.cli("gate", "policy", "set", "qwen-assistant", "--approvals", "0")
         appliance.cli("workflow", "run", str(QUICKSTART), "--set", "base_model=tiny-qwen2",
                       "--set", "alias=qwen-assistant", "--wait")
         client = OpenAI(base_url=appliance.gateway_url + "/v1", api_key=appliance.new_key(), max_retries=0)
