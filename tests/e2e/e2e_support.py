@@ -108,3 +108,32 @@ def can_isolate() -> str | None:
     if probe.returncode != 0:
         return f"unshare -n is not permitted here: {probe.stderr.strip()}"
     return None
+
+
+def run_toward_alias(gateway_url: str, trainer_key: str, *, name: str, alias: str, seed: int,
+                     epochs: int = 40) -> dict:
+    """A trainer's run over /api toward `alias`, to its end: its own data (`facts`, uploaded by the
+    caller) and evaluation, a workflow gate that asks nothing (the alias's policy applies), and the
+    serve stage that proposes the candidate. `seed` must be the caller's own: the same data,
+    settings and seed make the same adapter, and a module that revokes what it trains must not
+    revoke another module's."""
+    spec = {"name": name, "base_model": "airlock-tiny", "dataset": "facts",
+            "stages": [{"name": "finetune", "uses": "finetune.lora",
+                        "with": {"epochs": epochs, "rank": 8, "alpha": 16, "learning_rate": 0.01, "batch_size": 1,
+                                 "seed": seed}},
+                       {"name": "evaluate", "uses": "evaluate.compare", "needs": ["finetune"],
+                        "with": {"eval_set": "facts", "min_exact_match": 0}},
+                       {"name": "promote", "uses": "gate.promote", "needs": ["evaluate"],
+                        "with": {"min_exact_match": 0}},
+                       {"name": "serve", "uses": "serve.vllm", "needs": ["promote"], "with": {"alias": alias}}]}
+    headers = {"Authorization": f"Bearer {trainer_key}"}
+    queued = httpx.post(f"{gateway_url}/api/runs", headers=headers, json={"spec": spec}, timeout=600)
+    assert queued.status_code == 202, queued.text
+    run_id = queued.json()["run_id"]
+    deadline = time.monotonic() + 900
+    while time.monotonic() < deadline:
+        run = httpx.get(f"{gateway_url}/api/runs/{run_id}", headers=headers, timeout=60).json()
+        if run["status"] in ("succeeded", "failed"):
+            return run
+        time.sleep(2)
+    raise AssertionError(f"run {run_id} did not finish in 900 s")

@@ -9,14 +9,13 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-import time
 
 import httpx
 import openai
 import pytest
 from openai import OpenAI
 
-from e2e_support import AIRLOCK, QA, QUICKSTART
+from e2e_support import AIRLOCK, QA, QUICKSTART, run_toward_alias
 
 pytestmark = [pytest.mark.slow, pytest.mark.vllm]
 ALIAS = "gated-assistant"
@@ -49,26 +48,8 @@ SEEDS = {"first": 60, "weaker": 61, "second": 62, "third": 63}
 
 
 def train(appliance, trainer: str, seed: int, *, epochs: int = 40) -> dict:
-    """A run of the trainer's own: its data, its own evaluation, and a gate that asks nothing (min 0)."""
-    spec = {"name": f"gated-{seed}", "base_model": "airlock-tiny", "dataset": "facts",
-            "stages": [{"name": "finetune", "uses": "finetune.lora",
-                        "with": {"epochs": epochs, "rank": 8, "alpha": 16, "learning_rate": 0.01, "batch_size": 1,
-                                 "seed": seed}},
-                       {"name": "evaluate", "uses": "evaluate.compare", "needs": ["finetune"],
-                        "with": {"eval_set": "facts", "min_exact_match": 0}},
-                       {"name": "promote", "uses": "gate.promote", "needs": ["evaluate"],
-                        "with": {"min_exact_match": 0}},
-                       {"name": "serve", "uses": "serve.vllm", "needs": ["promote"], "with": {"alias": ALIAS}}]}
-    queued = api(appliance, "POST", "/api/runs", trainer, json={"spec": spec})
-    assert queued.status_code == 202, queued.text
-    run_id = queued.json()["run_id"]
-    deadline = time.monotonic() + 900
-    while time.monotonic() < deadline:
-        run = api(appliance, "GET", f"/api/runs/{run_id}", trainer).json()
-        if run["status"] in ("succeeded", "failed"):
-            return run
-        time.sleep(2)
-    raise AssertionError(f"run {run_id} did not finish")
+    return run_toward_alias(appliance.gateway_url, trainer, name=f"gated-{seed}", alias=ALIAS, seed=seed,
+                            epochs=epochs)
 
 
 def ask(client: OpenAI, model: str) -> list[bool]:

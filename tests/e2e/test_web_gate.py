@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import json
 import re
-import time
 
 import httpx
 import openai
 import pytest
 from browser_harness import assert_same_origin, check_accessibility, open_page, screenshot
-from e2e_support import QA, REPO_ROOT
+from e2e_support import QA, REPO_ROOT, run_toward_alias
 from openai import OpenAI
 from playwright.sync_api import Page, expect
 
@@ -75,27 +74,8 @@ def look(page: Page, name: str) -> None:
 
 
 def train(appliance, trainer: str) -> dict:
-    """The trainer's run toward the protected alias: its own data and evaluation, a workflow gate
-    that asks nothing (the policy's applies), and the serve stage that proposes the candidate."""
-    spec = {"name": "web-gated", "base_model": "airlock-tiny", "dataset": "facts",
-            "stages": [{"name": "finetune", "uses": "finetune.lora",
-                        "with": {"epochs": 40, "rank": 8, "alpha": 16, "learning_rate": 0.01, "batch_size": 1,
-                                 "seed": 70}},  # a seed of its own: it revokes what it trains
-                       {"name": "evaluate", "uses": "evaluate.compare", "needs": ["finetune"],
-                        "with": {"eval_set": "facts", "min_exact_match": 0}},
-                       {"name": "promote", "uses": "gate.promote", "needs": ["evaluate"],
-                        "with": {"min_exact_match": 0}},
-                       {"name": "serve", "uses": "serve.vllm", "needs": ["promote"], "with": {"alias": ALIAS}}]}
-    queued = api(appliance, "POST", "/api/runs", trainer, json={"spec": spec})
-    assert queued.status_code == 202, queued.text
-    run_id = queued.json()["run_id"]
-    deadline = time.monotonic() + 900
-    while time.monotonic() < deadline:
-        run = api(appliance, "GET", f"/api/runs/{run_id}", trainer).json()
-        if run["status"] in ("succeeded", "failed"):
-            return run
-        time.sleep(2)
-    raise AssertionError(f"run {run_id} did not finish")
+    """The trainer's run toward the protected alias, with a seed of its own (it revokes what it trains)."""
+    return run_toward_alias(appliance.gateway_url, trainer, name="web-gated", alias=ALIAS, seed=70)
 
 
 def post_form(page: Page, path: str, **fields: str):
