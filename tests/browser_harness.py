@@ -102,6 +102,12 @@ def check_accessibility(page: Page, name: str) -> list[dict]:
     return violations
 
 
+def look(page: Page, name: str) -> None:
+    """A page a journey passes: checked for accessibility, and photographed."""
+    check_accessibility(page, name)
+    screenshot(page, name)
+
+
 def _selector(target: list) -> str:
     # Within an iframe or shadow root the target is a chain of selectors, one per document.
     return " >>> ".join(part if isinstance(part, str) else " >>> ".join(part) for part in target)

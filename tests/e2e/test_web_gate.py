@@ -14,7 +14,7 @@ import re
 import httpx
 import openai
 import pytest
-from browser_harness import assert_same_origin, check_accessibility, open_page, screenshot
+from browser_harness import assert_same_origin, look, open_page
 from e2e_support import QA, REPO_ROOT, run_toward_alias
 from openai import OpenAI
 from playwright.sync_api import Page, expect
@@ -67,10 +67,6 @@ def sign_in(page: Page, secret: str) -> None:
     page.click("main button[type=submit]")
     expect(page).to_have_url(re.compile(r"/runs$"))
 
-
-def look(page: Page, name: str) -> None:
-    check_accessibility(page, name)
-    screenshot(page, name)
 
 
 def train(appliance, trainer: str) -> dict:

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from browser_harness import assert_same_origin, check_accessibility, open_page, screenshot
+from browser_harness import assert_same_origin, look, open_page
 from e2e_support import QA, REPO_ROOT, running_appliance
 from playwright.sync_api import Page, expect
 from waiting import wait_for
@@ -56,11 +56,6 @@ def sign_in(page: Page, secret: str) -> None:
     page.click("main button[type=submit]")
     expect(page).to_have_url(re.compile(r"/runs$"))
 
-
-def look(page: Page, name: str) -> None:
-    """Every page the journey passes: accessible, photographed."""
-    check_accessibility(page, name)
-    screenshot(page, name)
 
 
 def upload(page: Page, path: Path, name: str) -> None:

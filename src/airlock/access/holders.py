@@ -24,6 +24,11 @@ def own_holder(key_id: str) -> str:
     return f"{OWN_PREFIX}{key_id}"
 
 
+def holder_of_key(key: dict) -> str:
+    """The person behind a key row: its holder, or the key's own namespace for a key without one."""
+    return key.get("holder") or own_holder(key["id"])
+
+
 def check_holder(value: str | None, field: str = "--holder", *, reserved_ok: bool = False) -> str:
     """A holder name, lower-cased; InvalidInput naming `field` otherwise. Lower case only, so
     'Alice' and 'alice' can never be two people. `key-...` is refused unless `reserved_ok` (when

@@ -18,7 +18,7 @@ from typing import Annotated, Any
 
 from fastapi import Depends, Request
 
-from airlock.access.holders import own_holder
+from airlock.access.holders import holder_of_key as holder_of  # the person behind a key
 from airlock.access.keys import KeyRow
 from airlock.access.roles import ANY_PRIORITY, MANAGES_ALL_RUNS, READS_ALL_DATASETS, READS_ALL_RUNS, may
 from airlock.config import Settings
@@ -60,11 +60,6 @@ def open_context(settings: Settings) -> Airlock:
 def airlock_of(request: Request) -> Airlock:
     """The context `create_app` opened: one database handle (and one audit anchor) per gateway."""
     return request.app.state.airlock
-
-
-def holder_of(key: Key) -> str:
-    """The person behind a key: its holder, or the key's own namespace for a key without one."""
-    return key.get("holder") or own_holder(key["id"])
 
 
 def reader_of(key: Key) -> Reader:

@@ -21,7 +21,7 @@ import msgspec
 from starlette.types import Receive, Scope, Send
 
 from airlock.errors import AirlockError, NotReady
-from airlock.access.holders import own_holder
+from airlock.access.holders import holder_of_key
 from airlock.access.roles import APPROVES, may
 from airlock.access.sessions import session_token
 from airlock.gateway.auth import check_permission, client_address, guarded_check, key_of_cookie
@@ -233,7 +233,7 @@ class OpenAIApi:
 def may_call(key: dict[str, Any], row: dict[str, Any]) -> bool:
     """A staging name is for its candidate's author, approvers and admins only; an alias for any
     key whose scope names it."""
-    return row.get("audience") is None or (key.get("holder") or own_holder(key["id"])) == row["audience"] \
+    return row.get("audience") is None or holder_of_key(key) == row["audience"] \
         or may(key, APPROVES)
 
 

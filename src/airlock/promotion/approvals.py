@@ -20,7 +20,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from airlock.access.holders import own_holder
+from airlock.access.holders import holder_of_key
 from airlock.access.roles import APPROVES, SETS_POLICIES, may
 from airlock.context import Airlock
 from airlock.errors import Conflict, Forbidden, IntegrityFailure, InvalidInput
@@ -51,7 +51,7 @@ class Approver:
 
 def approver_from_key(key: dict, actor: str) -> Approver:
     """The Approver an API key row is: its holder, and what its role may do (asked by permission)."""
-    return Approver(key_id=key["id"], holder=key.get("holder") or own_holder(key["id"]),
+    return Approver(key_id=key["id"], holder=holder_of_key(key),
                     may_approve=may(key, APPROVES), is_admin=may(key, SETS_POLICIES), actor=actor)
 
 
