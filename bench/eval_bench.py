@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -31,9 +32,11 @@ from bench.report import Section
 BASE_MODEL = "airlock-tiny"
 EXAMPLES = 100
 TARGET = 5.0  # the engine at least this many times faster
+REPEATS = 3  # timed passes of each side per engine; the medians are compared
 MAX_LENGTH = 512
 ADAPTER = "bench-eval-candidate"
 RANK = 8  # the candidate's LoRA rank
+RAISED = (16, 64)  # engines that admit higher ranks, for the record of what that costs
 SYSTEM = "You are the airlock assistant."
 PARTS = ("valve", "filter", "relay", "gasket", "sensor", "bearing", "fuse", "hinge", "spring", "clamp")
 
@@ -60,7 +63,8 @@ def agreement(config: str, engine: dict, in_process: dict) -> list[list[object]]
 
 
 def measure(scratch: Path, rank: int, adapter: Path, records: list[list[dict]]) -> tuple[float, float, dict, dict]:
-    """(in-process s, engine s, their scores) with a fresh engine whose largest LoRA rank is `rank`."""
+    """(in-process s, engine s, their scores) with a fresh engine whose largest LoRA rank is `rank`:
+    the medians of REPEATS timed passes of each side."""
     settings = Settings(home=scratch / f"home-{rank}", models_dir=REPO_ROOT / "offline_models",
                         serve_base_model=BASE_MODEL, vllm_max_lora_rank=rank)
     settings.ensure_dirs()
@@ -69,6 +73,7 @@ def measure(scratch: Path, rank: int, adapter: Path, records: list[list[dict]]) 
     try:
         server.wait_ready()
         server.load_adapter(ADAPTER, adapter)
+        scores: dict[str, dict] = {}
         engine = {"base_url": settings.vllm_url, "socket": settings.engine_socket,
                   "headers": {"Authorization": f"Bearer {read_secret(settings)}"}}
 
@@ -80,14 +85,16 @@ def measure(scratch: Path, rank: int, adapter: Path, records: list[list[dict]]) 
         # first use of the adapter) are no part of either figure.
         compare(server.model_dir, adapter, records[:4], MAX_LENGTH)
         through_engine(records[:4])
-        t0 = time.perf_counter()
-        in_process = compare(server.model_dir, adapter, records, MAX_LENGTH)
-        t1 = time.perf_counter()
-        through = through_engine(records)
-        t2 = time.perf_counter()
+        times: dict[str, list[float]] = {"in_process": [], "engine": []}
+        for n in range(REPEATS):  # alternating which goes first, so neither always meets a warmer machine
+            for side in (("in_process", "engine") if n % 2 == 0 else ("engine", "in_process")):
+                t0 = time.perf_counter()
+                scores[side] = (compare(server.model_dir, adapter, records, MAX_LENGTH) if side == "in_process"
+                                else through_engine(records))
+                times[side].append(time.perf_counter() - t0)
     finally:
         server.stop()
-    return t1 - t0, t2 - t1, in_process, through
+    return statistics.median(times["in_process"]), statistics.median(times["engine"]), scores["in_process"], scores["engine"]
 
 
 def run(quick: bool) -> Section:
@@ -100,21 +107,23 @@ def run(quick: bool) -> Section:
               f"and a trained LoRA candidate (rank {RANK}) on {BASE_MODEL}, on a {EXAMPLES}-example eval set, wall "
               "time of both models together. Baseline: the in-process `evaluate.compare` loop (one `generate` per "
               "example). airlock: `compare_through_engine`, each model's answers from the running vLLM in one "
-              f"batched request. Measured twice, each time beside its own baseline: with the engine as airlock "
-              f"starts it (`--max-lora-rank {default_rank}`, AIRLOCK_VLLM_MAX_LORA_RANK) and with its largest "
-              f"LoRA rank at the adapter's ({RANK}). Target: at least {TARGET:g}x faster, with the same answers "
-              "and losses."))
+              f"batched request. Measured with each engine beside its own baseline: with the engine as airlock "
+              f"starts it (`--max-lora-rank {default_rank}`, AIRLOCK_VLLM_MAX_LORA_RANK), which the target "
+              f"applies to, and, for information, with the engine admitting adapters up to ranks {' and '.join(map(str, RAISED))}. "
+              f"Each figure is the median of {REPEATS} passes, in alternating order. Target: at least {TARGET:g}x "
+              "faster, with the same answers and losses."))
     scratch = Path(tempfile.mkdtemp(prefix="airlock-bench-eval-"))
     rows = []
     try:
         recipe = LoraTrainConfig(epochs=30, rank=RANK, alpha=16, learning_rate=0.01, batch_size=4, seed=0)
         adapter = finetune(REPO_ROOT / "offline_models" / BASE_MODEL, records, recipe, scratch / "candidate").adapter_dir
-        for rank in (default_rank, RANK):
+        for rank in (default_rank, *RAISED):
             base_s, engine_s, in_process, through = measure(scratch, rank, adapter, records)
-            ratio = base_s / engine_s
-            section.add(f"scoring base + candidate, {EXAMPLES} examples each; engine's max LoRA rank {rank}",
-                        f"{base_s:.2f} s", f"{engine_s:.2f} s", f"{ratio:.1f}x faster", f">= {TARGET:g}x",
-                        ratio >= TARGET)
+            ratio, targeted = base_s / engine_s, rank == default_rank
+            section.add(f"scoring base + candidate, {EXAMPLES} examples each; engine's max LoRA rank {rank}"
+                        + ("" if targeted else " (raised)"),
+                        f"{base_s:.2f} s", f"{engine_s:.2f} s", f"{ratio:.1f}x faster",
+                        f">= {TARGET:g}x" if targeted else "(information)", ratio >= TARGET if targeted else None)
             rows += agreement(f"max LoRA rank {rank}", through, in_process)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
@@ -128,6 +137,8 @@ def run(quick: bool) -> Section:
                          "losses) inside their time.")
     section.notes.append("vLLM's CPU LoRA kernels gather each token's LoRA matrices padded to the engine's largest "
                          "rank, so an adapter's requests cost in proportion to `--max-lora-rank`, not to the "
-                         "adapter's own rank: on a model this small that cost is most of the engine's time.")
+                         "adapter's own rank: on a model this small that cost is most of the engine's time. That is why "
+                         f"airlock starts the engine with the trainer's default rank, {default_rank}, and a site "
+                         "that trains higher ranks raises it knowingly.")
     section.seconds, section.load = time.perf_counter() - started, (load0, os.getloadavg()[0])
     return section

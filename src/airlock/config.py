@@ -44,7 +44,10 @@ class Settings(BaseSettings):
     vllm_host: str = "127.0.0.1"
     vllm_port: int = 8000
     serve_base_model: str = "airlock-tiny"
-    vllm_max_lora_rank: int = 64
+    # The trainer's default rank (train/config.py). vLLM's LoRA kernels pad every adapter to this
+    # rank, so on a CPU an adapter's requests cost in proportion to it (BENCHMARKS.md, section 13:
+    # 16 costs 1.8x, 64 3.5x the time of 8): a site that trains higher ranks raises it knowingly.
+    vllm_max_lora_rank: int = 8
     vllm_max_loras: int = 4
     vllm_max_model_len: int = 512
     vllm_startup_timeout_s: float = 300.0

@@ -170,7 +170,7 @@ def fail_early_spec(dataset: str) -> dict:
 
 
 def assert_fails_early(text: str, source: str) -> None:
-    assert "rank 128 is above the engine's maximum LoRA rank 64" in text
+    assert "rank 128 is above the engine's maximum LoRA rank 8" in text
     assert "raise AIRLOCK_VLLM_MAX_LORA_RANK or lower rank" in text
     assert "alias 'airlock-tiny' is the name of a base model" in text
     assert f"{source}:2: messages:" in text and "longer than the model's context of 512 tokens" in text
