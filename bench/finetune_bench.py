@@ -35,6 +35,8 @@ from bench.stats import median, ratio, spread
 
 TARGET = 1.0
 BASE_DIR = REPO_ROOT / "offline_models" / "airlock-tiny"
+# The real instruct model airlock ships (docs/models.md), converted by install.sh.
+REAL_DIR = REPO_ROOT / "offline_models" / "smollm2-135m-instruct"
 
 
 @dataclass
@@ -43,6 +45,9 @@ class Workload:
     describe: str
     records: list[list[dict]]
     config: LoraTrainConfig
+    base: Path = BASE_DIR
+    # (whole-run pairs, lockstep runs) where fewer than the section's: a real model's run takes minutes
+    runs: tuple[int, int] | None = None
 
     @property
     def steps(self) -> int:
@@ -55,6 +60,10 @@ def workloads(quick: bool) -> list[Workload]:
     # The full run trains the quickstart exactly as the example workflow does (40 epochs).
     epochs = 10 if quick else stage["with"]["epochs"]
     count = 96 if quick else 192
+    real = [Workload("real model", f"the quickstart's 8 records on {REAL_DIR.name} (135M parameters), batch 2, "
+                     f"{3 if quick else 10} epochs", datasets.quickstart_records(),
+                     LoraTrainConfig(rank=8, alpha=16, learning_rate=0.001, batch_size=2, epochs=3 if quick else 10,
+                                     seed=0, packing="off"), REAL_DIR, (1, 3))] if (REAL_DIR / "config.json").is_file() else []
     return [
         Workload("quickstart", f"the quickstart's 8 records and finetune settings (batch 1), {epochs} epochs",
                  datasets.quickstart_records(),
@@ -62,7 +71,7 @@ def workloads(quick: bool) -> list[Workload]:
         Workload("synthetic", f"{count} generated chats (answers of 20-110 tokens), batch 8 with padding, 2 epochs",
                  datasets.synthetic_records(count),
                  LoraTrainConfig(rank=8, alpha=16, batch_size=8, epochs=2, seed=0, packing="off")),
-    ]
+    ] + real
 
 
 class StageRunner:
@@ -72,9 +81,9 @@ class StageRunner:
         from airlock.workflow.submit import submit
 
         self.workload = workload
-        self.airlock = Airlock.open(Settings(home=home, models_dir=BASE_DIR.parent, store_backend="local"))
+        self.airlock = Airlock.open(Settings(home=home, models_dir=workload.base.parent, store_backend="local"))
         data = datasets.write_jsonl(workload.records, home.parent / f"{workload.name}.jsonl")
-        spec = {"name": f"bench-{workload.name}", "base_model": BASE_DIR.name, "dataset": str(data),
+        spec = {"name": f"bench-{workload.name}", "base_model": workload.base.name, "dataset": str(data),
                 "stages": [{"name": "finetune", "uses": "finetune.lora",
                             "with": workload.config.model_dump(mode="json")}]}
         path = home.parent / f"{workload.name}.yaml"
@@ -111,7 +120,7 @@ def run_baseline(workload: Workload, scratch: Path, after_step: Callable[[int], 
     """(PlainResult, wall seconds including load and save)."""
     with tempfile.TemporaryDirectory(dir=scratch) as out:
         started = time.perf_counter()
-        result = plain_peft.train(BASE_DIR, workload.records, workload.config, Path(out) / "adapter", after_step)
+        result = plain_peft.train(workload.base, workload.records, workload.config, Path(out) / "adapter", after_step)
         return result, time.perf_counter() - started
 
 
@@ -173,7 +182,7 @@ def batch_building_us(workload: Workload) -> tuple[float, float]:
     from airlock.train.recipe import encode_dataset
     from airlock.train.tokens import collate
 
-    tokenizer = AutoTokenizer.from_pretrained(BASE_DIR)
+    tokenizer = AutoTokenizer.from_pretrained(workload.base)
     examples = encode_dataset(tokenizer, workload.records, workload.config.max_length)[: workload.config.batch_size]
     tensors = [(torch.tensor(e.input_ids), torch.tensor(e.labels)) for e in examples]
     n = 500
@@ -199,16 +208,18 @@ def run(quick: bool) -> Section:
         title="1. Fine-tuning throughput",
         what=("Trained tokens per second of the training loop (non-padding tokens / loop seconds, as the stage "
               "reports them) of the `finetune.lora` stage, against a plain PEFT loop written in the benchmark; "
-              f"same model (airlock-tiny), data, LoraTrainConfig, seed and torch threads ({torch.get_num_threads()}). "
-              f"Whole runs: {pairs} alternating pairs, ratio of the medians. Lockstep: {locksteps} runs in which the "
-              "two loops take single steps in turn, median of the per-run ratios. Higher is better."))
+              f"same model (airlock-tiny; the shipped {REAL_DIR.name} for the real-model workload), data, "
+              f"LoraTrainConfig, seed and torch threads ({torch.get_num_threads()}). Whole runs: {pairs} alternating "
+              f"pairs, ratio of the medians. Lockstep: {locksteps} runs in which the two loops take single steps in "
+              "turn, median of the per-run ratios (the real model: 1 pair and 3 lockstep runs, each run takes "
+              "minutes). Higher is better."))
     with tempfile.TemporaryDirectory(prefix="airlock-bench-ft-") as tmp:
         scratch = Path(tmp)
         warm_up(scratch)
         for w in workloads(quick):
             runner = StageRunner(scratch / f"home-{w.name}", w)
-            whole = whole_runs(runner, pairs, scratch)
-            step = lockstep_runs(runner, locksteps, scratch)
+            whole = whole_runs(runner, (w.runs or (pairs, locksteps))[0], scratch)
+            step = lockstep_runs(runner, (w.runs or (pairs, locksteps))[1], scratch)
             r = median(step["ratios"])
             section.add(f"loop tokens/s, {w.name}, lockstep (median run)", "1 (reference)",
                         f"{r:.3f} of the baseline", f"{r:.3f}", f">= {TARGET}", r >= TARGET)

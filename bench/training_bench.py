@@ -29,6 +29,7 @@ from bench.report import Section
 from bench.stats import median, ratio, spread
 
 BASE_DIR = REPO_ROOT / "offline_models" / "airlock-tiny"
+REAL_DIR = REPO_ROOT / "offline_models" / "smollm2-135m-instruct"  # the shipped real model
 PACKING_TARGET, LOSS_TOLERANCE, CHECKPOINT_TARGET, MEMORY_TARGET = 1.5, 0.01, 0.05, 1.0
 
 
@@ -60,6 +61,19 @@ def packing_runs(records, config: LoraTrainConfig, pairs: int, scratch: Path) ->
         rows.append([f"pair {pair + 1}", f"{plain[-1]:,.0f}", f"{ours[-1]:,.0f}", f"{ours[-1] / plain[-1]:.3f}"])
     return {"a": ours, "b": plain, "rows": rows, "loss": (a.losses[-1], b.losses[-1]), "packing": a.packing,
             "tokens": (a.trained_tokens, b.tokens)}
+
+
+def packing_on_off(base: Path, records, config: LoraTrainConfig, scratch: Path) -> dict:
+    """airlock's own loop with packing on and off (one run each, off first), on `base`: trained
+    tokens per second, seconds per run and the final loss of each."""
+    from airlock.train.recipe import finetune
+
+    out = {}
+    for packing in ("off", "on"):
+        result = finetune(base, records, config.model_copy(update={"packing": packing}), scratch / f"real-{packing}")
+        out[packing] = {"rate": result.trained_tokens / result.seconds, "seconds": result.seconds,
+                        "loss": result.losses[-1], "steps": len(result.losses)}
+    return out
 
 
 def checkpoint_cost(records, config: LoraTrainConfig, scratch: Path) -> dict:
@@ -196,6 +210,18 @@ def run(quick: bool) -> Section:
                     f"<= {LOSS_TOLERANCE:.0%} apart", gap <= LOSS_TOLERANCE)
         section.details.append(("packing: trained tokens/s per pair", ("run", "baseline", "airlock", "ratio"),
                                 packed["rows"]))
+        if (REAL_DIR / "config.json").is_file():
+            real = packing_on_off(REAL_DIR, short[: 32 if quick else 64], config.model_copy(update={"epochs": 1}),
+                                  scratch)
+            off, on = real["off"], real["on"]
+            section.add(f"trained tokens/s on {REAL_DIR.name}, packing on vs off", f"{off['rate']:,.0f}",
+                        f"{on['rate']:,.0f}", f"{ratio(on['rate'], off['rate']):.3f}", "(information)", None)
+            section.details.append((f"packing on {REAL_DIR.name}: {32 if quick else 64} of the same chats, batch 8, "
+                                    "1 epoch, one run each", ("packing", "tokens/s", "seconds", "steps", "final loss"),
+                                    [[k, f"{v['rate']:,.0f}", f"{v['seconds']:.1f}", v["steps"], f"{v['loss']:.4f}"]
+                                     for k, v in real.items()]))
+        else:
+            section.notes.append(f"Packing on the real model: not measured, {REAL_DIR} is not installed.")
         long_config = LoraTrainConfig(rank=8, alpha=16, batch_size=4, epochs=3 if quick else 6, seed=0)
         cost = checkpoint_cost(short, long_config, scratch)
         share = cost["share"]
