@@ -152,7 +152,7 @@ def export_cmd(
     form = ExportForm.MERGED if merged else ExportForm.ADAPTER
     manifest = export_model(open_airlock(), model_id, out, form=form, actor=cli_actor())
     console.print(f"[green]exported {model_id}[/] ({form.value}, {len(manifest['files'])} files) to "
-                  f"{manifest['destination']}", highlight=False)
+                  f"{manifest['destination']}", highlight=False, soft_wrap=True)
 
 
 @app.command("verify-export")
@@ -176,4 +176,4 @@ def verify_export_cmd(
     manifest = verify_export(folder, key)
     console.print(f"[green]{folder} verified[/]: {manifest['form']} export of {manifest['model_id']} "
                   f"(base {manifest['base_model']['name']}), {len(manifest['files'])} files, by "
-                  f"{manifest['exported_by']} at {manifest['exported_at']}", highlight=False)
+                  f"{manifest['exported_by']} at {manifest['exported_at']}", highlight=False, soft_wrap=True)

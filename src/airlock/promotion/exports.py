@@ -95,7 +95,10 @@ def export_model(airlock: Airlock, model_id: str, out: Path, *, form: ExportForm
     out = check_destination(out)
     model, adapter_manifest = exportable(airlock, model_id)
     base_dir = _verified_base(airlock, model) if form is ExportForm.MERGED else None
-    partial = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.partial-"))
+    try:
+        partial = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.partial-"))
+    except OSError as exc:
+        raise InvalidInput(f"--out {out}: cannot write in {out.parent}: {exc.strerror}") from None
     try:
         _write_adapter(airlock, adapter_manifest["files"], partial / ".adapter")
         if base_dir is not None:
