@@ -123,6 +123,14 @@ def test_an_out_that_is_not_a_new_or_empty_folder_is_refused(airlock, tmp_path, 
     assert exported_audit(airlock) == []
 
 
+def test_an_out_inside_the_home_is_refused(airlock, tmp_path):
+    model_id = signed_candidate(airlock, tmp_path, 8)
+    out = airlock.settings.home / "store" / "exported"
+    done = airlock_cli("models", "export", model_id, "--out", str(out))
+    assert done.exit_code == InvalidInput.exit_code and "lies inside the appliance's home" in done.output
+    assert not out.exists() and exported_audit(airlock) == []
+
+
 def test_an_empty_existing_folder_is_filled(airlock, tmp_path):
     model_id = signed_candidate(airlock, tmp_path, 6)
     out = tmp_path / "empty"

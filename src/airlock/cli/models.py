@@ -142,7 +142,7 @@ def export_cmd(
 
     An admin action on the host, run as the appliance's account; audited with the destination.
     Refused for a revoked adapter, for one whose stored bytes differ from its signed manifest, and
-    for an --out that exists and is not empty or is a symbolic link. Check an export with
+    for an --out that exists and is not empty, is a symbolic link or lies inside the home. Check an export with
     `airlock models verify-export DIR`.
     """
     from airlock.cli.common import open_airlock, require_host_admin

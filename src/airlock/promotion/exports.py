@@ -62,10 +62,13 @@ class ExportManifest(TypedDict):
     destination: str
 
 
-def check_destination(out: Path) -> Path:
+def check_destination(out: Path, home: Path) -> Path:
     """The absolute --out once it is safe to create: not a symlink (it could point anywhere), not
-    an existing file or a folder with anything in it, in a folder that exists."""
+    an existing file or a folder with anything in it, in a folder that exists, outside the home."""
     out = Path(out).absolute()
+    if out.parent.resolve().is_relative_to(Path(home).resolve()):
+        raise InvalidInput(f"--out {out} lies inside the appliance's home {home}: an export is written where it "
+                           "leaves the appliance, never among the files airlock keeps and checks")
     if out.is_symlink():
         raise InvalidInput(f"--out {out} is a symbolic link (to {os.readlink(out)}); an export is written "
                            "only to a real folder the operator names, never through a link")
@@ -92,7 +95,7 @@ def exportable(airlock: Airlock, model_id: str) -> tuple[ModelRow, dict]:
 
 def export_model(airlock: Airlock, model_id: str, out: Path, *, form: ExportForm, actor: str) -> ExportManifest:
     """Write `model_id` to `out` as `form`, with its signed manifest; audited with the destination."""
-    out = check_destination(out)
+    out = check_destination(out, airlock.settings.home)
     model, adapter_manifest = exportable(airlock, model_id)
     base_dir = _verified_base(airlock, model) if form is ExportForm.MERGED else None
     try:
