@@ -70,9 +70,10 @@ def promoted(airlock: Airlock, tmp_path: Path, alias: str, seed: int = 0) -> tup
     return model_id, promotion["id"]
 
 
-def real_candidate(airlock: Airlock, tmp_path: Path) -> str:
+def real_candidate(airlock: Airlock, tmp_path: Path, *, zero: bool = True) -> str:
     """A stored, signed PEFT LoRA adapter of the reference model, freshly initialised (its B
-    matrices are zero, so it answers as the base does): a candidate an evaluation can load."""
+    matrices are zero, so it answers as the base does, unless `zero` is False): a candidate an
+    evaluation can load."""
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
@@ -80,7 +81,7 @@ def real_candidate(airlock: Airlock, tmp_path: Path) -> str:
     base_dir = airlock.settings.models_dir / airlock.settings.serve_base_model
     torch.manual_seed(0)
     model = get_peft_model(AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32), LoraConfig(
-        r=4, lora_alpha=8, task_type="CAUSAL_LM", target_modules=["q_proj", "v_proj"]))
+        r=4, lora_alpha=8, task_type="CAUSAL_LM", target_modules=["q_proj", "v_proj"], init_lora_weights=zero))
     folder = tmp_path / "peft-adapter"
     model.save_pretrained(folder)
     tree = airlock.store.put_tree(folder)

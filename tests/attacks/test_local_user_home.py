@@ -13,7 +13,6 @@ import signal
 import stat
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,7 +20,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from local_user import as_nobody
+from local_user import as_nobody, open_folder
 
 from airlock.access.keys import create_key
 from airlock.config import REPO_ROOT, Settings
@@ -39,16 +38,10 @@ DATASET = REPO_ROOT / "examples" / "datasets" / "quickstart.jsonl"
 
 @pytest.fixture
 def open_parent() -> Iterator[Path]:
-    """A folder every user can enter (0755), as /var/lib or a home's parent is: pytest's own
-    tmp_path is 0700, which would keep `nobody` out whatever the home's modes were."""
     if os.geteuid() != 0:
         pytest.fail("needs root: the test reads the home as another user (nobody)")
-    folder = Path(tempfile.mkdtemp(prefix="airlock-home-attack-"))
-    folder.chmod(0o755)
-    try:
+    with open_folder("airlock-home-attack-") as folder:
         yield folder
-    finally:
-        subprocess.run(["rm", "-rf", str(folder)], check=False)
 
 
 @pytest.fixture

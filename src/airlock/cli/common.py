@@ -76,3 +76,24 @@ def default_prefix() -> Path | None:
     """The install prefix of the release this airlock runs from (PREFIX/releases/NAME/venv), if any."""
     venv = Path(sys.prefix)
     return venv.parents[2] if venv.name == "venv" and venv.parent.parent.name == "releases" else None
+
+
+def require_host_admin() -> None:
+    """Refuse a host-only admin command (an export) to anyone but the appliance's own account, the
+    owner of AIRLOCK_HOME: the home's modes keep others out anyway (airlock.private), and this says
+    so plainly before anything is written, instead of failing halfway on a permission error."""
+    import os
+
+    from airlock.config import get_settings
+    from airlock.errors import Forbidden
+
+    home = get_settings().home
+    try:
+        owner = home.stat().st_uid
+    except PermissionError:
+        owner = None
+    except FileNotFoundError:
+        raise Forbidden(f"no appliance at {home} (AIRLOCK_HOME): this command acts on an existing one") from None
+    if owner != os.geteuid():
+        raise Forbidden(f"this is an admin action on the host: run it as the appliance's account (the owner of "
+                        f"{home}, uid {owner if owner is not None else 'unknown'}), not as uid {os.geteuid()}")

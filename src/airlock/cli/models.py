@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import typer
 
@@ -123,3 +124,56 @@ def deploy_cmd(
 
     result = deploy(open_airlock(), model_id, alias, actor=cli_actor())
     console.print(f"[green]alias {result['alias']} -> {result['model_id']}[/]")
+
+
+@app.command("export")
+@command
+def export_cmd(
+    model_id: str = typer.Argument(..., help="The adapter's id (see `airlock models list`)."),
+    out: Path = typer.Option(..., "--out", help="A new folder (or an empty one) to write the export into; "
+                             "never a symbolic link."),
+    merged: bool = typer.Option(False, "--merged", help="Write the base model with the adapter merged in "
+                                "(safetensors, with the base's tokenizer and chat template) instead of the "
+                                "adapter's PEFT files."),
+) -> None:
+    """Export an adapter: its PEFT files (adapter_config.json, adapter_model.safetensors), or with
+    --merged the base model with the adapter merged in, plus airlock-export.json, a manifest of
+    every file's sha256 signed with the appliance's key.
+
+    An admin action on the host, run as the appliance's account; audited with the destination.
+    Refused for a revoked adapter, for one whose stored bytes differ from its signed manifest, and
+    for an --out that exists and is not empty, is a symbolic link or lies inside the home. Check an export with
+    `airlock models verify-export DIR`.
+    """
+    from airlock.cli.common import open_airlock, require_host_admin
+    from airlock.promotion.exports import ExportForm, export_model
+
+    require_host_admin()
+    form = ExportForm.MERGED if merged else ExportForm.ADAPTER
+    manifest = export_model(open_airlock(), model_id, out, form=form, actor=cli_actor())
+    console.print(f"[green]exported {model_id}[/] ({form.value}, {len(manifest['files'])} files) to "
+                  f"{manifest['destination']}", highlight=False, soft_wrap=True)
+
+
+@app.command("verify-export")
+@command
+def verify_export_cmd(
+    folder: Path = typer.Argument(..., help="The folder `airlock models export` wrote."),
+    public_key: Path = typer.Option(None, "--public-key", help="The appliance's public key (PEM) to check "
+                                    "against, on a host other than the appliance; default: this appliance's."),
+) -> None:
+    """Check an export: airlock-export.json's signature by the appliance's key, then every file's
+    sha256 and size; a file missing, changed or added beside them is named."""
+    from airlock.promotion.exports import verify_export
+    from airlock.trust.keys import appliance_public_key, load_public_key
+
+    if public_key is not None:
+        key = load_public_key(public_key.read_bytes(), source=str(public_key))
+    else:
+        from airlock.cli.common import open_airlock
+
+        key = appliance_public_key(open_airlock().settings)
+    manifest = verify_export(folder, key)
+    console.print(f"[green]{folder} verified[/]: {manifest['form']} export of {manifest['model_id']} "
+                  f"(base {manifest['base_model']['name']}), {len(manifest['files'])} files, by "
+                  f"{manifest['exported_by']} at {manifest['exported_at']}", highlight=False, soft_wrap=True)

@@ -28,7 +28,8 @@ from airlock.promotion.approvals import approval_problems, pinned_root, recorded
 from airlock.promotion.policy import Policy, policy_version
 from airlock.promotion.requests import RequestRow
 from airlock.states import RequestState
-from airlock.trust.keys import appliance_public_key, ensure_appliance_key, public_key_id
+from airlock.trust.keys import appliance_public_key, ensure_appliance_key
+from airlock.trust.manifest import sign_payload
 from airlock.trust.root import canonical_json, pae
 
 RECORD_TYPE = "application/vnd.airlock.promotion+json"
@@ -57,9 +58,7 @@ def write_record(airlock: Airlock, request: RequestRow, *, actor: str) -> dict:
     }
     payload = canonical_json(record)
     key = ensure_appliance_key(airlock.settings)
-    envelope = {"payloadType": RECORD_TYPE, "payload": base64.b64encode(payload).decode("ascii"),
-                "signatures": [{"keyid": public_key_id(key),
-                                "sig": base64.b64encode(key.sign(pae(RECORD_TYPE, payload))).decode("ascii")}]}
+    envelope = sign_payload(RECORD_TYPE, payload, key)
     digest = airlock.store.put_bytes(canonical_json(envelope))
     with airlock.meta.write() as db:
         promotion_id = db["promotions"].insert({

@@ -125,25 +125,36 @@ def build_manifest(
     return manifest
 
 
-def sign_manifest(manifest: dict, private_key: Ed25519PrivateKey) -> dict:
-    """A DSSE envelope holding the canonical manifest, signed by `private_key`."""
-    payload = canonical_json(manifest)
-    signature = private_key.sign(pae(PAYLOAD_TYPE, payload))
+def sign_payload(payload_type: str, payload: bytes, private_key: Ed25519PrivateKey) -> dict:
+    """A DSSE envelope of `payload`, signed by `private_key` over the PAE of type and bytes: the one
+    way the appliance signs what it vouches for (manifests, promotion records, exports)."""
+    signature = private_key.sign(pae(payload_type, payload))
     return {
-        "payloadType": PAYLOAD_TYPE,
+        "payloadType": payload_type,
         "payload": base64.b64encode(payload).decode("ascii"),
         "signatures": [{"keyid": public_key_id(private_key),
                         "sig": base64.b64encode(signature).decode("ascii")}],
     }
 
 
+def sign_manifest(manifest: dict, private_key: Ed25519PrivateKey) -> dict:
+    """A DSSE envelope holding the canonical manifest, signed by `private_key`."""
+    return sign_payload(PAYLOAD_TYPE, canonical_json(manifest), private_key)
+
+
 def verify_envelope(envelope: Any, public_key: Ed25519PublicKey) -> dict:
     """The manifest inside `envelope` once a signature by `public_key` checks; else IntegrityFailure."""
+    return _parse_manifest(open_envelope(envelope, PAYLOAD_TYPE, public_key))
+
+
+def open_envelope(envelope: Any, payload_type: str, public_key: Ed25519PublicKey) -> bytes:
+    """The payload bytes of a DSSE envelope of `payload_type` once a signature by `public_key`
+    checks; IntegrityFailure otherwise."""
     if not isinstance(envelope, dict):
         raise IntegrityFailure("envelope is not a JSON object")
-    if envelope.get("payloadType") != PAYLOAD_TYPE:
+    if envelope.get("payloadType") != payload_type:
         raise IntegrityFailure(f"envelope payloadType is {envelope.get('payloadType')!r}, "
-                               f"expected {PAYLOAD_TYPE!r}")
+                               f"expected {payload_type!r}")
     payload = _b64decode(envelope.get("payload"), "payload")
     signatures = envelope.get("signatures")
     if not isinstance(signatures, list) or not signatures or not all(isinstance(s, dict) for s in signatures):
@@ -155,7 +166,7 @@ def verify_envelope(envelope: Any, public_key: Ed25519PublicKey) -> dict:
     if not candidates:
         signed_by = ", ".join(sorted(str(s.get("keyid")) for s in signatures))
         raise IntegrityFailure(f"envelope is not signed by key {keyid} (signed by: {signed_by})")
-    message = pae(PAYLOAD_TYPE, payload)
+    message = pae(payload_type, payload)
     for entry in candidates:
         try:
             public_key.verify(_b64decode(entry.get("sig"), "signature"), message)
@@ -164,8 +175,8 @@ def verify_envelope(envelope: Any, public_key: Ed25519PublicKey) -> dict:
             continue
     else:
         raise IntegrityFailure(f"signature by key {keyid} does not match the payload: "
-                               "the manifest or its signature was changed after signing")
-    return _parse_manifest(payload)
+                               "the signed content or its signature was changed after signing")
+    return payload
 
 
 def _parse_manifest(payload: bytes) -> dict:
