@@ -48,6 +48,10 @@ class Settings(BaseSettings):
     home: Path = Path.home() / ".airlock"
     # AIRLOCK_MODELS_DIR, when set, is the one folder models come from; unset, see models_dirs.
     models_dir: Path = Field(default_factory=_default_models_dir)
+    # The folders models are looked up in, ':'-separated, the first that holds a name winning: for
+    # services that do not run from a release's venv (the containers mount the release's models and
+    # the shared folder). Empty: see models_dirs.
+    models_path: str = ""
 
     gateway_host: str = "127.0.0.1"
     gateway_port: int = 8080
@@ -195,8 +199,11 @@ class Settings(BaseSettings):
         An installed release reads its own models (PREFIX/releases/NAME/bundle/models) before the
         shared folder (PREFIX/models) that `airlock models install` fills: the release's models are
         the ones its install was checked with, and `models install` refuses a name the release
-        carries with other bytes, so the order never hides a model silently. AIRLOCK_MODELS_DIR set
-        (or models_dir given) means that folder only; a checkout uses its offline_models/."""
+        carries with other bytes, so the order never hides a model silently. AIRLOCK_MODELS_PATH names
+        the folders outright; else AIRLOCK_MODELS_DIR set (or models_dir given) means that folder
+        only; a checkout uses its offline_models/."""
+        if self.models_path.strip():
+            return [Path(part) for part in self.models_path.split(":") if part.strip()]
         release = installed_release()
         if "models_dir" in self.model_fields_set or release is None or (REPO_ROOT / "offline_models").is_dir():
             return [self.models_dir]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -17,10 +18,12 @@ from airlock.bundle.check import verify_bundle
 from airlock.bundle.install import install, rollback
 from airlock.bundle.models_install import install_models
 from airlock.cli.main import app
-from airlock.errors import Conflict, InvalidInput
-from airlock.models.catalog import model_digest
+from airlock.config import Settings
+from airlock.errors import Conflict, InvalidInput, NotFound
+from airlock.models.catalog import base_model_names, model_digest, resolve_base_model
 from airlock.trust.root import parse_root
 from bundle_factory import NOW, make_bundle
+from vllm_fixtures import free_port
 from models_bundle_support import (Site, build_models_bundle, install_release, new_site, release_env, run_release,
                                    small_model)
 
@@ -163,3 +166,63 @@ def test_airlock_up_of_an_installed_release_stops_at_once_naming_the_setting(sit
     assert str(site.prefix / "releases" / "0.1.0-5" / "bundle" / "models") in said
     assert "offline_models" not in said  # never the operator's current folder
     assert not (home / "run" / "status.json").exists()
+
+
+ISOLATED = r"""
+set -eu
+ip link set lo up
+if ip -o link show | grep -v ': lo:' | grep -q .; then echo "not isolated"; exit 90; fi
+"$PY" -m airlock models install "$MODELS_BUNDLE"
+"$PY" -m airlock up > "$LOG" 2>&1 &
+up=$!
+for _ in $(seq 300); do
+  grep -q "ready: gateway" "$LOG" && break
+  kill -0 $up 2>/dev/null || { echo "up exited"; cat "$LOG"; exit 91; }
+  sleep 1
+done
+grep -q "ready: gateway" "$LOG" || { echo "not ready"; cat "$LOG"; exit 92; }
+"$PY" -m airlock down
+wait $up || true
+echo "SERVED"
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.vllm
+def test_a_models_bundle_installs_and_is_served_with_no_network(site: Site, tmp_path: Path, tiny_models_dir: Path):
+    """On an installed site in a network namespace with loopback only: the release's airlock, run from
+    the operator's folder with no settings but the served model's name, installs a models bundle and
+    serves its model (the real engine), found in PREFIX/models."""
+    if os.geteuid() != 0 or subprocess.run(["unshare", "-n", "true"], check=False).returncode != 0:
+        pytest.skip("needs root and unshare -n for a network namespace")
+    install_release(site, tmp_path / "r5", 5)
+    models = tmp_path / "models"
+    shutil.copytree(tiny_models_dir / "airlock-tiny", models / "site-tiny")
+    build_models_bundle(site, models, ["site-tiny"], tmp_path / "mb", sequence=1)
+    elsewhere = tmp_path / "operator"
+    elsewhere.mkdir()
+    env = release_env({"AIRLOCK_HOME": str(tmp_path / "home"), "AIRLOCK_SERVE_BASE_MODEL": "site-tiny",
+                       "AIRLOCK_GATEWAY_PORT": str(free_port()), "PY": str(site.prefix / "current" / "venv" / "bin" / "python"),
+                       "MODELS_BUNDLE": str(tmp_path / "mb"), "LOG": str(tmp_path / "up.log")})
+    done = subprocess.run(["unshare", "-n", "bash", "-c", ISOLATED], cwd=elsewhere, env=env, capture_output=True,
+                          text=True, timeout=600, check=False)
+    assert done.returncode == 0 and "SERVED" in done.stdout, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "installed site-tiny" in done.stdout
+    assert (site.prefix / "models" / "site-tiny" / "config.json").is_file()
+    engine_log = (tmp_path / "home" / "run" / "engine.log").read_text()
+    assert str(site.prefix / "models" / "site-tiny") in engine_log
+
+
+def test_models_path_names_the_folders_in_order_and_the_first_holding_a_name_wins(tmp_path: Path):
+    """What the provisioned services are given (AIRLOCK_MODELS_PATH): the release's models, then the shared ones."""
+    release, shared = tmp_path / "release", tmp_path / "shared"
+    small_model(release, "both", b"r")
+    small_model(shared, "both", b"s")
+    small_model(shared, "shared-only")
+    settings = Settings(home=tmp_path / "home", models_path=f"{release}:{shared}", models_dir=tmp_path / "unused")
+    assert settings.models_dirs == [release, shared]
+    assert base_model_names(settings) == {"both", "shared-only"}
+    assert resolve_base_model(settings, "both") == release / "both"
+    assert resolve_base_model(settings, "shared-only") == shared / "shared-only"
+    with pytest.raises(NotFound, match=f"'missing' not found in {release}, {shared}"):
+        resolve_base_model(settings, "missing")
