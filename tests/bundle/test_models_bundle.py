@@ -24,8 +24,8 @@ from airlock.models.catalog import base_model_names, model_digest, resolve_base_
 from airlock.trust.root import parse_root
 from bundle_factory import NOW, make_bundle
 from vllm_fixtures import free_port
-from models_bundle_support import (Site, build_models_bundle, install_release, new_site, release_env, run_release,
-                                   small_model)
+from models_bundle_support import (PASSPHRASE, Site, build_models_bundle, install_release, new_site, release_env,
+                                   run_release, small_model)
 
 FIND = ("import json; from airlock.config import Settings; from airlock.models.catalog import base_model_names; "
         "s = Settings(); print(json.dumps({'dirs': [str(d) for d in s.models_dirs], "
@@ -225,3 +225,21 @@ def test_models_path_names_the_folders_in_order_and_the_first_holding_a_name_win
     assert resolve_base_model(settings, "shared-only") == shared / "shared-only"
     with pytest.raises(NotFound, match=f"'missing' not found in {release}, {shared}"):
         resolve_base_model(settings, "missing")
+
+
+def test_bundle_build_models_only_from_the_command_line(site: Site, tmp_path: Path, monkeypatch):
+    small_model(tmp_path / "models", "site-model")
+    monkeypatch.setenv("AIRLOCK_MODELS_DIR", str(tmp_path / "models"))
+    monkeypatch.setenv("AIRLOCK_KEY_PASSPHRASE", PASSPHRASE.decode())
+    args = ["bundle", "build", "--models-only", "--model", "site-model", "--out", str(tmp_path / "mb"),
+            "--root", str(site.ceremony / "root.json"), "--key", str(site.ceremony / "keys" / "bundle-1.key"),
+            "--sequence", "4"]
+    mixed = CliRunner().invoke(app, [*args, "--target", "cpu"])
+    assert mixed.exit_code != 0 and "a models bundle holds models only" in " ".join(mixed.output.split())
+    done = CliRunner().invoke(app, args)
+    assert done.exit_code == 0, done.output
+    assert "models bundle of site-model, sequence 4" in done.output
+    manifest = json.loads((tmp_path / "mb" / "manifest.json").read_bytes())
+    assert manifest["kind"] == bm.MODELS_KIND and manifest["sequence"] == 4
+    missing = CliRunner().invoke(app, [*args[:4], "no-such-model", *args[5:6], str(tmp_path / "mb2"), *args[7:]])
+    assert missing.exit_code == InvalidInput.exit_code and "no-such-model" in missing.output
