@@ -20,7 +20,7 @@ import json
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
 
@@ -140,7 +140,7 @@ def install_models(bundle_dir: Path, prefix: Path, *, now: datetime, verify_only
                                  installed_sequence=state.get("highest_sequence"), space_at=prefix)
         sequence = verified.manifest["sequence"]
         new, same = _placement(prefix, carried_models(verified.manifest["files"], source=str(bundle_dir)))
-        said = {"sequence": sequence, "models_dir": str(shared), "installed": [m.__dict__ for m in new],
+        said = {"sequence": sequence, "models_dir": str(shared), "installed": [asdict(m) for m in new],
                 "unchanged": [m.name for m in same]}
         if verify_only or not new:
             return said
