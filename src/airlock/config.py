@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from functools import cached_property
 from pathlib import Path
 from typing import Literal
@@ -16,16 +17,41 @@ from airlock.errors import InvalidInput
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
+RELEASE_MODELS = Path("bundle") / "models"  # a release's own models, inside PREFIX/releases/NAME
+SHARED_MODELS = "models"  # PREFIX/models: the models of models bundles, kept by every release
+
+
+def installed_release() -> Path | None:
+    """PREFIX/releases/NAME when this Python is an installed release's venv (PREFIX/releases/NAME/venv).
+
+    Read from the interpreter, never from the current directory: an operator runs
+    `PREFIX/current/venv/bin/airlock` from any folder of theirs. Resolved, since PREFIX/current is a
+    link to the release (its python, called by that path, has PREFIX/current/venv as its prefix)."""
+    venv = Path(sys.prefix).resolve()
+    return venv.parent if venv.name == "venv" and venv.parent.parent.name == "releases" else None
+
+
 def _default_models_dir() -> Path:
+    """Where new models go and the last place models are looked up (see Settings.models_dirs)."""
     repo_models = REPO_ROOT / "offline_models"
-    return repo_models if repo_models.is_dir() else Path.cwd() / "offline_models"
+    if repo_models.is_dir():
+        return repo_models
+    release = installed_release()
+    if release is not None:
+        return release.parents[1] / SHARED_MODELS
+    return Path.cwd() / "offline_models"
 
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="AIRLOCK_", extra="ignore")
 
     home: Path = Path.home() / ".airlock"
-    models_dir: Path = _default_models_dir()
+    # AIRLOCK_MODELS_DIR, when set, is the one folder models come from; unset, see models_dirs.
+    models_dir: Path = Field(default_factory=_default_models_dir)
+    # The folders models are looked up in, ':'-separated, the first that holds a name winning: for
+    # services that do not run from a release's venv (the containers mount the release's models and
+    # the shared folder). Empty: see models_dirs.
+    models_path: str = ""
 
     gateway_host: str = "127.0.0.1"
     gateway_port: int = 8080
@@ -168,6 +194,31 @@ class Settings(BaseSettings):
             raise InvalidInput(f"{given} is set but {missing} is not: the gateway's TLS needs both the "
                                "certificate and its private key, or neither")
         return self
+
+    @property
+    def models_dirs(self) -> list[Path]:
+        """The folders base models are looked up in, in order: the first that holds a name wins.
+
+        An installed release reads its own models (PREFIX/releases/NAME/bundle/models) before the
+        shared folder (PREFIX/models) that `airlock models install` fills: the release's models are
+        the ones its install was checked with, and `models install` refuses a name the release
+        carries with other bytes, so the order never hides a model silently. AIRLOCK_MODELS_PATH names
+        the folders outright; else AIRLOCK_MODELS_DIR set (or models_dir given) means that folder
+        only; a checkout uses its offline_models/."""
+        if self.models_path.strip():
+            return [Path(part) for part in self.models_path.split(":") if part.strip()]
+        release = installed_release()
+        if "models_dir" in self.model_fields_set or release is None or (REPO_ROOT / "offline_models").is_dir():
+            return [self.models_dir]
+        return [release / RELEASE_MODELS, self.models_dir]
+
+    def model_path(self, name: str) -> Path:
+        """The folder of base model `name`: the first of models_dirs that holds it (else the last
+        one's, which error messages then name)."""
+        for folder in self.models_dirs:
+            if (folder / name).is_dir():
+                return folder / name
+        return self.models_dirs[-1] / name
 
     @property
     def tls_enabled(self) -> bool:

@@ -115,3 +115,14 @@ class Conflict(AirlockError):
     http_status = 409
     exit_code = 11
     code = "conflict_error"
+
+
+class ConfigurationError(AirlockError):
+    """A setting names something that is not there (the served base model's folder, a certificate):
+    no restart can help, so a supervisor stops at once instead of restarting the service forever.
+    The message names the setting (its AIRLOCK_ variable)."""
+
+    http_status = 500
+    # sysexits.h's EX_CONFIG: how a service tells its supervisor that its configuration is wrong.
+    exit_code = 78
+    code = "configuration_error"

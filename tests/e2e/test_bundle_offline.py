@@ -16,7 +16,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from e2e_support import QA, can_isolate
+from e2e_support import PASSPHRASE, QA, REPO_ROOT, can_isolate
+from vllm_fixtures import ensure_reference_model
+
+from airlock.bundle.build import BuildRequest, build
 
 
 pytestmark = [pytest.mark.slow, pytest.mark.vllm]
@@ -28,6 +31,13 @@ if ip -o link show | grep -v ': lo:' | grep -q .; then echo "not isolated"; exit
 "$BUNDLE/install.sh" --offline "$BUNDLE" --prefix "$PREFIX" --fingerprint "$FINGERPRINT"
 set -a; . "$PREFIX/current/airlock.env"; set +a
 airlock="$PREFIX/current/venv/bin/airlock"
+# No AIRLOCK_MODELS_DIR, and this folder is not the release's: it finds its own models, and those of
+# the models bundle installed now into PREFIX/models.
+said=$("$airlock" models install "$MODELS_BUNDLE")
+case "$said" in *"installed site-tiny"*) echo "MODELS INSTALLED" ;; *) echo "$said" ;; esac
+"$PREFIX/current/venv/bin/python" -c 'from airlock.config import Settings
+from airlock.models.catalog import base_model_names
+print("MODELS", *sorted(base_model_names(Settings())))'
 # The release's own Ansible finds the playbooks' collections in the release, with no network.
 (cd "$PREFIX/current/bundle/playbooks" && "$PREFIX/current/venv/bin/ansible-doc" -l containers.podman) \
   | grep '^containers.podman.podman_container ' >/dev/null && echo "COLLECTIONS"
@@ -98,11 +108,16 @@ def test_a_bundle_installs_and_serves_with_no_network_and_no_outbound_attempt(cp
     if not shutil.which("strace"):
         pytest.fail("strace is missing: ./install.sh installs it (apt-get install strace)")
     bundle, fingerprint = cpu_bundle
+    shutil.copytree(ensure_reference_model(), tmp_path / "models" / "site-tiny")
+    build(BuildRequest(target="any", out=tmp_path / "models-bundle", root=bundle.parent / "ceremony" / "root.json",
+                       keys=[bundle.parent / "ceremony" / "keys" / "bundle-1.key"], passphrase=lambda _p: PASSPHRASE,
+                       repo=REPO_ROOT, models_dir=tmp_path / "models", part_size=512 << 20, models=["site-tiny"],
+                       models_only=True))
     trace = tmp_path / "connect.trace"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRLOCK_", "PIP_", "VIRTUAL_ENV"))}
     env.update(BUNDLE=str(bundle), PREFIX=str(tmp_path / "opt"), FINGERPRINT=fingerprint, PYTHON=sys.executable,
                LOG=str(tmp_path / "demo.log"), AIRLOCK_HOME=str(tmp_path / "home"),
-               QUESTION=json.dumps(QA[0][:-1]))
+               QUESTION=json.dumps(QA[0][:-1]), MODELS_BUNDLE=str(tmp_path / "models-bundle"))
     # --seccomp-bpf: strace stops the traced processes at connect() only, not at every system call
     # (under full ptrace, pip's install of the bundle's wheels alone took six minutes here).
     try:
@@ -116,6 +131,7 @@ def test_a_bundle_installs_and_serves_with_no_network_and_no_outbound_attempt(cp
     assert done.returncode == 0, f"{done.stdout[-3000:]}\n{done.stderr[-3000:]}\n{log[-3000:]}"
     assert f"ANSWER:{QA[0][-1]['content']}" in done.stdout
     assert "DONE" in done.stdout and "COLLECTIONS" in done.stdout
+    assert "MODELS INSTALLED" in done.stdout and "MODELS airlock-tiny site-tiny" in done.stdout
     assert "WEBUI\n" in done.stdout, done.stdout[-2000:]
     # podman loaded the service images from their verified archives, with no network either
     tags = [image["tag"] for image in json.loads((bundle / "manifest.json").read_bytes())["contents"]["images"]]

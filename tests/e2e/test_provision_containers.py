@@ -140,6 +140,8 @@ def _changed_tasks(output: str) -> list[str]:
 def test_check_mode_with_diff_shows_a_change_before_it_is_made(provisioned) -> None:
     settings = provisioned["root"] / "etc" / "airlock.env"
     before = settings.read_bytes()
+    # The services read the release's models, then the models bundles' (PREFIX/models, mounted read-only).
+    assert b"\nAIRLOCK_MODELS_PATH=/models:/shared-models\n" in before
     extra = json.dumps({"airlock_services_settings": {"default_rpm": 600},
                         "airlock_limits": {"gateway": {"cpus": "1", "memory": "2g"}, "worker": {"cpus": "2", "memory": "6g"},
                                            "engine": {"cpus": "2", "memory": "6g"}, "store": {"cpus": "1", "memory": "1g"}}})
@@ -157,6 +159,8 @@ def test_check_mode_with_diff_shows_a_change_before_it_is_made(provisioned) -> N
     assert settings.read_bytes() == before
     state = json.loads(podman(provisioned["ns"], "inspect", "airlock-gateway").stdout)[0]
     assert state["HostConfig"]["Memory"] == 1 << 30
+    assert any(mount.get("Destination") == "/shared-models" and not mount.get("RW", True)
+               for mount in state["Mounts"]), state["Mounts"]
 
 
 def test_a_killed_container_is_brought_back(provisioned, trained) -> None:

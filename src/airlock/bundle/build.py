@@ -8,6 +8,9 @@ stand-alone verifier, the installer, the trust root and the manifest with its DS
 by the `bundle` role.
 The signing keys are checked against the root before anything is downloaded, and the finished
 bundle is verified exactly as a target host will before the build reports success.
+
+`models_only` makes a models bundle instead: the same manifest, envelope, parts and verification,
+of the chosen models alone (no wheels, images or playbooks), its kind marked in the signed manifest.
 """
 
 from __future__ import annotations
@@ -55,17 +58,20 @@ class BuildRequest:
     debian_mirror: str | None = None  # where debootstrap fetches the images' base (default: this host's apt)
     sequence: int | None = None
     expires_days: int = 90
+    models_only: bool = False
     now: datetime = field(default_factory=lambda: datetime.now(UTC))
 
 
 def _check_request(req: BuildRequest) -> None:
     problems = []
-    if req.target not in TARGETS:
+    if not req.models_only and req.target not in TARGETS:
         problems.append(f"--target {req.target!r}: expected one of {', '.join(TARGETS)}")
     if req.out.exists() and any(req.out.iterdir()):
         problems.append(f"--out {req.out}: exists and is not empty; a bundle is written into a new directory")
     if not req.keys:
         problems.append("--key: at least one key of the trust root's `bundle` role is needed to sign")
+    if req.models_only and not req.models:
+        problems.append("--model: a models bundle carries at least one model of the models directory")
     if not 1 <= req.expires_days <= 3650:
         problems.append(f"--expires-days {req.expires_days}: expected 1 to 3650")
     if problems:
@@ -136,16 +142,22 @@ def _write_parts(payload: Path, files: dict, out: Path, part_size: int) -> list[
     return parts
 
 
+def _models_payload(req: BuildRequest, payload: Path) -> tuple[list[dict], dict, list[dict], dict]:
+    """A models bundle's payload: the chosen models and nothing else."""
+    return [], {"models": copy_models(req.models_dir, req.models, payload / "models")}, [], {}
+
+
 def build(req: BuildRequest) -> dict:
     _check_request(req)
     keys, root_doc = _signers(req)
-    if req.images:  # before an hour of downloads, not after
+    if req.images and not req.models_only:  # before an hour of downloads, not after
         require_tools("podman")
     sequence = req.sequence or int(req.now.strftime("%Y%m%d%H%M%S"))
     req.out.mkdir(parents=True, exist_ok=True)
     staging = req.out / ".payload"
     try:
-        wheels, contents, images, vendored = _payload(req, staging, sequence)
+        wheels, contents, images, vendored = (_models_payload(req, staging) if req.models_only
+                                              else _payload(req, staging, sequence))
         files_so_far = file_entries(staging)
         sbom = build_sbom(version=__version__, created=req.now,
                           wheels=[{**w, "file": Path(w["path"]).name} for w in wheels],
@@ -155,14 +167,18 @@ def build(req: BuildRequest) -> dict:
         parts = _write_parts(staging, files, req.out, req.part_size)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+    # The verifier travels with a models bundle too: a first install handed one refuses it, by name.
+    beside = (VERIFIER_NAME, bm.ROOT_NAME) if req.models_only else (VERIFIER_NAME, INSTALLER, bm.ROOT_NAME)
     build_verifier(req.out / VERIFIER_NAME)
-    shutil.copy2(req.repo / INSTALLER, req.out / INSTALLER)
+    if not req.models_only:
+        shutil.copy2(req.repo / INSTALLER, req.out / INSTALLER)
     (req.out / bm.ROOT_NAME).write_bytes(canonical_json(root_doc))
     outside = {name: {"size": (req.out / name).stat().st_size, "sha256": sha256_file(req.out / name)}
-               for name in (VERIFIER_NAME, INSTALLER, bm.ROOT_NAME)}
+               for name in beside}
     manifest = bm.new_manifest(
-        version=__version__, sequence=sequence,
-        target=bundle_target(req.target, wheels), files=files, parts=parts, outside=outside,
+        version=__version__, sequence=sequence, kind=bm.MODELS_KIND if req.models_only else bm.KIND,
+        target=dict(bm.ANY_TARGET) if req.models_only else bundle_target(req.target, wheels), files=files,
+        parts=parts, outside=outside,
         contents={**contents, "wheels": len(wheels),
                   "images": [{k: image[k] for k in ("service", "tag", "file")} for image in images]},
         created=req.now, expires=req.now + timedelta(days=req.expires_days))
@@ -171,5 +187,5 @@ def build(req: BuildRequest) -> dict:
     (req.out / bm.ENVELOPE_NAME).write_bytes(canonical_json(sign_envelope(payload_bytes, bm.PAYLOAD_TYPE, keys)))
     # The target check is the host's business; here only the signature, the parts and the files.
     verify_bundle(req.out, now=req.now, pinned=parse_root(root_doc, source=str(req.root)),
-                  host={**manifest["target"], "gpus": 1})
+                  host={**manifest["target"], "gpus": 1}, kind=manifest["kind"])
     return {"out": str(req.out), "manifest": manifest}

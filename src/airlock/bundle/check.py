@@ -87,8 +87,12 @@ def check_outside(bundle_dir: Path, manifest: dict) -> None:
 
 def verify_bundle(bundle_dir: Path | str, *, now: datetime, pinned: Root | None = None,
                   fingerprint: str | None = None, installed_sequence: int | None = None,
-                  host: dict | None = None, space_at: Path | None = None) -> Verified:
-    """Everything checked, in order, before anything is unpacked; raises on the first failure."""
+                  host: dict | None = None, space_at: Path | None = None,
+                  kind: str = bundle_manifest.KIND) -> Verified:
+    """Everything checked, in order, before anything is unpacked; raises on the first failure.
+
+    `kind` is what the caller installs (a release or a models bundle); `installed_sequence` is the
+    highest of that kind installed here."""
     bundle_dir = Path(bundle_dir)
     if not bundle_dir.is_dir():
         raise NotFound(f"{bundle_dir}: no bundle directory here")
@@ -101,10 +105,12 @@ def verify_bundle(bundle_dir: Path | str, *, now: datetime, pinned: Root | None 
         raise IntegrityFailure(f"{shipped}: differs from the manifest signed in {envelope_path.name}; "
                                "the readable copy was edited (the signed one is what counts)")
     manifest = bundle_manifest.parse(payload, source=str(envelope_path))
+    bundle_manifest.check_kind(manifest, kind, source=str(bundle_dir))
     bundle_manifest.check_fresh(manifest, now=now, installed_sequence=installed_sequence, source=str(envelope_path))
     check_outside(bundle_dir, manifest)
     verify_parts(bundle_dir, manifest["parts"])
-    check_target(manifest["target"], host if host is not None else host_target())
+    if kind == bundle_manifest.KIND:  # a models bundle's files are data, the same on every host
+        check_target(manifest["target"], host if host is not None else host_target())
     if space_at is not None:
         check_free_space(space_at, bundle_manifest.payload_size(manifest), what="the unpacked bundle")
     return Verified(manifest, root, chain)

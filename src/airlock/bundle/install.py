@@ -78,7 +78,10 @@ def _set_up(release: Path, python: str, prefix: Path) -> None:
     _run([str(release / "venv" / "bin" / "python"), "-m", "pip", "install", "--quiet", "--no-index", "--no-deps",
           "--require-hashes", "--find-links", str(wheels), "-r", str(wheels / "requirements.lock")],
          "installing the bundle's wheels (no index, hashes required)", PIP_INSTALL_TIMEOUT_S, env=sealed_pip_env())
-    (release / "airlock.env").write_text(f"AIRLOCK_MODELS_DIR={prefix / 'current' / 'bundle' / 'models'}\n")
+    # No AIRLOCK_MODELS_DIR: that would hide the shared models folder. The release's airlock finds its
+    # own models and PREFIX/models from where its venv lies (airlock.config.Settings.models_dirs).
+    (release / "airlock.env").write_text("# Settings of this release (AIRLOCK_*=...). Its models are found without any:\n"
+                                         f"# {release / 'bundle' / 'models'}, then {prefix / 'models'}.\n")
 
 
 def _health(release: Path) -> None:
@@ -96,7 +99,7 @@ def _switch(prefix: Path, name: str) -> None:
 
 
 @contextmanager
-def _exclusive(prefix: Path) -> Iterator[None]:
+def exclusive(prefix: Path) -> Iterator[None]:
     """One install or rollback at a time per prefix."""
     with (prefix / ".install.lock").open("w") as lock:
         try:
@@ -110,7 +113,7 @@ def install(bundle_dir: Path, prefix: Path, *, now: datetime, fingerprint: str |
             python: str = sys.executable, health: bool = True, services: list[str] | None = None) -> dict:
     """Install the bundle as a new release; `services` names the images to load (None: all of them)."""
     prefix.mkdir(parents=True, exist_ok=True)
-    with _exclusive(prefix):
+    with exclusive(prefix):
         state, pinned = read_state(prefix), pinned_root(prefix)
         verified = verify_bundle(bundle_dir, now=now, pinned=pinned, fingerprint=fingerprint,
                                  installed_sequence=state.get("highest_sequence"), space_at=prefix)
@@ -160,7 +163,7 @@ def installed_text(prefix: Path, state: dict) -> str:
 
 def rollback(prefix: Path) -> dict:
     """Make the previous release current again (and the current one previous)."""
-    with _exclusive(prefix):
+    with exclusive(prefix):
         state = read_state(prefix)
         previous = state.get("previous")
         if not previous or not (prefix / "releases" / previous / COMPLETE).exists():

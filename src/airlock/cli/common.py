@@ -74,8 +74,10 @@ def command(fn: Callable) -> Callable:
 
 def default_prefix() -> Path | None:
     """The install prefix of the release this airlock runs from (PREFIX/releases/NAME/venv), if any."""
-    venv = Path(sys.prefix)
-    return venv.parents[2] if venv.name == "venv" and venv.parent.parent.name == "releases" else None
+    from airlock.config import installed_release
+
+    release = installed_release()
+    return release.parents[1] if release is not None else None
 
 
 def require_host_admin() -> None:

@@ -66,7 +66,7 @@ def _tokenizer(model: str | None, max_length: int | None) -> Any:
 
     folder = Path(model)
     if not folder.is_dir():
-        folder = get_settings().models_dir / model
+        folder = get_settings().model_path(model)
     if not folder.is_dir():
         raise NotFound(f"no model {model!r}: neither a directory nor a folder under the models directory")
     from transformers import AutoTokenizer

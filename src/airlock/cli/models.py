@@ -177,3 +177,40 @@ def verify_export_cmd(
     console.print(f"[green]{folder} verified[/]: {manifest['form']} export of {manifest['model_id']} "
                   f"(base {manifest['base_model']['name']}), {len(manifest['files'])} files, by "
                   f"{manifest['exported_by']} at {manifest['exported_at']}", highlight=False, soft_wrap=True)
+
+
+@app.command("install")
+@command
+def install_cmd(
+    bundle: Path = typer.Argument(..., help="A models bundle (`airlock bundle build --models-only`)."),
+    prefix: Path = typer.Option(None, "--prefix", envvar="AIRLOCK_PREFIX", show_default=False,
+                                help="The install prefix; default: the one this airlock was installed into."),
+    verify_only: bool = typer.Option(False, "--verify-only", help="Verify the bundle and say what it would "
+                                     "add, unpacking nothing."),
+) -> None:
+    """Verify a models bundle against the pinned trust root and add its models to PREFIX/models, the
+    models folder every release shares (kept by upgrades and `airlock bundle rollback`); audited."""
+    from datetime import UTC, datetime
+
+    from airlock.bundle.models_install import install_models
+    from airlock.cli.bundle import prefix_option
+    from airlock.cli.common import open_airlock
+    from airlock.errors import AirlockError
+
+    where = prefix_option(prefix)
+    airlock = open_airlock()  # a home that cannot be audited stops the install before it changes anything
+    actor = cli_actor()
+    try:
+        said = install_models(bundle, where, now=datetime.now(UTC), verify_only=verify_only)
+    except AirlockError as exc:
+        airlock.meta.audit(actor, "models.install_refused", str(bundle), prefix=str(where), reason=str(exc))
+        raise
+    for model in said["installed"]:
+        if not verify_only:
+            airlock.meta.audit(actor, "models.install", model["name"], digest=model["digest"], bundle=str(bundle),
+                               sequence=said["sequence"], path=f"{said['models_dir']}/{model['name']}")
+        verb = "would add" if verify_only else "installed"
+        console.print(f"{verb} {model['name']} ({model['files']} files, {model['size']} bytes, {model['digest']}) "
+                      f"in {said['models_dir']}", highlight=False)
+    for name in said["unchanged"]:
+        console.print(f"{name}: installed already with the same files", highlight=False)

@@ -223,7 +223,7 @@ class OpenAIApi:
 
     def _bos_token(self, base_model: str) -> int:
         if base_model not in self._bos:
-            self._bos[base_model] = _read_bos(self.settings.models_dir / base_model)
+            self._bos[base_model] = _read_bos(self.settings.model_path(base_model))
         if (token := self._bos[base_model]) is None:
             raise BadRequest(f"prompt is null, and the model {base_model!r} names no beginning-of-sequence "
                              "token to start from; send a prompt", param="prompt")

@@ -1,4 +1,5 @@
-"""The base-model catalog: one Hugging Face format folder per model under `settings.models_dir`.
+"""The base-model catalog: one Hugging Face format folder per model in `settings.models_dirs`
+(the first folder holding a name wins).
 
 A folder counts as a base model when it holds a `config.json` and safetensors weights. Nothing
 here imports torch or transformers: listing and hashing must stay cheap enough for the CLI and
@@ -51,7 +52,7 @@ def list_base_models(settings: Settings) -> list[BaseModelRow]:
     reported by `refused_base_models`, so a listing never fails because of one bad folder.
     """
     models = []
-    for folder in _candidate_folders(settings.models_dir):
+    for folder in _model_folders(settings):
         # The override is the served model's: the engine serves one base model.
         override = settings.tool_call_parser if folder.name == settings.serve_base_model else ""
         try:
@@ -65,13 +66,13 @@ def list_base_models(settings: Settings) -> list[BaseModelRow]:
 def base_model_names(settings: Settings) -> set[str]:
     """The names of the folders under the models directory: cheap (no hashing), for checks that
     only need to know what a model name would mean."""
-    return {folder.name for folder in _candidate_folders(settings.models_dir)}
+    return {folder.name for folder in _model_folders(settings)}
 
 
 def refused_base_models(settings: Settings) -> list[dict]:
     """Folders under the models directory that are not usable, each with the reason."""
     refused = []
-    for folder in _candidate_folders(settings.models_dir):
+    for folder in _model_folders(settings):
         try:
             check_model_dir(folder)
         except InvalidInput as exc:
@@ -82,13 +83,13 @@ def refused_base_models(settings: Settings) -> list[dict]:
 def resolve_base_model(settings: Settings, name: str) -> Path:
     """The folder of base model `name`, checked to be usable; NotFound lists the valid names."""
     check_model_name(name)
-    folder = Path(settings.models_dir) / name
+    folder = settings.model_path(name)
     if not folder.is_dir():
         # Names only: hashing every model to build an error message would be wasted work.
         refused = {r["name"] for r in refused_base_models(settings)}
-        available = [f.name for f in _candidate_folders(settings.models_dir) if f.name not in refused]
+        available = [f.name for f in _model_folders(settings) if f.name not in refused]
         raise NotFound(
-            f"base model {name!r} not found in {settings.models_dir}; "
+            f"base model {name!r} not found in {', '.join(map(str, settings.models_dirs))}; "
             + (f"available: {', '.join(available)}" if available else "no base models are installed"),
         )
     check_model_dir(folder)
@@ -187,11 +188,17 @@ def model_digest(folder: Path, *, cache: Path | None = None) -> str:
         sha = hit["sha256"] if hit and hit.get("key") == key.values() else _sha256_file(path)
         entries[path.relative_to(folder).as_posix()] = {"size": key.size, "sha256": sha}
         fresh[key.path] = {"key": key.values(), "sha256": sha}
-    listing = "".join(f"{rel}\t{e['size']}\t{e['sha256']}\n" for rel, e in entries.items())
     if cache is not None and any(remembered.get(k) != v for k, v in fresh.items()):
         # This folder's entries are replaced whole, so files it no longer holds are forgotten.
         inside = str(folder.resolve()) + os.sep
         _write_cache(cache, {**{k: v for k, v in remembered.items() if not k.startswith(inside)}, **fresh})
+    return listing_digest(entries)
+
+
+def listing_digest(entries: dict[str, dict]) -> str:
+    """A model's digest from its files' {relative path: {size, sha256}}: what `model_digest` hashes,
+    so a folder's digest is known from a signed file list before a byte of it is written."""
+    listing = "".join(f"{rel}\t{e['size']}\t{e['sha256']}\n" for rel, e in sorted(entries.items()))
     return "sha256:" + hashlib.sha256(listing.encode("utf-8")).hexdigest()
 
 
@@ -225,6 +232,15 @@ class _FileKey:
 
     def values(self) -> list[int]:
         return [self.device, self.inode, self.size, self.mtime_ns, self.ctime_ns]
+
+
+def _model_folders(settings: Settings) -> list[Path]:
+    """Every model folder of the models folders, one per name: the first folder's wins."""
+    seen: dict[str, Path] = {}
+    for models_dir in settings.models_dirs:
+        for folder in _candidate_folders(models_dir):
+            seen.setdefault(folder.name, folder)
+    return sorted(seen.values(), key=lambda folder: folder.name)
 
 
 def _candidate_folders(models_dir: Path) -> list[Path]:

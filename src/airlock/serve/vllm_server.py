@@ -22,7 +22,7 @@ from collections import deque
 from pathlib import Path
 
 from airlock.config import Settings
-from airlock.errors import NotFound, NotReady
+from airlock.errors import ConfigurationError, NotReady
 from airlock.models.tool_calls import tool_call_parser
 from airlock.private import make_private_dir, open_private
 from airlock.serve.engine import CONNECT_TIMEOUT_S, EngineClient, engine_client
@@ -64,6 +64,16 @@ def clear_engine_dir(settings: Settings) -> None:
     settings.engine_secret_path.unlink(missing_ok=True)
 
 
+def served_model_missing(settings: Settings, folder: Path) -> ConfigurationError:
+    """The engine cannot serve a base model whose folder is not there: a setting to fix, not a crash
+    to retry. Names the setting and every folder the model was looked up in."""
+    where = ", ".join(str(d) for d in settings.models_dirs)
+    return ConfigurationError(
+        f"AIRLOCK_SERVE_BASE_MODEL={settings.serve_base_model}: the base model folder {folder} has no "
+        f"config.json (models are looked up in {where}; AIRLOCK_MODELS_DIR names another folder, "
+        "`airlock models install BUNDLE` adds models to an installed release)")
+
+
 class VllmServer:
     """One vLLM OpenAI server serving a base model with runtime LoRA loading, behind a secret.
 
@@ -75,7 +85,7 @@ class VllmServer:
                  log_path: Path | None = None, gpu: bool | None = None) -> None:
         self.settings = settings
         self.served_name = served_name or settings.serve_base_model
-        self.model_dir = Path(model_dir or settings.models_dir / self.served_name)
+        self.model_dir = Path(model_dir or settings.model_path(self.served_name))
         self.log_path = Path(log_path or settings.run_dir / "engine.log")
         self._gpu = gpu
         self.proc: subprocess.Popen | None = None
@@ -145,7 +155,7 @@ class VllmServer:
 
     def _check_model(self) -> None:
         if not (self.model_dir / "config.json").is_file():
-            raise NotFound(f"base model folder {self.model_dir} has no config.json")
+            raise served_model_missing(self.settings, self.model_dir)
 
     def exec_engine(self) -> None:
         """Become vLLM: this process is then the engine service itself (no wrapper in between)."""

@@ -1,5 +1,6 @@
 """The supervisor: starts the engine, the worker and the gateway, restarts whichever crashes
-(1, 2, 4 ... s apart, at most `restart_backoff_max_s`), publishes each one's state in
+(1, 2, 4 ... s apart, at most `restart_backoff_max_s`), stops them all at once when one exits
+for a configuration error (a restart cannot fix a setting), publishes each one's state in
 `run/status.json`, and on SIGTERM or Ctrl-C, at any moment, start-up included, stops all of them
 and removes what they left (the engine's socket and secret).
 
@@ -18,11 +19,11 @@ from collections.abc import Callable
 import httpx
 
 from airlock.config import Settings
-from airlock.errors import NotReady
+from airlock.errors import ConfigurationError, NotReady
 from airlock.home import HomeLock, appliance_pid
 from airlock.private import PRIVATE_FILE
 from airlock.serve.engine import EngineClient
-from airlock.serve.vllm_server import clear_engine_dir, log_tail
+from airlock.serve.vllm_server import clear_engine_dir, log_tail, served_model_missing
 from airlock.supervisor.services import NAMES, Service
 from airlock.tls import check_configured, local_gateway
 from airlock.trust.atomic import write_atomic
@@ -57,6 +58,7 @@ class Supervisor:
 
     def start(self) -> None:
         """Take the home's lock and start the three services (nothing waits for readiness here)."""
+        self.check_configured()
         self.settings.ensure_dirs()
         self.lock.acquire()
         ensure_appliance_key(self.settings)  # created at first start, owner-only
@@ -65,6 +67,12 @@ class Supervisor:
         for service in self.services.values():
             service.start()
         self.publish()
+
+    def check_configured(self) -> None:
+        """What a service would only find out by crashing, refused here once and clearly."""
+        folder = self.settings.model_path(self.settings.serve_base_model)
+        if not (folder / "config.json").is_file():
+            raise served_model_missing(self.settings, folder)
 
     def wait_ready(self) -> bool:
         """Supervise until the engine and the gateway are ready; False if a stop came first."""
@@ -113,6 +121,11 @@ class Supervisor:
         self.publish()
 
     def _crashed(self, service: Service, code: int) -> None:
+        if code == ConfigurationError.exit_code:
+            # Restarting would fail the same way every 30 s while `airlock up` waits for ever.
+            tail = log_tail(service.log_path, 5).rstrip()
+            raise ConfigurationError(f"{service.name} cannot start: its configuration is wrong (exit {code}); "
+                                     f"fix the setting its log names and start again. {service.log_path}:\n{tail}")
         service.schedule_restart(code, self.settings.restart_backoff_max_s)
         if service.name == "worker":
             service.env[LAST_EXIT_ENV] = f"its process {service.last_exit}"

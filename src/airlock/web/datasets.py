@@ -31,7 +31,7 @@ def dataset_page(name_or_digest: str, request: Request, airlock: AirlockDep,
     from airlock.datasets.profile import profile
 
     settings = request.app.state.settings
-    tokenizer = settings.models_dir / settings.serve_base_model / "tokenizer.json"
+    tokenizer = settings.model_path(settings.serve_base_model) / "tokenizer.json"
     try:
         shown = profile(airlock, name_or_digest, reader=reader_of(key), tokenizer_file=tokenizer)
     except AirlockError as exc:
