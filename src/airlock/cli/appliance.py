@@ -188,9 +188,10 @@ def demo(
                                             "examples/quickstart-smollm2.yaml or examples/quickstart.yaml)."),
     set_: list[str] = typer.Option([], "--set", help="Override a workflow value: KEY=VALUE. Repeatable."),
     exit_after: bool = typer.Option(False, "--exit", help="Stop the appliance once the demo has printed its snippets."),
-    model: str = typer.Option(DEMO_MODEL, "--model",
-                              help="The base model to fine-tune and serve: the shipped smollm2-135m-instruct, "
-                                   "or airlock-tiny for the fast path (seconds, but its answers are noise)."),
+    model: str = typer.Option(None, "--model", show_default=False,
+                              help="The base model to fine-tune and serve (default: the --workflow's base_model, "
+                                   f"else the shipped {DEMO_MODEL}); airlock-tiny is the fast path (seconds, "
+                                   "but its answers are noise)."),
 ) -> None:
     """Start the appliance serving MODEL, run the quickstart workflow on it, and print an API key and
     snippets to call the fine-tuned alias and the base model, and the web UI's address with a
@@ -205,6 +206,8 @@ def demo(
     from airlock.tls import check_configured, local_gateway
     from airlock.workflow.submit import submit
 
+    if model is None:
+        model = _base_model_of(workflow_file) if workflow_file else DEMO_MODEL
     workflow_file = workflow_file or DEMO_WORKFLOWS.get(model, QUICKSTART)
     set_ = [f"base_model={model}", *set_]
     private_umask()
@@ -245,6 +248,13 @@ def demo(
             supervisor.stop()
 
 
+def _base_model_of(workflow_file: Path) -> str:
+    """The workflow's base_model, read as submitting it will (a bad file is named there)."""
+    from airlock.workflow.spec import load_raw
+
+    return str(load_raw(workflow_file).get("base_model") or DEMO_MODEL)
+
+
 def _serving(model: str):
     """The settings of an appliance that serves `model`: the engine serves one base model
     (AIRLOCK_SERVE_BASE_MODEL), so the demo starts one serving it, or refuses to use a running
@@ -267,9 +277,6 @@ def _serving(model: str):
         return settings
     # The supervisor's services inherit this process's environment, the engine among them.
     os.environ["AIRLOCK_SERVE_BASE_MODEL"] = model
-    # The demo's appliance serves nobody while it trains, so its one run may use every core (a
-    # real model's fine-tune takes half as long on two as on one); an operator's setting wins.
-    os.environ.setdefault("AIRLOCK_WORKER_THREADS", str(os.cpu_count() or 1))
     return get_settings()
 
 
