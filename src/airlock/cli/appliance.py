@@ -261,13 +261,19 @@ def _serving(model: str):
     appliance that serves another."""
     import os
 
-    from airlock.errors import Conflict
+    from airlock.errors import Conflict, NotFound
     from airlock.home import appliance_pid
     from airlock.models.catalog import resolve_base_model
     from airlock.supervisor.supervisor import read_status
 
     settings = get_settings()
-    resolve_base_model(settings, model)  # a missing model is named with the installed ones, before anything starts
+    try:  # a missing model is named with the installed ones, before anything starts
+        resolve_base_model(settings, model)
+    except NotFound as exc:
+        if model != DEMO_MODEL:
+            raise
+        raise NotFound(f"{exc.message}. ./install.sh converts it (or `airlock models build-shipped`); "
+                       "`airlock demo --model airlock-tiny` runs the fast path without it") from None
     if appliance_pid(settings) is not None:
         served = read_status(settings).get("serve_base_model", settings.serve_base_model)
         if served != model:
