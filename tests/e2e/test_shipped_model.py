@@ -94,6 +94,14 @@ def test_the_base_model_answers_a_general_question(demo) -> None:
     assert ask(demo["client"], NAME, fact[:-1]) != fact[-1]["content"]  # and not the site's facts
 
 
+def test_the_candidate_scored_through_the_engine_is_taken_out_again(demo) -> None:
+    """If the evaluation's unsigned copy stayed, the engine would hold an adapter no promotion
+    record covers; only the promoted adapter's verified serving copy may remain."""
+    serving = Path(demo["env"]["AIRLOCK_HOME"]) / "serving"
+    left = sorted(p.name for p in serving.iterdir())
+    assert left and not [name for name in left if name.startswith("eval-")], left
+
+
 def test_a_demo_on_another_model_refuses_while_this_one_serves(demo) -> None:
     """If the demo went on, it would train on airlock-tiny while the engine serves smollm2: its
     adapter could never be served. It refuses naming both models and the setting instead."""
