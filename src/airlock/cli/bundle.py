@@ -41,8 +41,9 @@ def build(
     key: list[Path] = typer.Option([], "--key", help="A key file of the root's `bundle` role; repeat up to "
                                    "its threshold."),
     part_size: str = typer.Option("4G", "--part-size", help="Size of each part (e.g. 700M, 4G), to fit the media."),
-    model: list[str] = typer.Option(["airlock-tiny"], "--model", help="A folder of the models directory to "
-                                    "carry (safetensors only); repeatable."),
+    model: list[str] = typer.Option(["airlock-tiny", "smollm2-135m-instruct"], "--model",
+                                    help="A folder of the models directory to carry (safetensors only); repeatable. "
+                                         "smollm2-135m-instruct is converted first when missing."),
     no_images: bool = typer.Option(False, "--no-images", help="Leave out the service images: a venv-only bundle "
                                    "(building them needs podman, and debootstrap as root for their base)."),
     debian_mirror: str = typer.Option(None, "--debian-mirror", show_default=False,

