@@ -192,6 +192,13 @@ def test_a_model_without_chat_template_is_admitted_with_one_given(site: Airlock,
     from transformers import AutoTokenizer
 
     assert AutoTokenizer.from_pretrained(model.path).chat_template == template
+    # An admitted folder imported again, with a template of its own: its record and template are replaced.
+    other = tmp_path / "other.jinja"
+    other.write_text("{% for m in messages %}{{ m['content'] }}{% endfor %}")
+    again = admit_folder(site, model.path, name="again", chat_template=other, actor="os:test")
+    record = json.loads((again.path / PROVENANCE_FILE).read_text())
+    assert record["imported_from"] == str(model.path) and (again.path / "chat_template.jinja").read_text() == other.read_text()
+    assert record["files"]["chat_template.jinja"] == hashlib.sha256(other.read_bytes()).hexdigest()
 
 
 def test_a_template_that_does_not_render_is_refused(site: Airlock, folder: Path, tmp_path: Path) -> None:
@@ -251,3 +258,12 @@ def test_an_import_killed_while_copying_admits_nothing(site: Airlock, folder: Pa
     (folder / "notes.txt").unlink()
     admit_folder(site, folder, name="big", actor="os:test")
     assert models_dir_entries(site) == ["big"]
+
+
+def test_a_tokenizer_that_takes_too_long_is_killed_and_named(folder: Path) -> None:
+    from airlock.models.tokenizer_probe import probe_tokenizer
+
+    started = time.monotonic()
+    report = probe_tokenizer(folder, timeout_s=0.5)  # importing transformers alone takes longer
+    assert time.monotonic() - started < 10
+    assert report == {"error": "it did not load within 0.5 s (the limit is AIRLOCK_MODEL_IMPORT_TOKENIZER_TIMEOUT_S)"}

@@ -66,6 +66,8 @@ def admit_folder(airlock, source: Path, *, name: str | None = None, chat_templat
     limits = Limits.from_settings(settings)
     listing = scan_folder(source, limits)
     problems += listing.problems
+    # A folder admitted elsewhere carries its own record; this import writes a new one.
+    listing.files.pop(PROVENANCE_FILE, None)
     dest = Path(settings.models_dir) / name
     if problems:
         # Not copied: what the files say is still checked in place, so the refusal is complete.
@@ -83,6 +85,7 @@ def admit_folder(airlock, source: Path, *, name: str | None = None, chat_templat
     try:
         hashes = _copy(source, listing.files, staging, limits, progress)
         if template is not None:
+            (staging / TEMPLATE_FILE).unlink(missing_ok=True)  # the given template replaces the folder's
             hashes[TEMPLATE_FILE] = _write_file(staging / TEMPLATE_FILE, template)
         if progress:
             progress("checking", 0, 0)
