@@ -108,3 +108,37 @@ def test_a_folder_stripped_of_the_payloads_is_admitted(carried: Path, tmp_path: 
     done = run_import(carried, tmp_path)
     assert done.returncode == 0, done.stdout + done.stderr
     assert admitted(tmp_path) == ["site-model"]
+
+
+@pytest.mark.parametrize("swapped", ["tokenizer.json", "extra/notes.txt"])
+def test_a_file_swapped_for_a_link_during_the_copy_is_not_followed(carried: Path, tmp_path: Path,
+                                                                     swapped: str) -> None:
+    """Whoever can write the source folder swaps a file (or the folder holding it) for a link to a
+    host secret after the folder was scanned, while the copy runs. Were the link followed, the
+    secret would lie in the models folder, readable by the engine's account."""
+    from airlock.config import Settings
+    from airlock.context import Airlock
+    from airlock.errors import InvalidInput
+    from airlock.models.admission import admit_folder
+
+    secret = tmp_path / "secret" / Path(swapped).name
+    secret.parent.mkdir()
+    secret.write_text("SECRET-BYTES")
+    (carried / "extra").mkdir()
+    (carried / "extra" / "notes.txt").write_text("notes")
+    swap_done = []
+
+    def swap(stage: str, done: int, total: int) -> None:  # called while the first file is copied
+        if swap_done:
+            return
+        target = carried / swapped.split("/")[0]
+        shutil.rmtree(target) if target.is_dir() else target.unlink()
+        target.symlink_to(secret if target.name == secret.name else secret.parent)
+        swap_done.append(True)
+
+    site = Airlock.open(Settings(home=tmp_path / "home", models_dir=tmp_path / "models"))
+    with pytest.raises(InvalidInput, match=f"{swapped.split('/')[0]}.* changed while it was imported"):
+        admit_folder(site, carried, name="site-model", actor="os:test", progress=swap)
+    assert swap_done and admitted(tmp_path) == []
+    copies = [p for p in (tmp_path / "models").rglob("*") if p.is_file() and "SECRET" in p.read_text(errors="replace")]
+    assert copies == []
