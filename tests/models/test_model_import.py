@@ -267,3 +267,15 @@ def test_a_tokenizer_that_takes_too_long_is_killed_and_named(folder: Path) -> No
     report = probe_tokenizer(folder, timeout_s=0.5)  # importing transformers alone takes longer
     assert time.monotonic() - started < 10
     assert report == {"error": "it did not load within 0.5 s (the limit is AIRLOCK_MODEL_IMPORT_TOKENIZER_TIMEOUT_S)"}
+
+
+@pytest.mark.parametrize(("setting", "value", "expected"), [
+    ("model_import_max_files", 3, "more than 3 files (AIRLOCK_MODEL_IMPORT_MAX_FILES)"),
+    ("model_import_max_header_bytes", 256, "model.safetensors: its header claims"),
+])
+def test_the_file_count_and_header_limits_hold(site: Airlock, folder: Path, setting: str, value: int,
+                                               expected: str) -> None:
+    setattr(site.settings, setting, value)
+    with pytest.raises(InvalidInput) as refused:
+        admit_folder(site, folder, actor="os:test")
+    assert expected in str(refused.value) and models_dir_entries(site) == []
