@@ -89,30 +89,37 @@ def admit_folder(airlock, source: Path, *, name: str | None = None, chat_templat
             hashes[TEMPLATE_FILE] = _write_file(staging / TEMPLATE_FILE, template)
         if progress:
             progress("checking", 0, 0)
-        files = {rel: (staging / rel).stat().st_size for rel in hashes}
-        problems = check_contents(staging, files, limits)
-        digest = listing_digest({rel: (files[rel], sha) for rel, sha in hashes.items()})
-        if dest.exists():
-            existing = model_digest(dest, cache=digest_cache(settings))
-            if existing == digest and not problems:
-                return _admitted(dest, digest, files, already_present=True)
-            problems.append(Problem("--name", f"{name!r} is already taken in {settings.models_dir} by a different "
-                                              f"model ({existing}); choose another --name"))
-        if problems:
-            raise _refusal(source, name, problems)
-        record = Provenance(source="folder", imported_from=str(source),
-                            imported_at=datetime.now(UTC).isoformat(timespec="seconds"), imported_by=actor,
-                            files=dict(sorted(hashes.items())))
-        if chat_template is not None:
-            record["chat_template_from"] = str(Path(chat_template).absolute())
-        _write_file(staging / PROVENANCE_FILE, provenance_bytes(record))
-        _sync_dirs(staging)
-        _rename_noreplace(staging, dest)
-        fsync_path(dest.parent)
+        return _admit_checked_copy(airlock, source, staging, dest, hashes, limits, chat_template, actor)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
         os.close(lock)
-    airlock.meta.audit(actor, "model.imported", name, source=str(source), digest=digest, files=len(files),
+
+
+def _admit_checked_copy(airlock, source: Path, staging: Path, dest: Path, hashes: dict[str, str], limits: Limits,
+                        chat_template: Path | None, actor: str) -> AdmittedModel:
+    """Check the copy in `staging`; rename it to `dest` with its provenance when every check holds."""
+    settings = airlock.settings
+    files = {rel: (staging / rel).stat().st_size for rel in hashes}
+    problems = check_contents(staging, files, limits)
+    digest = listing_digest({rel: (files[rel], sha) for rel, sha in hashes.items()})
+    if dest.exists():
+        existing = model_digest(dest, cache=digest_cache(settings))
+        if existing == digest and not problems:
+            return _admitted(dest, digest, files, already_present=True)
+        problems.append(Problem("--name", f"{dest.name!r} is already taken in {settings.models_dir} by a different "
+                                          f"model ({existing}); choose another --name"))
+    if problems:
+        raise _refusal(source, dest.name, problems)
+    record = Provenance(source="folder", imported_from=str(source),
+                        imported_at=datetime.now(UTC).isoformat(timespec="seconds"), imported_by=actor,
+                        files=dict(sorted(hashes.items())))
+    if chat_template is not None:
+        record["chat_template_from"] = os.path.abspath(chat_template)
+    _write_file(staging / PROVENANCE_FILE, provenance_bytes(record))
+    _sync_dirs(staging)
+    _rename_noreplace(staging, dest)
+    fsync_path(dest.parent)
+    airlock.meta.audit(actor, "model.imported", dest.name, source=str(source), digest=digest, files=len(files),
                        bytes=sum(files.values()), chat_template_from=record.get("chat_template_from"))
     return _admitted(dest, digest, files, already_present=False)
 

@@ -94,8 +94,11 @@ def scan_folder(source: Path, limits: Limits) -> Listing:
 
 def _link_problem(path: Path, source: Path) -> str:
     target = os.readlink(path)
-    resolved = path.parent.joinpath(target).resolve()
-    where = "outside the folder" if not resolved.is_relative_to(Path(source).resolve()) else "inside the folder"
+    try:
+        inside = path.parent.joinpath(target).resolve().is_relative_to(Path(source).resolve())
+    except (OSError, RuntimeError):  # a loop of links
+        inside = False
+    where = "inside the folder" if inside else "outside the folder"
     return (f"a symbolic link to {target} ({where}); links are never followed: put the file itself "
             "in its place")
 
