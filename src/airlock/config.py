@@ -179,6 +179,14 @@ class Settings(BaseSettings):
     audit_anchors: Path | None = None
     audit_syslog: str = ""
 
+    # What `airlock models import` admits (models/admission.py): a folder of at most this many
+    # bytes and files, safetensors headers of at most this many bytes (the largest real ones are
+    # a few hundred KiB), and a tokenizer that loads in its child process within this time.
+    model_import_max_bytes: int = Field(256 * 1024**3, gt=0)
+    model_import_max_files: int = Field(1000, gt=0)
+    model_import_max_header_bytes: int = Field(16 * 1024 * 1024, gt=0)
+    model_import_tokenizer_timeout_s: float = Field(120.0, gt=0)
+
     @field_validator("tls_cert", "tls_key", "checkpoints_dir", "s3_ca", "audit_anchors", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:

@@ -16,7 +16,8 @@ from airlock.bundle.locked_wheel import fetch
 from airlock.bundle.shipped_model import GGUF_MEMBER, LOCK, up_to_date
 from airlock.config import REPO_ROOT
 from airlock.errors import InvalidInput
-from airlock.models.catalog import PROVENANCE_FILE, model_digest
+from airlock.models.catalog import model_digest
+from airlock.models.provenance import PROVENANCE_FILE
 from airlock.models.gguf import convert_gguf, read_gguf_header
 
 gguf = pytest.importorskip("gguf")
@@ -128,3 +129,47 @@ def test_the_shipped_gguf_converts_to_the_same_bytes_twice(shipped_gguf: Path, t
     (tmp_path / "a" / "config.json").write_text((tmp_path / "a" / "config.json").read_text() + " ")
     assert model_digest(tmp_path / "a") != before  # the model's own files still count
     assert not up_to_date(tmp_path / "a", REPO_ROOT / LOCK)  # a record naming no locked wheel is stale
+
+
+@pytest.mark.slow
+def test_models_import_gguf_converts_and_admits_with_every_check(shipped_gguf: Path, tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """`airlock models import --gguf`: the conversion is admitted like a carried folder (its
+    provenance names the GGUF file and quantization, not a scratch folder), nothing is left in the
+    home, and a taken name, a missing --name or a file that is no GGUF are refused before any work."""
+    from typer.testing import CliRunner
+
+    from airlock.cli.main import app
+    from airlock.config import Settings
+    from airlock.context import Airlock
+    from airlock.meta.audit import list_rows
+    from airlock.models.catalog import list_base_models
+
+    home, models = tmp_path / "home", tmp_path / "models"
+    monkeypatch.setenv("AIRLOCK_HOME", str(home))
+    monkeypatch.setenv("AIRLOCK_MODELS_DIR", str(models))
+    site = Airlock.open(Settings(home=home, models_dir=models))
+    runner = CliRunner()
+
+    result = runner.invoke(app, ["models", "import", "--gguf", str(shipped_gguf), "--name", "site-smollm2"])
+    assert result.exit_code == 0, result.output
+    record = json.loads((models / "site-smollm2" / PROVENANCE_FILE).read_text())
+    assert record["source"] == "gguf" and record["imported_from"] == str(shipped_gguf)
+    assert record["gguf"] == {"file": shipped_gguf.name, "sha256": hashlib.sha256(shipped_gguf.read_bytes()).hexdigest()}
+    assert record["dequantized_from"] == "Q4_1" and record["dtype"] == "bfloat16"
+    assert record["files"] == {k: v for k, v in tree_hashes(models / "site-smollm2").items() if k != PROVENANCE_FILE}
+    [row] = list_rows(site.meta, action="model.imported")
+    assert row["detail"]["source"] == str(shipped_gguf)
+    listed = {m["name"]: m for m in list_base_models(site.settings)}["site-smollm2"]
+    assert listed["provenance"]["source"] == "gguf" and listed["parameters"] > 100_000_000
+    assert not [p for p in home.iterdir() if p.name.startswith(".gguf-import-")]  # the scratch is gone
+
+    again = runner.invoke(app, ["models", "import", "--gguf", str(shipped_gguf), "--name", "site-smollm2"])
+    assert again.exit_code != 0 and "'site-smollm2' is already taken" in again.output
+    nameless = runner.invoke(app, ["models", "import", "--gguf", str(shipped_gguf)])
+    assert nameless.exit_code != 0 and "--gguf needs --name" in nameless.output
+    other = tmp_path / "notes.gguf"
+    other.write_bytes(b"not a gguf file at all")
+    bad = runner.invoke(app, ["models", "import", "--gguf", str(other), "--name", "other"])
+    assert bad.exit_code != 0 and "not a readable GGUF file" in bad.output
+    assert sorted(p.name for p in models.iterdir()) == ["site-smollm2"]

@@ -38,7 +38,7 @@ from airlock.bundle.shipped_model import LOCK as SHIPPED_MODEL_LOCK, NAME as SHI
 from airlock.bundle.target_spec import TARGETS, bundle_target
 from airlock.bundle.verifier import NAME as VERIFIER_NAME, build_verifier
 from airlock.bundle.wheels import build_own_wheel, fetch_wheels
-from airlock.models.catalog import PROVENANCE_FILE
+from airlock.models.provenance import PROVENANCE_FILE
 from airlock.errors import InvalidInput
 from airlock.trust.ceremony import load_signing_key, sign_envelope
 from airlock.trust.root import canonical_json, parse_root, verify_envelope

@@ -91,11 +91,75 @@ def build_shipped() -> None:
     )
 
 
+@app.command("import")
+@command
+def import_cmd(
+    path: Path = typer.Argument(None, show_default=False,
+                                help="The Hugging Face model folder to admit (config.json, *.safetensors, "
+                                     "tokenizer files); not with --gguf."),
+    gguf: Path = typer.Option(None, "--gguf", show_default=False,
+                              help="A GGUF file of a supported family (llama) to convert into bf16 safetensors "
+                                   "and admit as the folder would be; needs --name."),
+    name: str = typer.Option(None, "--name", show_default=False,
+                             help="The model's name under the models directory; default: the folder's name."),
+    chat_template: Path = typer.Option(None, "--chat-template", show_default=False,
+                                       help="A Jinja chat template file for a model without one; it is written "
+                                            "into the admitted folder as chat_template.jinja."),
+) -> None:
+    """Admit a Hugging Face model folder as a base model, on the host (never over HTTP).
+
+    It is copied into the models directory (AIRLOCK_MODELS_DIR) only when every check holds:
+    safetensors weights only (no pickle-based file anywhere), no custom code (no auto_map, no
+    *.py), a supported model_type, a tokenizer that loads without remote code, a chat template,
+    tensor names and shapes that match config.json (read from the safetensors headers), sizes
+    within the AIRLOCK_MODEL_IMPORT_* limits, no symbolic links. Otherwise every problem is named
+    at once and nothing changes. The copy appears whole or not at all; every file's sha256 goes
+    into its airlock-provenance.json, and the import into the audit log.
+
+    With --gguf FILE --name NAME, a GGUF file is converted first (dequantized into bf16
+    safetensors with its tokenizer and chat template, as the shipped model is) and the conversion
+    admitted with the same checks; its provenance names the file, its sha256 and its quantization.
+    """
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from airlock.cli.common import open_airlock
+    from airlock.errors import InvalidInput
+    from airlock.models.admission import admit_folder
+    from airlock.models.gguf_import import admit_gguf
+
+    if (path is None) == (gguf is None):
+        raise InvalidInput("give either a model folder (PATH) or --gguf FILE, not both and not neither")
+    if gguf is not None and not name:
+        raise InvalidInput("--gguf needs --name: the name the converted model is served and trained under")
+    airlock = open_airlock()
+    with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TimeElapsedColumn(),
+                  console=console, transient=True) as bar:
+        task = bar.add_task("scanning", total=None)
+
+        def progress(stage: str, done: int, total: int) -> None:
+            bar.update(task, description=stage, completed=done, total=total or None)
+
+        if gguf is not None:
+            model = admit_gguf(airlock, gguf, name=name, chat_template=chat_template, actor=cli_actor(),
+                               progress=progress)
+        else:
+            model = admit_folder(airlock, path, name=name, chat_template=chat_template, actor=cli_actor(),
+                                 progress=progress)
+    if model.already_present:
+        console.print(f"{model.name} is already admitted with the same files ({model.digest}); nothing changed",
+                      highlight=False)
+        return
+    console.print(f"[green]imported {model.name}[/]: {model.files} file(s), {model.size_bytes} bytes at {model.path}\n"
+                  f"digest {model.digest}; tool calls: {model.tool_call_parser or 'none'}", highlight=False)
+
+
 @app.command("list")
 @command
-def list_cmd(json_out: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
-    """List base models (under the models folder) with the vLLM tool-call parser each is served
-    with, and fine-tuned adapters with their aliases."""
+def list_cmd(json_out: bool = typer.Option(False, "--json", help="Print JSON: base models first (kind "
+                                                                 "'base-model'), then adapters.")) -> None:
+    """List base models (under the models folder) with their parameters, context length, size on
+    disk, chat template, provenance, the vLLM tool-call parser and the engine serving each; then
+    fine-tuned adapters with their aliases."""
     from rich.table import Table
 
     from airlock.cli.common import open_airlock, print_json
@@ -103,18 +167,40 @@ def list_cmd(json_out: bool = typer.Option(False, "--json", help="Print JSON."))
     from airlock.models.catalog import list_base_models
 
     airlock = open_airlock()
+    bases = list_base_models(airlock.settings)
     adapters = list_models(airlock)
     if json_out:
-        return print_json(adapters)
+        return print_json([{"kind": "base-model", "id": b["name"], **b} for b in bases] + adapters)
     # "tool calls" is the base model's vLLM tool-call parser; with "none", the engine refuses
     # requests with tools unless tool_choice is "none". Adapters use their base model's.
-    table = Table("model", "kind", "base", "tool calls", "signed", "promoted", "aliases", "created")
-    for base in list_base_models(airlock.settings):
-        table.add_row(base["name"], "base", "", base["tool_call_parser"] or "none", "", "", "", "")
+    table = Table("base model", "parameters", "context", "size", "chat template", "provenance", "tool calls",
+                  "served by", title="Base models")
+    for b in bases:
+        table.add_row(b["name"], _count(b["parameters"]), str(b["context_length"] or "?"), _count(b["size_bytes"], "B"),
+                      b["chat_template"] or "none", _provenance(b), b["tool_call_parser"] or "none",
+                      b["served_by"] or "")
+    console.print(table)
+    table = Table("adapter", "base", "signed", "promoted", "aliases", "created", title="Adapters")
     for m in adapters:
-        table.add_row(m["id"], m["kind"], m["base_model"], "", "yes" if m["manifest_digest"] else "no",
+        table.add_row(m["id"], m["base_model"], "yes" if m["manifest_digest"] else "no",
                       str(m["promotions"]), m["aliases"] or "", m["created_at"])
     console.print(table)
+
+
+def _count(n: int | None, unit: str = "") -> str:
+    if n is None:
+        return "?"
+    for scale, prefix in ((10**9, "G"), (10**6, "M"), (10**3, "k")):
+        if n >= scale:
+            return f"{n / scale:.1f}{prefix}{unit}"
+    return f"{n}{unit}"
+
+
+def _provenance(base: dict) -> str:
+    """The source and digest: the model's own digest, which the provenance record's file hashes add up to."""
+    record = base["provenance"]
+    source = f"{record['source']} ({record.get('imported_by', '?')})" if record else "not recorded"
+    return f"{source}\n{base['digest'][:19]}"
 
 
 @app.command("verify")

@@ -13,13 +13,14 @@ import hashlib
 import json
 import os
 import re
-import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypedDict
 
 from airlock.config import Settings
 from airlock.errors import InvalidInput, NotFound
+from airlock.models.provenance import PROVENANCE_FILE, Provenance, read_provenance
+from airlock.models.safetensors_header import HeaderError, read_header
 from airlock.models.tool_calls import tool_call_parser
 from airlock.private import PRIVATE_FILE, make_private_dir
 from airlock.trust.atomic import write_atomic
@@ -27,10 +28,6 @@ from airlock.trust.atomic import write_atomic
 # Pickle-based weights can run code when loaded; they are named so the refusal can say why.
 UNSAFE_WEIGHT_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 LEGACY_DIGEST_CACHE = ".airlock-digest.json"
-# Where a model came from (gguf.py, folder imports): a record about the model, not part of it,
-# so writing or rewriting it never changes the model's digest.
-PROVENANCE_FILE = "airlock-provenance.json"
-SAFETENSORS_MAX_HEADER = 100 * 1024 * 1024  # the format's own limit
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _CHUNK = 1 << 20
 
@@ -46,6 +43,10 @@ class BaseModelRow(TypedDict):
     context_length: int | None  # config.json's max_position_embeddings
     tool_call_parser: str | None  # vLLM's parser for its tool calls; None: no tool calling
     digest: str
+    size_bytes: int  # every file of the folder
+    chat_template: str | None  # its first line, or the names of a list of templates; None: none
+    provenance: Provenance | None  # airlock-provenance.json: where it came from, each file's sha256
+    served_by: str | None  # the engine that serves it; None: no engine does
 
 
 def list_base_models(settings: Settings) -> list[BaseModelRow]:
@@ -57,10 +58,11 @@ def list_base_models(settings: Settings) -> list[BaseModelRow]:
     models = []
     for folder in _model_folders(settings):
         # The override is the served model's: the engine serves one base model.
-        override = settings.tool_call_parser if folder.name == settings.serve_base_model else ""
+        served = folder.name == settings.serve_base_model
+        override = settings.tool_call_parser if served else ""
         try:
             models.append(describe_model(folder, tool_call_parser_override=override,
-                                         cache=digest_cache(settings)))
+                                         cache=digest_cache(settings), served_by="engine" if served else None))
         except InvalidInput:
             continue
     return models
@@ -128,9 +130,10 @@ def check_model_dir(folder: Path) -> None:
 
 
 def describe_model(folder: Path, *, tool_call_parser_override: str = "",
-                   cache: Path | None = None) -> BaseModelRow:
+                   cache: Path | None = None, served_by: str | None = None) -> BaseModelRow:
     """Name, path, architecture, parameter count, context length, digest (see `model_digest` for
-    `cache`) and vLLM tool-call parser (None: no tool calling) of one usable model folder."""
+    `cache`), vLLM tool-call parser (None: no tool calling), size, chat template and provenance
+    of one usable model folder; `served_by` names the engine serving it."""
     folder = Path(folder)
     check_model_dir(folder)
     config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
@@ -144,7 +147,33 @@ def describe_model(folder: Path, *, tool_call_parser_override: str = "",
         context_length=config.get("max_position_embeddings"),
         tool_call_parser=tool_call_parser(folder, tool_call_parser_override),
         digest=model_digest(folder, cache=cache),
+        size_bytes=sum(path.stat().st_size for path in _files(folder)),
+        chat_template=chat_template_summary(folder),
+        provenance=read_provenance(folder),
+        served_by=served_by,
     )
+
+
+def chat_template_summary(folder: Path) -> str | None:
+    """What a listing shows of the chat template transformers would use: chat_template.jinja
+    first (it wins over tokenizer_config.json's), its first non-blank line; for a list of named
+    templates, their names."""
+    jinja = Path(folder) / "chat_template.jinja"
+    template = None
+    if jinja.is_file():
+        with contextlib.suppress(OSError, UnicodeDecodeError):
+            template = jinja.read_text(encoding="utf-8")
+    if template is None:
+        with contextlib.suppress(OSError, ValueError):
+            tokenizer_config = json.loads((Path(folder) / "tokenizer_config.json").read_text(encoding="utf-8"))
+            template = tokenizer_config.get("chat_template") if isinstance(tokenizer_config, dict) else None
+    if isinstance(template, list):
+        names = [t.get("name") for t in template if isinstance(t, dict)]
+        return "named: " + ", ".join(str(n) for n in names) if names else None
+    if not isinstance(template, str) or not template.strip():
+        return None
+    first = next(line.strip() for line in template.splitlines() if line.strip())
+    return first if len(first) <= 80 else first[:77] + "..."
 
 
 def count_parameters(folder: Path) -> int | None:
@@ -156,19 +185,8 @@ def count_parameters(folder: Path) -> int | None:
     total = 0
     try:
         for path in sorted(Path(folder).glob("*.safetensors")):
-            with path.open("rb") as f:
-                (header_len,) = struct.unpack("<Q", f.read(8))
-                # A damaged or hostile length would otherwise ask read() for exabytes.
-                if header_len > min(path.stat().st_size - 8, SAFETENSORS_MAX_HEADER):
-                    return None
-                header = json.loads(f.read(header_len))
-            for key, entry in header.items():
-                if key != "__metadata__":
-                    n = 1
-                    for dim in entry["shape"]:
-                        n *= dim
-                    total += n
-    except (OSError, ValueError, KeyError, TypeError, struct.error):
+            total += sum(info.numel for info in read_header(path, check_offsets=False).values())
+    except (OSError, HeaderError):
         return None
     return total
 
@@ -260,6 +278,7 @@ def _files(folder: Path):
         for name in names:
             path = Path(root) / name
             # Earlier releases kept a cache of hashes here; it is not the model (and never read).
+            # The provenance record describes the model and is written after its digest is known.
             if path.parent == folder and (name.startswith(LEGACY_DIGEST_CACHE) or name == PROVENANCE_FILE):
                 continue
             yield path

@@ -21,7 +21,7 @@ from collections import Counter
 from pathlib import Path
 
 from airlock.errors import InvalidInput
-from airlock.models.catalog import PROVENANCE_FILE
+from airlock.models.provenance import PROVENANCE_FILE
 # GGUF architecture -> the transformers class it becomes. Only families that PEFT, vLLM and
 # transformers' GGUF loader all handle, and that a test converted, are listed.
 SUPPORTED_ARCHITECTURES = {"llama": "LlamaForCausalLM"}

@@ -38,11 +38,22 @@ def verification(airlock, model_id: str) -> tuple[dict[str, Any], dict | None]:
 @router.get("/models", response_class=HTMLResponse)
 def models_page(request: Request, airlock: AirlockDep, key: Key = Depends(page("models:read"))) -> HTMLResponse:
     from airlock.models.adapters import list_models
+    from airlock.models.catalog import list_base_models
 
     models = list(reversed(list_models(airlock)))  # newest first
     for model in models:
         model["verification"] = shown(latest_check(model), key)
-    return render(request, "models.html", key, models=models)
+    bases = [base_shown(base, key) for base in list_base_models(airlock.settings)]
+    return render(request, "models.html", key, models=models, bases=bases)
+
+
+def base_shown(base: dict, key: dict) -> dict:
+    """A base model as this key may read it: where it lies and where it was imported from are host
+    paths, for admins only."""
+    if sees_internals(key):
+        return base
+    provenance = {k: v for k, v in (base["provenance"] or {}).items() if k not in ("imported_from", "chat_template_from")}
+    return {**base, "path": "", "provenance": provenance or None}
 
 
 def shown(check: dict[str, Any], key: dict) -> dict[str, Any]:
