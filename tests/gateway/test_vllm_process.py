@@ -9,7 +9,7 @@ import pytest
 from vllm_fixtures import free_port
 
 from airlock.config import Settings
-from airlock.errors import InvalidInput, NotFound, NotReady
+from airlock.errors import ConfigurationError, InvalidInput, NotFound, NotReady
 from airlock.serve.vllm_server import VllmServer
 
 
@@ -41,7 +41,9 @@ def test_gpu_command_leaves_dtype_and_cpu_settings_to_vllm(tmp_path, monkeypatch
 
 def test_missing_model_folder_is_refused_before_starting(tmp_path):
     server = VllmServer(Settings(home=tmp_path), model_dir=tmp_path / "nope")
-    with pytest.raises(NotFound, match="config.json"):
+    # A configuration error: the supervisor stops at once rather than restarting the engine forever.
+    with pytest.raises(ConfigurationError, match="AIRLOCK_SERVE_BASE_MODEL=airlock-tiny: the base model folder .* has "
+                                                 "no config.json"):
         server.start()
 
 

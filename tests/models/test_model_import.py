@@ -56,7 +56,8 @@ def models_dir_entries(site: Airlock) -> list[str]:
     return sorted(p.name for p in models.iterdir()) if models.exists() else []
 
 
-def test_a_good_folder_is_admitted_listed_and_trainable(site: Airlock, folder: Path, tmp_path: Path) -> None:
+def test_a_good_folder_is_admitted_listed_and_trainable(site: Airlock, folder: Path, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     from airlock.train.config import LoraTrainConfig
     from airlock.train.recipe import finetune
 
@@ -82,7 +83,11 @@ def test_a_good_folder_is_admitted_listed_and_trainable(site: Airlock, folder: P
     assert listed["chat_template"].startswith("{{- bos_token") and listed["provenance"]["source"] == "folder"
     as_json = json.loads(CliRunner().invoke(app, ["models", "list", "--json"]).stdout)
     assert [m["id"] for m in as_json if m["kind"] == "base-model"] == ["site-llama"]
-    table = CliRunner().invoke(app, ["models", "list"], env={"COLUMNS": "250"}).output
+    # The CLI's console takes its width when first imported: widen the console itself.
+    from airlock.cli.common import console
+
+    monkeypatch.setattr(console, "width", 250)
+    table = CliRunner().invoke(app, ["models", "list"]).output
     assert "site-llama" in table and "folder (os:" in table
 
     records = [[{"role": "user", "content": "Door colour?"}, {"role": "assistant", "content": "Blue."}]] * 2
@@ -167,8 +172,13 @@ def test_each_problem_alone_is_refused_naming_its_file(site: Airlock, folder: Pa
     assert models_dir_entries(site) == [] and list_rows(site.meta, action="model.imported") == []
 
 
-def test_every_problem_at_once_is_named_in_one_error(site: Airlock, folder: Path) -> None:
+def test_every_problem_at_once_is_named_in_one_error(site: Airlock, folder: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    from airlock.cli.common import console, err_console
+
     expected = [make_problem(folder, site.settings) for make_problem in PROBLEMS]
+    for each in (console, err_console):  # widths are taken when first imported: no wrapping inside a path
+        monkeypatch.setattr(each, "width", 400)
     result = CliRunner().invoke(app, ["models", "import", str(folder)], env={"COLUMNS": "400",
                                 "AIRLOCK_MODEL_IMPORT_MAX_BYTES": "100000"})
     assert result.exit_code == 2, result.output

@@ -68,7 +68,12 @@ def test_cli_lists_the_parser_or_no_tool_calls(tmp_path, monkeypatch):
     model(tmp_path / "models" / "gpt-mini", "gpt2")
     monkeypatch.setenv("AIRLOCK_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("AIRLOCK_MODELS_DIR", str(tmp_path / "models"))
-    result = CliRunner().invoke(app, ["models", "list"], env={"COLUMNS": "200"})
+    # The CLI's console takes its width when first imported (another test's COLUMNS, perhaps):
+    # widen the console itself so no name is cut.
+    from airlock.cli.common import console
+
+    monkeypatch.setattr(console, "width", 200)
+    result = CliRunner().invoke(app, ["models", "list"])
     assert result.exit_code == 0, result.output
     rows = {line.split()[1]: line for line in result.output.splitlines() if "-mini" in line}
     assert "hermes" in rows["qwen-mini"] and "none" in rows["gpt-mini"]
