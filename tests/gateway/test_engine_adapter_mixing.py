@@ -9,6 +9,7 @@ own, each taught another answer, and then asks the base model and every adapter 
 
 from __future__ import annotations
 
+import stat
 import threading
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -122,6 +123,21 @@ def test_a_model_without_a_plain_linear_layer_is_refused_by_name(tmp_path):
     with pytest.raises(InvalidInput, match=rf"{tmp_path}: no layer named o_proj"):
         write_null_adapter(tmp_path, tmp_path / "zero")
     assert not (tmp_path / "zero").exists()
+
+
+def test_the_zero_adapter_keeps_the_home_private(reference_model_dir, tmp_path):
+    """Were its folder or files open to other users, the engine's next start on this home would be
+    refused by the home's own check."""
+    from airlock.serve.vllm_server import VllmServer
+
+    settings = Settings(home=tmp_path / "home", models_dir=reference_model_dir.parent,
+                        serve_base_model=reference_model_dir.name)
+    settings.ensure_dirs()
+    server = VllmServer(settings, gpu=False)
+    server._prepare()
+    settings.ensure_dirs()  # what every start does first; refuses a home open to others
+    assert stat.S_IMODE(server.null_adapter_dir.stat().st_mode) == 0o700
+    assert {stat.S_IMODE(f.stat().st_mode) for f in server.null_adapter_dir.iterdir()} == {0o600}
 
 
 def test_cpu_engine_serves_the_base_name_as_the_zero_adapter(tmp_path):

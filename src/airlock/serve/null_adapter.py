@@ -20,9 +20,11 @@ model's answers are bit for bit what they were.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from airlock.errors import InvalidInput
+from airlock.private import make_private_dir, open_private
 
 # A plain (unpacked) linear layer is the simplest target: vLLM gives every module an adapter does
 # not name a zeroed slot, so one zero layer is a whole zero adapter.
@@ -71,18 +73,21 @@ def _target_layer(model_dir: Path) -> tuple[str, list[int]]:
 
 
 def write_null_adapter(model_dir: Path, dest: Path) -> Path:
-    """Write a PEFT LoRA folder for `model_dir` whose delta is zero (rank 1, all zeros) to `dest`."""
+    """Write a PEFT LoRA folder for `model_dir` whose delta is zero (rank 1, all zeros) to `dest`,
+    owner-only like everything in the engine directory (the home's check refuses anything wider)."""
     import numpy as np
-    from safetensors.numpy import save_file
+    from safetensors.numpy import save
 
     module, (out_features, in_features) = _target_layer(model_dir)
-    dest.mkdir(parents=True, exist_ok=True)
     config = {"peft_type": "LORA", "task_type": "CAUSAL_LM", "r": 1, "lora_alpha": 1, "lora_dropout": 0.0,
-              "bias": "none", "target_modules": [module],
-              "base_model_name_or_path": model_dir.name}
-    (dest / "adapter_config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+              "bias": "none", "target_modules": [module], "base_model_name_or_path": model_dir.name}
     prefix = f"base_model.model.{module}"
-    save_file({f"{prefix}.lora_A.weight": np.zeros((1, in_features), dtype=np.float32),
-               f"{prefix}.lora_B.weight": np.zeros((out_features, 1), dtype=np.float32)},
-              str(dest / WEIGHTS_FILE), metadata={"format": "pt"})
+    weights = save({f"{prefix}.lora_A.weight": np.zeros((1, in_features), dtype=np.float32),
+                    f"{prefix}.lora_B.weight": np.zeros((out_features, 1), dtype=np.float32)},
+                   metadata={"format": "pt"})
+    make_private_dir(dest)
+    files = {"adapter_config.json": (json.dumps(config, indent=2) + "\n").encode(), WEIGHTS_FILE: weights}
+    for name, data in files.items():
+        with open(open_private(dest / name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), "wb") as f:
+            f.write(data)
     return dest
