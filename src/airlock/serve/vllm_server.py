@@ -161,10 +161,9 @@ class VllmServer:
         """The engine directory made ready for a start (and the zero adapter written into it on
         the CPU); returns the engine's environment."""
         self._check_model()
-        env = self.environment(prepare_engine_dir(self.settings))
-        if not self.gpu:
+        if not self.gpu:  # first: a base model it cannot be built for is refused with nothing changed
             write_null_adapter(self.model_dir, self.null_adapter_dir)
-        return env
+        return self.environment(prepare_engine_dir(self.settings))
 
     def exec_engine(self) -> None:
         """Become vLLM: this process is then the engine service itself (no wrapper in between)."""
