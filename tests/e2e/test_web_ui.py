@@ -27,10 +27,11 @@ RUN_TIMEOUT_MS = 420_000
 @pytest.fixture(scope="module")
 def appliance(tmp_path_factory, tiny_models_dir):
     """An appliance of this module's own. The journey asks the playground's two models side by side
-    and checks that the base model does not know what the adapter learned; a CPU engine that has
-    hot-loaded several adapters answers such concurrent requests with an adapter's weights (a
-    measured engine defect: docs/security.md, "Known limit"), and the shared appliance's other
-    modules load many. Here the engine holds this module's adapters only."""
+    and checks that the base model does not know what the adapter learned; vLLM's CPU build
+    answers such concurrent requests with an adapter's weights once several are loaded, which
+    airlock routes around (docs/security.md, "Adapters of one CPU engine never answer for each
+    other"), and the shared appliance's other modules load many. Here the engine holds this
+    module's adapters only."""
     with running_appliance(tmp_path_factory.mktemp("web-appliance") / "home", tiny_models_dir) as running:
         yield running
 
