@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from browser_harness import assert_same_origin, look, open_page
-from e2e_support import QA, REPO_ROOT, running_appliance
+from e2e_support import QA, REPO_ROOT
 from playwright.sync_api import Page, expect
 from waiting import wait_for
 
@@ -22,17 +22,6 @@ pytestmark = [pytest.mark.slow, pytest.mark.vllm]
 DATASETS = REPO_ROOT / "examples" / "datasets"
 ALIAS = "web-assistant"
 RUN_TIMEOUT_MS = 420_000
-
-
-@pytest.fixture(scope="module")
-def appliance(tmp_path_factory, tiny_models_dir):
-    """An appliance of this module's own. The journey asks the playground's two models side by side
-    and checks that the base model does not know what the adapter learned; a CPU engine that has
-    hot-loaded several adapters answers such concurrent requests with an adapter's weights (a
-    measured engine defect: docs/security.md, "Known limit"), and the shared appliance's other
-    modules load many. Here the engine holds this module's adapters only."""
-    with running_appliance(tmp_path_factory.mktemp("web-appliance") / "home", tiny_models_dir) as running:
-        yield running
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -44,7 +44,9 @@ def test_without_the_secret_every_call_is_refused(vllm_server, loaded_adapters, 
 def test_with_the_secret_the_same_calls_work(vllm_server):
     secret = vllm_server.settings.engine_secret_path.read_text().strip()
     resp = over_socket(vllm_server.settings, "GET", "/v1/models", None, secret)
-    assert resp.status_code == 200 and resp.json()["data"][0]["id"] == "airlock-tiny"
+    # On a CPU engine the base model's name is a zero adapter beside the weights' own name
+    # (docs/security.md, "Adapters of one CPU engine never answer for each other").
+    assert resp.status_code == 200 and "airlock-tiny" in [m["id"] for m in resp.json()["data"]]
 
 
 def test_the_engine_folder_and_secret_are_owner_only_and_the_secret_is_not_in_argv(vllm_server):

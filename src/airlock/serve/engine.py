@@ -88,7 +88,9 @@ class EngineClient:
         resp = self._call("GET", "/v1/models", "list the engine's models")
         if resp.status_code != 200:
             raise NotReady(f"the engine refused to list its models: HTTP {resp.status_code}")
-        return [m["id"] for m in resp.json().get("data", []) if m.get("parent")]
+        # On a CPU engine the base model's own name is a zero adapter (serve/null_adapter.py).
+        return [m["id"] for m in resp.json().get("data", [])
+                if m.get("parent") and m["id"] != self.settings.serve_base_model]
 
     def load_adapter(self, lora_name: str, path: Path | str) -> None:
         """Load the PEFT adapter folder `path` into vLLM, addressable as model `lora_name`."""

@@ -26,6 +26,7 @@ from airlock.errors import ConfigurationError, NotReady
 from airlock.models.tool_calls import tool_call_parser
 from airlock.private import make_private_dir, open_private
 from airlock.serve.engine import CONNECT_TIMEOUT_S, EngineClient, engine_client
+from airlock.serve.null_adapter import engine_weights_name, write_null_adapter
 from airlock.store import without_store_credentials
 
 
@@ -100,15 +101,24 @@ class VllmServer:
     def client(self) -> EngineClient:
         return engine_client(self.settings)
 
+    @property
+    def null_adapter_dir(self) -> Path:
+        return self.settings.engine_dir / "base-as-adapter"
+
     def command(self) -> list[str]:
         s = self.settings
         extra = shlex.split(s.vllm_extra_args)
         where = (["--uds", str(s.engine_socket)] if s.engine_transport == "uds"
                  else ["--host", s.vllm_host, "--port", str(s.vllm_port)])
+        # On the CPU the base model's name is a zero adapter (serve/null_adapter.py says why):
+        # base-model requests batched beside adapter requests otherwise get an adapter's weights.
+        served = (["--served-model-name", self.served_name] if self.gpu else
+                  ["--served-model-name", engine_weights_name(self.served_name),
+                   "--lora-modules", f"{self.served_name}={self.null_adapter_dir}"])
         cmd = [
             sys.executable, "-m", "vllm.entrypoints.openai.api_server",
             "--model", str(self.model_dir),
-            "--served-model-name", self.served_name,
+            *served,
             *where,
             "--max-model-len", str(s.vllm_max_model_len),
             "--enable-lora",
@@ -157,10 +167,17 @@ class VllmServer:
         if not (self.model_dir / "config.json").is_file():
             raise served_model_missing(self.settings, self.model_dir)
 
+    def _prepare(self) -> dict[str, str]:
+        """The engine directory made ready for a start (and the zero adapter written into it on
+        the CPU); returns the engine's environment."""
+        self._check_model()
+        if not self.gpu:  # first: a base model it cannot be built for is refused with nothing changed
+            write_null_adapter(self.model_dir, self.null_adapter_dir)
+        return self.environment(prepare_engine_dir(self.settings))
+
     def exec_engine(self) -> None:
         """Become vLLM: this process is then the engine service itself (no wrapper in between)."""
-        self._check_model()
-        env = self.environment(prepare_engine_dir(self.settings))
+        env = self._prepare()
         cmd = self.command()
         os.execve(cmd[0], cmd, env)
 
@@ -168,9 +185,8 @@ class VllmServer:
         """Launch vLLM as a child in the background; `wait_ready` tells when it answers."""
         if self.is_running():
             return
-        self._check_model()
+        env = self._prepare()
         make_private_dir(self.log_path.parent)
-        env = self.environment(prepare_engine_dir(self.settings))
         with os.fdopen(open_private(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), "wb") as log:
             self.proc = subprocess.Popen(self.command(), stdin=subprocess.DEVNULL, stdout=log,
                                          stderr=subprocess.STDOUT, env=env, start_new_session=True)
