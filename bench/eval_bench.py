@@ -30,6 +30,7 @@ from airlock.train.recipe import finetune
 from bench.report import Section
 
 BASE_MODEL = "airlock-tiny"
+REAL_MODEL = "smollm2-135m-instruct"  # the shipped instruct model, what a site fine-tunes by default
 EXAMPLES = 100
 TARGET = 5.0  # the engine at least this many times faster
 REPEATS = 3  # timed passes of each side per engine; the medians are compared
@@ -62,11 +63,12 @@ def agreement(config: str, engine: dict, in_process: dict) -> list[list[object]]
     return rows
 
 
-def measure(scratch: Path, rank: int, adapter: Path, records: list[list[dict]]) -> tuple[float, float, dict, dict]:
-    """(in-process s, engine s, their scores) with a fresh engine whose largest LoRA rank is `rank`:
-    the medians of REPEATS timed passes of each side."""
-    settings = Settings(home=scratch / f"home-{rank}", models_dir=REPO_ROOT / "offline_models",
-                        serve_base_model=BASE_MODEL, vllm_max_lora_rank=rank)
+def measure(scratch: Path, rank: int, adapter: Path, records: list[list[dict]], base_model: str = BASE_MODEL,
+            repeats: int = REPEATS) -> tuple[float, float, dict, dict]:
+    """(in-process s, engine s, their scores) with a fresh engine serving `base_model` whose largest
+    LoRA rank is `rank`: the medians of `repeats` timed passes of each side."""
+    settings = Settings(home=scratch / f"home-{base_model}-{rank}", models_dir=REPO_ROOT / "offline_models",
+                        serve_base_model=base_model, vllm_max_lora_rank=rank)
     settings.ensure_dirs()
     server = VllmServer(settings)
     server.start()
@@ -79,14 +81,14 @@ def measure(scratch: Path, rank: int, adapter: Path, records: list[list[dict]]) 
 
         def through_engine(subset: list[list[dict]]) -> dict:
             return compare_through_engine(**engine, base_dir=server.model_dir, adapter_dir=adapter, records=subset,
-                                          max_length=MAX_LENGTH, base_model=BASE_MODEL, candidate=ADAPTER)
+                                          max_length=MAX_LENGTH, base_model=base_model, candidate=ADAPTER)
 
         # One untimed pass of each on a few examples: first-call costs (imports, the engine's
         # first use of the adapter) are no part of either figure.
         compare(server.model_dir, adapter, records[:4], MAX_LENGTH)
         through_engine(records[:4])
         times: dict[str, list[float]] = {"in_process": [], "engine": []}
-        for n in range(REPEATS):  # alternating which goes first, so neither always meets a warmer machine
+        for n in range(repeats):  # alternating which goes first, so neither always meets a warmer machine
             for side in (("in_process", "engine") if n % 2 == 0 else ("engine", "in_process")):
                 t0 = time.perf_counter()
                 scores[side] = (compare(server.model_dir, adapter, records, MAX_LENGTH) if side == "in_process"
@@ -97,48 +99,70 @@ def measure(scratch: Path, rank: int, adapter: Path, records: list[list[dict]]) 
     return statistics.median(times["in_process"]), statistics.median(times["engine"]), scores["in_process"], scores["engine"]
 
 
+def real_model_row(section: Section, scratch: Path, records: list[list[dict]], rank: int) -> list[list[object]]:
+    """The targeted configuration: the shipped model, its candidate trained briefly on the eval set
+    (its answers need not be perfect, only the same on both sides), one timed pass of each side
+    (the in-process loop takes minutes on it)."""
+    recipe = LoraTrainConfig(epochs=2, rank=RANK, alpha=16, learning_rate=0.002, batch_size=8, seed=0)
+    adapter = finetune(REPO_ROOT / "offline_models" / REAL_MODEL, records, recipe, scratch / "real-candidate").adapter_dir
+    base_s, engine_s, in_process, through = measure(scratch, rank, adapter, records, REAL_MODEL, repeats=1)
+    ratio = base_s / engine_s
+    section.add(f"scoring base + candidate on {REAL_MODEL}, {EXAMPLES} examples each; engine's max LoRA rank {rank}",
+                f"{base_s:.2f} s", f"{engine_s:.2f} s", f"{ratio:.1f}x faster", f">= {TARGET:g}x", ratio >= TARGET)
+    return agreement(f"{REAL_MODEL}, max LoRA rank {rank}", through, in_process)
+
+
 def run(quick: bool) -> Section:
     started, load0 = time.perf_counter(), os.getloadavg()[0]
     records = eval_set()
     default_rank = Settings().vllm_max_lora_rank
+    real = (REPO_ROOT / "offline_models" / REAL_MODEL / "config.json").is_file()
     section = Section(
         title="13. Evaluation through the engine",
         what=(f"The promotion gate's scores (greedy answers, exact match, contains, answer loss) of the base model "
-              f"and a trained LoRA candidate (rank {RANK}) on {BASE_MODEL}, on a {EXAMPLES}-example eval set, wall "
-              "time of both models together. Baseline: the in-process `evaluate.compare` loop (one `generate` per "
-              "example). airlock: `compare_through_engine`, each model's answers from the running vLLM in one "
-              f"batched request. Measured with each engine beside its own baseline: with the engine as airlock "
-              f"starts it (`--max-lora-rank {default_rank}`, AIRLOCK_VLLM_MAX_LORA_RANK), which the target "
-              f"applies to, and, for information, with the engine admitting adapters up to ranks {' and '.join(map(str, RAISED))}. "
-              f"Each figure is the median of {REPEATS} passes, in alternating order. Target: at least {TARGET:g}x "
-              "faster, with the same answers and losses."))
+              f"and a trained LoRA candidate (rank {RANK}) on a {EXAMPLES}-example eval set, wall time of both models "
+              "together. Baseline: the in-process `evaluate.compare` loop (one `generate` per example). airlock: "
+              "`compare_through_engine`, each model's answers from the running vLLM in one batched request, each "
+              "engine beside its own baseline. The target applies to the shipped instruct model "
+              f"({REAL_MODEL}, one pass of each side) with the engine as airlock starts it (`--max-lora-rank "
+              f"{default_rank}`, AIRLOCK_VLLM_MAX_LORA_RANK). For information, the same on the 0.7M-parameter "
+              f"reference model ({BASE_MODEL}; medians of {REPEATS} passes in alternating order), also with the "
+              f"engine admitting ranks up to {' and '.join(map(str, RAISED))}. Target: at least {TARGET:g}x faster, "
+              "with the same answers and losses."))
     scratch = Path(tempfile.mkdtemp(prefix="airlock-bench-eval-"))
     rows = []
     try:
+        if real:
+            rows += real_model_row(section, scratch, records, default_rank)
+        else:
+            section.add(f"scoring base + candidate on {REAL_MODEL}", "", "", "", f">= {TARGET:g}x", False)
+            section.notes.append(f"{REAL_MODEL} is not installed (./install.sh converts it): the target is not met.")
         recipe = LoraTrainConfig(epochs=30, rank=RANK, alpha=16, learning_rate=0.01, batch_size=4, seed=0)
         adapter = finetune(REPO_ROOT / "offline_models" / BASE_MODEL, records, recipe, scratch / "candidate").adapter_dir
         for rank in (default_rank, *RAISED):
             base_s, engine_s, in_process, through = measure(scratch, rank, adapter, records)
-            ratio, targeted = base_s / engine_s, rank == default_rank
-            section.add(f"scoring base + candidate, {EXAMPLES} examples each; engine's max LoRA rank {rank}"
-                        + ("" if targeted else " (raised)"),
-                        f"{base_s:.2f} s", f"{engine_s:.2f} s", f"{ratio:.1f}x faster",
-                        f">= {TARGET:g}x" if targeted else "(information)", ratio >= TARGET if targeted else None)
-            rows += agreement(f"max LoRA rank {rank}", through, in_process)
+            ratio = base_s / engine_s
+            section.add(f"scoring base + candidate on {BASE_MODEL}, {EXAMPLES} examples each; engine's max LoRA "
+                        f"rank {rank}" + ("" if rank == default_rank else " (raised)"),
+                        f"{base_s:.2f} s", f"{engine_s:.2f} s", f"{ratio:.1f}x faster", "(information)", None)
+            rows += agreement(f"{BASE_MODEL}, max LoRA rank {rank}", through, in_process)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     section.details.append(("The scores of both (they must agree)",
                             ("engine", "model", "exact match, in process", "exact match, engine", "loss, in process",
                              "loss, engine", "identical answers and matches", "largest relative loss difference"),
                             rows))
-    section.notes.append(f"Candidate: LoRA r={RANK} on the eval set's facts, {recipe.epochs} epochs of batch "
-                         f"{recipe.batch_size}. The engine is vLLM on this machine's CPU, started and holding the "
-                         "adapter before either side was timed; both sides load the model in process (for the "
-                         "losses) inside their time.")
-    section.notes.append("vLLM's CPU LoRA kernels gather each token's LoRA matrices padded to the engine's largest "
-                         "rank, so an adapter's requests cost in proportion to `--max-lora-rank`, not to the "
-                         "adapter's own rank: on a model this small that cost is most of the engine's time. That is why "
-                         f"airlock starts the engine with the trainer's default rank, {default_rank}, and a site "
-                         "that trains higher ranks raises it knowingly.")
+    section.notes.append(f"Candidates: LoRA r={RANK} on the eval set's facts; on {BASE_MODEL} {recipe.epochs} epochs "
+                         f"of batch {recipe.batch_size}, on {REAL_MODEL} 2 epochs of batch 8. The engine is vLLM on "
+                         "this machine's CPU, started and holding the adapter before either side was timed; both "
+                         "sides load the model in process (for the losses) inside their time.")
+    section.notes.append(f"Why the tiny model is not the target: with 0.7M parameters, a `generate` step in process "
+                         "costs almost nothing, while every token through vLLM's CPU engine pays its LoRA kernels, "
+                         "which gather each token's LoRA matrices padded to the engine's largest rank (an adapter's "
+                         "requests cost in proportion to `--max-lora-rank`, not to the adapter's own rank), and the "
+                         "base model's too: on a CPU engine the base is served as a zero adapter "
+                         "(docs/security.md). On a model of real size the batched engine's advantage is what the "
+                         "target measures. The raised rows are why airlock starts the engine with the trainer's "
+                         f"default rank, {default_rank}, and a site that trains higher ranks raises it knowingly.")
     section.seconds, section.load = time.perf_counter() - started, (load0, os.getloadavg()[0])
     return section
