@@ -16,6 +16,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from waiting import wait_for
 
 from airlock.meta import open_meta
 from airlock.meta import chain
@@ -83,6 +84,7 @@ WRITER = textwrap.dedent("""
     from airlock.meta import open_meta
     db, name, go = sys.argv[1], sys.argv[2], Path(sys.argv[3])
     meta = open_meta(Path(db))
+    (go.parent / f"ready-{name}").touch()  # imported and open: only now may the race begin
     while not go.exists():
         time.sleep(0.001)
     for i in range(60):
@@ -95,7 +97,11 @@ def test_writers_in_separate_processes_chain_onto_each_other(tmp_path):
     db, go = tmp_path / "airlock.db", tmp_path / "go"
     open_meta(db)
     procs = [subprocess.Popen([sys.executable, "-c", WRITER, str(db), name, str(go)]) for name in ("p1", "p2", "p3")]
-    go.touch()  # start together, so their appends interleave
+    # Start together, so their appends interleave: a process still importing when the others
+    # began would find them done (imports take seconds on a busy host, the writes 0.2 s).
+    wait_for(lambda: all((tmp_path / f"ready-{name}").exists() for name in ("p1", "p2", "p3")), timeout=120,
+             what="the three writers to be ready")
+    go.touch()
     assert [p.wait(timeout=120) for p in procs] == [0, 0, 0]
     rows = _rows(db)
     assert len(rows) == 180
