@@ -9,6 +9,7 @@ import json
 import zipfile
 from pathlib import Path
 
+import gguf  # pinned in the locks: a missing package must fail here, not skip
 import numpy as np
 import pytest
 
@@ -20,7 +21,6 @@ from airlock.models.catalog import model_digest
 from airlock.models.provenance import PROVENANCE_FILE
 from airlock.models.gguf import convert_gguf, read_gguf_header
 
-gguf = pytest.importorskip("gguf")
 
 
 def write_gguf(path: Path, arch: str, tensors: dict[str, tuple[np.ndarray, object]]) -> Path:
