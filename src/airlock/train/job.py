@@ -89,9 +89,11 @@ def run(job_dir: Path) -> int:
         plan.update(setup, done=plan["done"])
         events.emit("setup", **setup)
 
-    def on_resume(step: int) -> None:
+    def on_resume(step: int, progress) -> None:
         plan["done"] = step
-        events.emit("resumed", step=step)
+        # The checkpoint's loss history goes along: an attempt killed with its worker may have
+        # trained past what the worker read from this file, up to this checkpoint.
+        events.emit("resumed", step=step, losses=progress.losses, eval_losses=progress.eval_losses)
 
     try:
         if job.get("memory_limit_mb"):

@@ -47,7 +47,7 @@ class Controls:
     should_stop: Callable[[], str | None] = lambda: None  # a reason to stop, after a checkpoint
     on_step: Callable[[StepReport], None] | None = None
     on_checkpoint: Callable[[int, Path], None] | None = None
-    on_resume: Callable[[int], None] | None = None
+    on_resume: Callable[[int, checkpoint.Progress], None] | None = None
     on_eval: Callable[[int, float], None] | None = None
     on_setup: Callable[[dict], None] | None = None  # what training will do, before its first step
     world: World = field(default_factory=World)  # the processes of a torchrun job
@@ -152,7 +152,7 @@ def finetune(
             if progress.best_step is not None:
                 best_state = checkpoint.adapter_tensors(checkpoint.path_of(controls.checkpoints, progress.best_step))
             if controls.on_resume:
-                controls.on_resume(resumed_from)
+                controls.on_resume(resumed_from, progress)
     result = TrainResult(adapter_dir=out_dir, steps=total, losses=progress.losses, eval_losses=progress.eval_losses,
                          trained_tokens=progress.trained_tokens, resumed_from=resumed_from,
                          resumed_tokens=progress.trained_tokens, packing=packing, packing_note=packing_note)

@@ -122,6 +122,9 @@ class Relay:
                 metrics.append((event["step"], "eval_loss", event["eval_loss"]))
             elif kind == "checkpoint":
                 self.last_checkpoint = event["step"]
+            elif kind == "resumed":  # the history up to the checkpoint, whoever read it before
+                metrics += [(step, "loss", loss) for step, loss in enumerate(event.get("losses", []), start=1)]
+                metrics += [(step, "eval_loss", loss) for step, loss in event.get("eval_losses", [])]
             elif kind in ("done", "stopped", "failed"):
                 self.final = event
             data = {k: v for k, v in event.items() if k not in ("kind", "losses", "eval_losses", "traceback", "path")}
