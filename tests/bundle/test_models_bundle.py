@@ -143,12 +143,20 @@ def test_the_cli_installs_a_models_bundle_and_audits_it(site: Site, tmp_path: Pa
     done = runner.invoke(app, ["models", "install", str(tmp_path / "mb"), "--prefix", str(site.prefix)])
     assert done.exit_code == 0, done.output
     assert "installed site-model" in done.output
+    # Run as root by the play, the install writes its audit rows (and the anchor's key of a new
+    # home) and nothing else into the home: no store folders (the appliance may keep its artifacts
+    # in S3), none of the services' folders.
+    made = {p.name for p in (tmp_path / "home").iterdir()}
+    assert not made & {"store", "run", "serving"}, made
     refused = runner.invoke(app, ["models", "install", str(tmp_path / "r5"), "--prefix", str(site.prefix)])
     assert refused.exit_code == InvalidInput.exit_code and "a release bundle" in refused.output
     rows = runner.invoke(app, ["audit", "list", "--jsonl", "--action", "models."])
     actions = [(r["action"], r["subject"]) for r in map(json.loads, rows.output.splitlines())]
     assert ("models.install", "site-model") in actions
     assert ("models.install_refused", str(tmp_path / "r5")) in actions
+    again = runner.invoke(app, ["models", "install", str(tmp_path / "mb"), "--prefix", str(site.prefix)])
+    assert again.exit_code == 0 and "site-model: installed already with the same files" in again.output
+    assert not again.output.startswith("installed ")  # what the play's changed_when looks for
 
 
 def test_airlock_up_of_an_installed_release_stops_at_once_naming_the_setting(site: Site, tmp_path: Path):

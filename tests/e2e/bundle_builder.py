@@ -44,6 +44,18 @@ def build_release(ceremony: Path, out: Path, *, sequence: int, images: bool) -> 
     return out
 
 
+def build_models_bundle(ceremony: Path, out: Path, name: str = "site-tiny") -> Path:
+    """A models bundle signed by the test root in `ceremony`, holding the reference model under
+    `name`: a model the site brings beside a release (`airlock bundle build --models-only`)."""
+    models = out.parent / f"{out.name}-models"
+    shutil.copytree(ensure_reference_model(), models / name)
+    build(BuildRequest(target="any", out=out, root=ceremony / "root.json", keys=[ceremony / "keys" / "bundle-1.key"],
+                       passphrase=lambda _p: PASSPHRASE, repo=REPO_ROOT, models_dir=models, part_size=512 << 20,
+                       models=[name], models_only=True))
+    shutil.rmtree(models)
+    return out
+
+
 def done(out: Path, name: str, started: float) -> None:
     (out / f"{name}.done").write_text(f"{time.monotonic() - started:.0f}\n")
     print(f"{name}: done after {time.monotonic() - started:.0f} s", flush=True)

@@ -16,10 +16,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from e2e_support import PASSPHRASE, QA, REPO_ROOT, can_isolate
-from vllm_fixtures import ensure_reference_model
-
-from airlock.bundle.build import BuildRequest, build
+from bundle_builder import build_models_bundle
+from e2e_support import QA, can_isolate
 
 
 pytestmark = [pytest.mark.slow, pytest.mark.vllm]
@@ -108,11 +106,7 @@ def test_a_bundle_installs_and_serves_with_no_network_and_no_outbound_attempt(cp
     if not shutil.which("strace"):
         pytest.fail("strace is missing: ./install.sh installs it (apt-get install strace)")
     bundle, fingerprint = cpu_bundle
-    shutil.copytree(ensure_reference_model(), tmp_path / "models" / "site-tiny")
-    build(BuildRequest(target="any", out=tmp_path / "models-bundle", root=bundle.parent / "ceremony" / "root.json",
-                       keys=[bundle.parent / "ceremony" / "keys" / "bundle-1.key"], passphrase=lambda _p: PASSPHRASE,
-                       repo=REPO_ROOT, models_dir=tmp_path / "models", part_size=512 << 20, models=["site-tiny"],
-                       models_only=True))
+    build_models_bundle(bundle.parent / "ceremony", tmp_path / "models-bundle")
     trace = tmp_path / "connect.trace"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRLOCK_", "PIP_", "VIRTUAL_ENV"))}
     env.update(BUNDLE=str(bundle), PREFIX=str(tmp_path / "opt"), FINGERPRINT=fingerprint, PYTHON=sys.executable,

@@ -19,7 +19,9 @@ import time
 from pathlib import Path
 
 import pytest
-from e2e_support import QA
+import yaml
+from bundle_builder import build_models_bundle
+from e2e_support import QA, REPO_ROOT
 from provision_support import (chat, local_inventory, network_namespace, playbook_argv, playbook_env, recap,
                                unpacked_playbooks)
 from vllm_fixtures import free_port
@@ -27,6 +29,9 @@ from vllm_fixtures import free_port
 pytestmark = [pytest.mark.slow, pytest.mark.vllm]
 
 ALIAS = "quickstart-assistant"
+SITE_MODEL = "site-tiny"
+# The quickstart on the models bundle's model, where the worker container reads it (its home).
+SITE_QUICKSTART = "/var/lib/airlock/site-quickstart.yaml"
 SERVICES = ("store", "engine", "worker", "gateway")
 
 
@@ -40,9 +45,12 @@ def provisioned(cpu_bundle, provision_root, tmp_path_factory):
     base = tmp_path_factory.mktemp("provision-containers")
     playbooks = unpacked_playbooks(bundle, fingerprint, base / "control")
     root = provision_root / "containers"
+    # The engine serves a model the site brought in a models bundle, which the play installs.
+    models_bundle = build_models_bundle(bundle.parent / "ceremony", base / "models-bundle", SITE_MODEL)
     inventory = local_inventory(base / "inventory.yml", bundle=bundle, fingerprint=fingerprint, root=root,
                                 mode="containers", gateway_port=free_port(), store_port=free_port(),
-                                airlock_prefix=str(provision_root / "opt"))
+                                airlock_prefix=str(provision_root / "opt"), airlock_models=[str(models_bundle)],
+                                airlock_services_settings={"serve_base_model": SITE_MODEL})
     with network_namespace() as ns:
         env = playbook_env(playbooks)
         started = time.monotonic()
@@ -79,8 +87,15 @@ def _ask(provisioned, key: str) -> str:
 def trained(provisioned) -> str:
     """The quickstart trained, gated and served by the provisioned containers; an inference key for it."""
     ns = provisioned["ns"]
+    spec = yaml.safe_load((REPO_ROOT / "examples" / "quickstart.yaml").read_text())
+    spec["base_model"], spec["dataset"] = SITE_MODEL, "/examples/datasets/quickstart.jsonl"
+    spec["stages"][1]["with"]["eval_set"] = "/examples/datasets/quickstart-eval.jsonl"
+    written = provisioned["root"] / "home" / Path(SITE_QUICKSTART).name
+    written.write_text(yaml.safe_dump(spec))
+    written.chmod(0o600)  # the home's rules: the service user's alone (the play checks them on every run)
+    os.chown(written, 10001, 10001)
     podman(ns, "exec", "airlock-worker", "airlock", "gate", "policy", "set", ALIAS, "--approvals", "0")
-    run = podman(ns, "exec", "airlock-worker", "airlock", "workflow", "run", "/examples/quickstart.yaml", "--wait")
+    run = podman(ns, "exec", "airlock-worker", "airlock", "workflow", "run", SITE_QUICKSTART, "--wait")
     assert "succeeded" in run.stdout + run.stderr, run.stdout + run.stderr
     out = podman(ns, "exec", "airlock-gateway", "airlock", "apikey", "create", "--name", "app", "--models", ALIAS).stdout
     return re.search(r"ak-[A-Za-z0-9_-]+", out).group(0)
@@ -108,6 +123,23 @@ def test_the_play_runs_every_service_as_a_locked_down_container_and_prints_the_f
     assert secret not in out and secret not in provisioned["first"].stderr
 
 
+def test_the_play_installs_the_models_bundle_and_the_engine_serves_its_model(provisioned) -> None:
+    ns, installed = provisioned["ns"], provisioned["prefix"] / "models" / SITE_MODEL
+    assert (installed / "config.json").is_file() and installed.stat().st_uid == 0
+    listed = {m["id"]: m for m in json.loads(podman(ns, "exec", "airlock-worker", "airlock", "models", "list",
+                                                       "--json").stdout) if m.get("kind") == "base-model"}
+    assert set(listed) == {"airlock-tiny", SITE_MODEL}, listed
+    assert listed[SITE_MODEL]["served_by"] == "engine" and not listed["airlock-tiny"]["served_by"], listed
+    # the install is audited in the appliance's log, and the home is still the service user's
+    assert (provisioned["root"] / "home").stat().st_uid == 10001
+    audit = podman(ns, "exec", "airlock-gateway", "airlock", "audit", "list", "--action", "models.install",
+                   "--jsonl").stdout
+    [row] = [json.loads(line) for line in audit.splitlines()]
+    assert row["subject"] == SITE_MODEL, row
+    engine = podman(ns, "exec", "airlock-engine", "cat", "/proc/1/cmdline").stdout.replace("\0", " ")
+    assert f"/shared-models/{SITE_MODEL}" in engine, engine
+
+
 def test_the_quickstart_is_served_over_tls_to_the_openai_client(provisioned, trained) -> None:
     assert _ask(provisioned, trained).strip() == QA[0][-1]["content"]
     # plain HTTP to the TLS port is no way in
@@ -122,7 +154,7 @@ def test_a_second_run_changes_nothing(provisioned) -> None:
                                    env=provisioned["env"], timeout=1200, check=False)
     provisioned["second_s"] = time.monotonic() - started
     assert second.returncode == 0, second.stdout[-6000:]
-    assert recap(second.stdout)["changed"] == 0, [line for line in second.stdout.splitlines() if "changed:" in line]
+    assert recap(second.stdout)["changed"] == 0, _changed_tasks(second.stdout)
     assert recap(second.stdout)["failed"] == 0
 
 
@@ -194,7 +226,7 @@ def test_with_the_store_down_serving_goes_on_and_training_fails_naming_the_store
     podman(ns, "stop", "--time", "5", "airlock-store")
     try:
         assert _ask(provisioned, trained).strip() == QA[0][-1]["content"]
-        failed = podman(ns, "exec", "airlock-worker", "airlock", "workflow", "run", "/examples/quickstart.yaml",
+        failed = podman(ns, "exec", "airlock-worker", "airlock", "workflow", "run", SITE_QUICKSTART,
                         "--wait", "--set", "finetune.seed=7", check=False)
         said = failed.stdout + failed.stderr
         assert failed.returncode != 0, said
@@ -203,7 +235,7 @@ def test_with_the_store_down_serving_goes_on_and_training_fails_naming_the_store
         podman(ns, "start", "airlock-store")
     deadline = time.monotonic() + 120
     while True:
-        again = podman(ns, "exec", "airlock-worker", "airlock", "workflow", "run", "/examples/quickstart.yaml",
+        again = podman(ns, "exec", "airlock-worker", "airlock", "workflow", "run", SITE_QUICKSTART,
                        "--wait", "--set", "finetune.seed=7", check=False)
         if "succeeded" in again.stdout + again.stderr:
             break
@@ -389,7 +421,7 @@ def test_a_wrong_operator_pair_is_refused_before_anything_changes(provisioned, t
     assert done.returncode != 0
     said = done.stdout
     assert str(cert) in said and (str(key) in said if case.startswith("a key") else "airlock-gw.example" in said), said[-3000:]
-    assert recap(said)["changed"] == 0
+    assert recap(said)["changed"] == 0, _changed_tasks(said)
     assert _cert(provisioned).read_bytes() == installed
 
 
@@ -398,6 +430,9 @@ def test_the_operators_certificate_is_installed_and_served(provisioned, trained,
     cert, key = _pair(tmp_path, "localhost", "DNS:localhost")
     done = _with_tls(provisioned, cert, key, "-e", "airlock_gateway_name=localhost")
     assert done.returncode == 0, done.stdout[-6000:]
+    # after an upgrade, a backup restored and the play run again, the models bundle is still installed as it was
+    changed = _changed_tasks(done.stdout)
+    assert not [task for task in changed if "models" in task or "home" in task], changed
     fingerprint = subprocess.run(["openssl", "x509", "-noout", "-fingerprint", "-sha256", "-in", str(cert)],
                                  capture_output=True, text=True, check=True).stdout.strip().split("=", 1)[1]
     assert f"certificate SHA-256 fingerprint {fingerprint}" in done.stdout

@@ -310,20 +310,22 @@ def install_cmd(
 
     from airlock.bundle.models_install import install_models
     from airlock.cli.bundle import prefix_option
-    from airlock.cli.common import open_airlock
+    from airlock.context import open_audit_log
     from airlock.errors import AirlockError
+    from airlock.private import private_umask
 
     where = prefix_option(prefix)
-    airlock = open_airlock()  # a home that cannot be audited stops the install before it changes anything
+    private_umask()
+    audit = open_audit_log().audit  # a home that cannot be audited stops the install before it changes anything
     actor = cli_actor()
     try:
         said = install_models(bundle, where, now=datetime.now(UTC), verify_only=verify_only)
     except AirlockError as exc:
-        airlock.meta.audit(actor, "models.install_refused", str(bundle), prefix=str(where), reason=str(exc))
+        audit(actor, "models.install_refused", str(bundle), prefix=str(where), reason=str(exc))
         raise
     for model in said["installed"]:
         if not verify_only:
-            airlock.meta.audit(actor, "models.install", model["name"], digest=model["digest"], bundle=str(bundle),
+            audit(actor, "models.install", model["name"], digest=model["digest"], bundle=str(bundle),
                                sequence=said["sequence"], path=f"{said['models_dir']}/{model['name']}")
         verb = "would add" if verify_only else "installed"
         console.print(f"{verb} {model['name']} ({model['files']} files, {model['size']} bytes, {model['digest']}) "
