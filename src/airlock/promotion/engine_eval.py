@@ -9,8 +9,9 @@ The answer loss comes from the same weights in process, in batched forward passe
 engine generates. vLLM's prompt log-probabilities (`prompt_logprobs`) were tried first and cannot
 serve: asked of a LoRA adapter, vLLM 0.32's CPU LoRA logits processor fails on them (an einsum
 shape mismatch in punica's `bgmv_shrink`) and the engine core dies with every request it held.
-The batched passes give `evaluate.score`'s per-example losses to float32 rounding (measured at
-most 1.7e-6 relative; tests/promotion/test_engine_eval.py holds the tolerance).
+The batched passes, with the examples' shared prefix computed once, give `evaluate.score`'s
+per-example losses to float32 rounding (measured at most 2e-6 relative; tests/promotion/test_engine_eval.py
+holds the tolerance).
 
 `promotion` must not import `airlock.serve` (an import circle): the caller hands over where the
 engine listens and the headers it wants (its secret).
@@ -18,6 +19,7 @@ engine listens and the headers it wants (its secret).
 
 from __future__ import annotations
 
+import os
 from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -122,33 +124,54 @@ def greedy_answers(engine: Engine, model: str, tokenizer, prompts: Prompts) -> l
             for c, budget in zip(choices, prompts.budgets)]
 
 
+def shared_prefix(examples: list[Example]) -> int:
+    """How many leading tokens every example shares (the chat template's opening and a common
+    system prompt), short of any labelled token and of the position that predicts the first one."""
+    common = len(os.path.commonprefix([e.input_ids for e in examples]))
+    first_label = min(next((p for p, label in enumerate(e.labels) if label != IGNORE), len(e.labels))
+                      for e in examples)
+    return max(min(common, first_label - 1), 0)
+
+
 def answer_losses(model, examples: list[Example], pad_id: int) -> list[float]:
     """Each example's mean cross-entropy over its labelled tokens (after the causal one-token
     shift), as `model(labels=...)` computes it alone, from right-padded batches; only predicting
-    positions' logits are asked for (as `airlock.train.loss` does: the head is costly)."""
-    import torch
+    positions' logits are asked for (as `airlock.train.loss` does: the head is costly).
 
-    selective = keeps_logits(model)
+    The prefix every example shares is computed once a batch and its keys and values reused by
+    every row: an eval set's examples open with the same template and system prompt, which was
+    close to half their tokens in bench/eval_bench.py's set."""
+    import torch
+    from transformers import DynamicCache
+
+    selective, prefix = keeps_logits(model), shared_prefix(examples)
     losses: list[float] = []
     at = 0
     while at < len(examples):
-        width = max(len(e.input_ids) for e in examples[at:])
-        rows = max(1, LOGITS_BUDGET // (width * model.config.vocab_size))
-        ids, labels, mask = (t.to(model.device) for t in collate(examples[at:at + rows], pad_id))
-        targets = labels[:, 1:]
+        width = max(len(e.input_ids) for e in examples[at:]) - prefix
+        batch = examples[at:at + max(1, LOGITS_BUDGET // (width * model.config.vocab_size))]
+        ids, labels, mask = (t.to(model.device) for t in collate(batch, pad_id))
+        targets = labels[:, prefix + 1:]  # what the positions from `prefix` on predict
         keep = (targets != IGNORE).any(dim=0).nonzero().squeeze(1)  # positions any row predicts from
         with torch.no_grad():
+            reuse = {}
+            if prefix:
+                cache = DynamicCache(config=model.config)
+                model(input_ids=ids[:1, :prefix], past_key_values=cache, use_cache=True, logits_to_keep=1)
+                cache.batch_repeat_interleave(len(batch))
+                reuse = {"past_key_values": cache, "use_cache": True}
+            rest = ids[:, prefix:]
             if selective:
-                logits = model(input_ids=ids, attention_mask=mask, logits_to_keep=keep).logits.float()
+                logits = model(input_ids=rest, attention_mask=mask, logits_to_keep=keep, **reuse).logits.float()
             else:
-                logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1][:, keep].float()
+                logits = model(input_ids=rest, attention_mask=mask, **reuse).logits[:, :-1][:, keep].float()
         targets = targets[:, keep]
         # Over (tokens, vocabulary), as the model's own loss: cross_entropy over the (batch,
         # vocabulary, position) layout rounds differently, up to 1e-3 relative on small losses.
         each = torch.nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=IGNORE,
                                                  reduction="none").view(targets.shape)
         losses += (each.sum(dim=1) / (targets != IGNORE).sum(dim=1)).tolist()
-        at += rows
+        at += len(batch)
     return losses
 
 
