@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from airlock.promotion import engine_eval
 from airlock.promotion.engine_eval import answer_losses, encode_all, pad_of, shared_prefix
 from airlock.train.base import load_base
 from airlock.train.tokens import IGNORE
@@ -53,3 +54,12 @@ def test_the_shared_prefix_is_what_every_example_opens_with(reference):
     system_prompt_and_more = shared_prefix(same)
     assert system_prompt_and_more > len(tokenizer(SYSTEM, add_special_tokens=False)["input_ids"])
     assert shared_prefix(same + other) < system_prompt_and_more
+
+
+def test_a_model_that_cannot_keep_chosen_logits_gets_the_same_losses(reference, monkeypatch):
+    """Families whose forward has no `logits_to_keep` take the whole logits, prefix pass included."""
+    tokenizer, model = reference
+    examples = encode_all(tokenizer, [chat(f"Which bay holds valve {n}?", f"Bay {n}.") for n in range(5)], 512)
+    selective = answer_losses(model, examples, pad_of(tokenizer))
+    monkeypatch.setattr(engine_eval, "keeps_logits", lambda _model: False)
+    assert answer_losses(model, examples, pad_of(tokenizer)) == pytest.approx(selective, rel=1e-5)

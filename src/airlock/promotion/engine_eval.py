@@ -157,7 +157,8 @@ def answer_losses(model, examples: list[Example], pad_id: int) -> list[float]:
             reuse = {}
             if prefix:
                 cache = DynamicCache(config=model.config)
-                model(input_ids=ids[:1, :prefix], past_key_values=cache, use_cache=True, logits_to_keep=1)
+                model(input_ids=ids[:1, :prefix], past_key_values=cache, use_cache=True,
+                      **({"logits_to_keep": 1} if selective else {}))  # its logits serve nothing
                 cache.batch_repeat_interleave(len(batch))
                 reuse = {"past_key_values": cache, "use_cache": True}
             rest = ids[:, prefix:]
