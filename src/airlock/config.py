@@ -304,12 +304,18 @@ class Settings(BaseSettings):
     def ensure_dirs(self) -> None:
         """The home's folders, made owner-only; a home other users can open is refused (see
         airlock.private)."""
+        from airlock.private import make_private_dir
+
+        self.ensure_home()
+        for d in (self.keys_dir, self.run_dir, self.serving_dir):
+            make_private_dir(d)
+
+    def ensure_home(self) -> None:
+        """The home itself, made owner-only, and refused if other users can open anything in it."""
         from airlock.private import check_private_tree, make_private_dir
 
         make_private_dir(self.home)
         check_private_tree(self.home)  # before anything is written into it
-        for d in (self.keys_dir, self.run_dir, self.serving_dir):
-            make_private_dir(d)
 
 
 def get_settings() -> Settings:

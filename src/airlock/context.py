@@ -28,9 +28,6 @@ def open_audit_log(settings: Settings | None = None) -> Meta:
     the installation, not the appliance (`airlock models install`): it makes none of the home's
     folders nor opens the store, which as a local store would create its folders, root's, in a
     home whose appliance keeps its artifacts in S3."""
-    from airlock.private import check_private_tree, make_private_dir
-
     settings = settings or get_settings()
-    make_private_dir(settings.home)
-    check_private_tree(settings.home)
+    settings.ensure_home()
     return open_meta(settings.db_path, Anchors.for_settings(settings))
