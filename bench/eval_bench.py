@@ -4,7 +4,7 @@ Both sides score the same two models (the reference model and a LoRA adapter tra
 the eval set's facts) on the same 100-example eval set, on the same machine, one after the
 other: `evaluate.compare` (greedy `generate` one example at a time, a forward pass per example
 for its loss) and `engine_eval.compare_through_engine` (every answer of both models asked of the
-running vLLM in one request each, losses from batched forward passes meanwhile). Both times
+running vLLM in one request each, then the losses from batched forward passes). Both times
 include loading the model in process (both need it for the losses); the engine is started, and
 the adapter loaded into it, before either is timed, as on an appliance where it always runs; it
 runs twice, as airlock configures it and with its largest LoRA rank lowered to the adapter's.
