@@ -245,7 +245,7 @@ class ApplianceProcess:
         return self.settings.gateway_url
 
     def start(self, timeout: float | None = None) -> None:
-        self.settings.home.mkdir(parents=True, exist_ok=True)
+        self.settings.ensure_home()  # private, as airlock up wants it (a 0755 home is refused)
         allow_metrics(self.settings)
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen([sys.executable, "-m", "airlock", "up"], env=settings_env(self.settings),
