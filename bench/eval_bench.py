@@ -4,7 +4,7 @@ Both sides score the same two models (the reference model and a LoRA adapter tra
 the eval set's facts) on the same 100-example eval set, on the same machine, one after the
 other: `evaluate.compare` (greedy `generate` one example at a time, a forward pass per example
 for its loss) and `engine_eval.compare_through_engine` (every answer of both models asked of the
-running vLLM in one request each, then the losses from batched forward passes). Both times
+running vLLM in one request each, all at once, the losses from batched forward passes meanwhile). Both times
 include loading the model in process (both need it for the losses); the engine is started, and
 the adapter loaded into it, before either is timed, as on an appliance where it always runs; it
 runs twice, as airlock configures it and with its largest LoRA rank lowered to the adapter's.
@@ -117,8 +117,8 @@ def real_model_row(section: Section, scratch: Path, records: list[list[dict]], r
                                                            engine_repeats=REAL_ENGINE_PASSES)
     section.notes.append(f"{REAL_MODEL}: the in-process pass took {base_s:.1f} s; the engine's passes "
                          f"{', '.join(f'{t:.1f}' for t in times['engine'])} s (median {engine_s:.1f} s). The engine "
-                         "answers every question of one model, then the next's, and only then are the losses computed "
-                         "in process: the two contend for the same cores otherwise (docs/benchmarks.md, section 13).")
+                         "answers every model's questions at once while the losses are computed in process on the "
+                         "core it leaves (docs/benchmarks.md, section 13).")
     ratio = base_s / engine_s
     section.add(f"scoring base + candidate on {REAL_MODEL}, {EXAMPLES} examples each; engine's max LoRA rank {rank}",
                 f"{base_s:.2f} s", f"{engine_s:.2f} s", f"{ratio:.1f}x faster", f">= {TARGET:g}x", ratio >= TARGET)
@@ -137,8 +137,8 @@ def run(quick: bool) -> Section:
               "together. Baseline: the in-process `evaluate.compare` loop (one `generate` per example). airlock: "
               "`compare_through_engine`, each model's answers from the running vLLM in one batched request, each "
               "engine beside its own baseline. The target applies to the shipped instruct model "
-              f"({REAL_MODEL}, one pass in process, the median of {REAL_ENGINE_PASSES} through the engine) with the engine as airlock starts it (`--max-lora-rank "
-              f"{default_rank}`, AIRLOCK_VLLM_MAX_LORA_RANK). For information, the same on the 0.7M-parameter "
+              f"({REAL_MODEL}, one pass in process, the median of {REAL_ENGINE_PASSES} through the engine) with "
+              f"the engine as airlock starts it (`--max-lora-rank {default_rank}`, AIRLOCK_VLLM_MAX_LORA_RANK). For information, the same on the 0.7M-parameter "
               f"reference model ({BASE_MODEL}; medians of {REPEATS} passes in alternating order), also with the "
               f"engine admitting ranks up to {' and '.join(map(str, RAISED))}. Target: at least {TARGET:g}x faster, "
               "with the same answers and losses."))

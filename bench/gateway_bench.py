@@ -202,10 +202,9 @@ def run(stack: Stack, quick: bool) -> Section:
         "request is small and equal for both paths. Latencies are wrk's per-request measurements with its "
         "coordinated-omission correction removed (the clients are closed loops; see bench/wrk.py), pooled over "
         "the runs of each path.",
-        f"wrk, the gateway, vLLM's API server and its engine all share this machine's {os.cpu_count()} cores (on a "
-        "host of at most 2 CPUs airlock has vLLM's engine compute on all of them, where vLLM would keep one for "
-        "its API server: serve/vllm_server.py), so every millisecond of CPU the gateway spends on a request is "
-        "taken from vLLM's API server and engine.",
+        f"wrk, the gateway, vLLM's API server and its engine all share this machine's {os.cpu_count()} cores (vLLM's "
+        "CPU build pins its model worker to one of them and leaves the other to everything else), so every "
+        "millisecond of CPU the gateway spends on a request is taken from vLLM's API server and engine loop.",
         "The 16-client rows carry no verdict. vLLM's own gauge of requests running, sampled every 0.25 s (last "
         "column: the share of samples with none running while 16 requests were in flight), shows vLLM running "
         "nothing for part of the time on both paths: " + "; ".join(

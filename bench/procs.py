@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import socket
 import ssl
@@ -121,24 +120,24 @@ def family_cpu_seconds(pid: int) -> float:
     return reaped + sum(cpu_seconds(member) for member in family(pid))
 
 
-_METRIC = re.compile(r'^(airlock_gateway_requests_total|airlock_gateway_upstream_errors_total)\{(.*)\} (\d+)$')
-_UPSTREAM = re.compile(r'^airlock_gateway_upstream_seconds_(sum|count) ([0-9.eE+-]+)$')
-_LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
-
-
 def parse_metrics(text: str) -> dict[str, dict[tuple[str, ...], float]]:
     """The gateway's request counts by (route, status), upstream errors by (kind,), and the time
-    spent waiting on the engine ("upstream": {("sum",): seconds, ("count",): requests}), from /metrics."""
+    spent waiting on the engines ("upstream": {("sum",): seconds, ("count",): requests}), from
+    /metrics (prometheus_client's parser; every engine's figures added up)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
     out: dict[str, dict[tuple[str, ...], float]] = {"requests": {}, "upstream_errors": {}, "upstream": {}}
-    for line in text.splitlines():
-        if match := _UPSTREAM.match(line):
-            out["upstream"][(match[1],)] = float(match[2])
-        elif match := _METRIC.match(line):
-            labels = dict(_LABEL.findall(match[2]))
-            if match[1] == "airlock_gateway_requests_total":
-                out["requests"][(labels.get("route", ""), labels.get("status", ""))] = int(match[3])
-            else:
-                out["upstream_errors"][(labels.get("kind", ""),)] = int(match[3])
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "airlock_gateway_requests_total":
+                where = (sample.labels.get("route", ""), sample.labels.get("status", ""))
+                out["requests"][where] = out["requests"].get(where, 0) + int(sample.value)
+            elif sample.name == "airlock_gateway_upstream_errors_total":
+                kind = (sample.labels.get("kind", ""),)
+                out["upstream_errors"][kind] = out["upstream_errors"].get(kind, 0) + int(sample.value)
+            elif sample.name in ("airlock_gateway_upstream_seconds_sum", "airlock_gateway_upstream_seconds_count"):
+                part = (sample.name.rsplit("_", 1)[1],)
+                out["upstream"][part] = out["upstream"].get(part, 0.0) + sample.value
     return out
 
 

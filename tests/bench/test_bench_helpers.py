@@ -115,17 +115,21 @@ def test_a_partial_rerun_replaces_its_sections_and_keeps_the_others():
 def test_gateway_metrics_are_read_by_route_status_and_upstream_error():
     from bench.procs import parse_metrics
 
-    text = "\n".join([
-        "# HELP airlock_gateway_requests_total Requests the gateway answered, by route and status.",
-        'airlock_gateway_requests_total{route="/v1/chat/completions",status="200"} 1600',
-        'airlock_gateway_requests_total{route="/v1/chat/completions",status="503"} 2',
-        "airlock_gateway_upstream_seconds_sum 26.3",
-        'airlock_gateway_upstream_errors_total{kind="unreachable"} 2',
-    ])
-    counts = parse_metrics(text)
+    from airlock.gateway.metrics import Metrics
+
+    metrics = Metrics()
+    for _ in range(1600):
+        metrics.count_request("/v1/chat/completions", 200)
+    metrics.count_request("/v1/chat/completions", 503)
+    metrics.count_request("/v1/chat/completions", 503)
+    metrics.observe_upstream("tiny", 20.0)
+    metrics.observe_upstream("other", 6.25)
+    metrics.count_upstream_error("tiny", "unreachable")
+    metrics.count_upstream_error("other", "unreachable")
+    counts = parse_metrics(metrics.render())
     assert counts["requests"] == {("/v1/chat/completions", "200"): 1600, ("/v1/chat/completions", "503"): 2}
     assert counts["upstream_errors"] == {("unreachable",): 2}
-    assert counts["upstream"] == {("sum",): 26.3}
+    assert counts["upstream"] == {("sum",): 26.25, ("count",): 2}
 
 
 def test_a_benchmark_stopped_by_an_error_is_reported_as_such_and_kept_as_such():

@@ -275,22 +275,24 @@ def test_runs_compared_an_alias_switched_and_rolled_back_and_what_an_approver_se
         expect(page.locator("[data-chart=loss] canvas")).to_have_count(1)
         look(page, "runs-compare")
 
+        switched = page.locator("section", has=page.locator("h2", has_text="web-switch"))  # not the latency table
+
         def served() -> str:
-            return page.locator("section", has=page.locator("h2", has_text="web-switch")).locator("p code").first.inner_text()
+            return switched.locator("p code").first.inner_text()
 
         models = [db(appliance).execute("SELECT id FROM models WHERE run_id = ?", (r,)).fetchone()[0] for r in runs]
         page.goto("/serving")
         assert served() == models[1]
         look(page, "serving")
+        # The playground's answers above were completions of served models: the latency table has them.
+        expect(page.locator("[data-latency] tbody tr")).not_to_have_count(0)
         page.once("dialog", lambda dialog: dialog.accept())
         page.click(f"button:has-text('Roll back to {models[0]}')")
-        expect(page.locator("section", has_text="web-switch").locator("p code").first).to_have_text(models[0],
-                                                                                                    timeout=60_000)
+        expect(switched.locator("p code").first).to_have_text(models[0], timeout=60_000)
         page.select_option("form[data-switch='web-switch'] select", models[1])
         page.click("form[data-switch='web-switch'] button[type=submit]")
-        expect(page.locator("section", has_text="web-switch").locator("p code").first).to_have_text(models[1],
-                                                                                                    timeout=60_000)
-        history = page.locator("section", has_text="web-switch").locator("tbody tr")
+        expect(switched.locator("p code").first).to_have_text(models[1], timeout=60_000)
+        history = switched.locator("tbody tr")
         expect(history).to_have_count(4)  # served, served, rolled back, switched
 
     with open_page(browser, appliance.gateway_url, "/") as recorded_approver:

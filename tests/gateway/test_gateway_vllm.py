@@ -5,6 +5,7 @@ from __future__ import annotations
 import httpx
 import openai
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from airlock.meta.db import now
 
@@ -79,6 +80,12 @@ def test_vllm_errors_pass_through(live_gateway):
             model=live_gateway.settings.serve_base_model, messages=CHAT, max_tokens=100_000)
     assert info.value.status_code == 400
     assert info.value.message
+    base = live_gateway.settings.serve_base_model
+    with pytest.raises(openai.BadRequestError):  # a prompt longer than the engine's context
+        client(live_gateway).completions.create(model=base, prompt="word " * 1000, max_tokens=1)
+    m = scrape(live_gateway)
+    assert sample(m, "airlock_gateway_completion_errors_total", model=base, kind="engine_4xx") >= 1
+    assert sample(m, "airlock_gateway_completion_seconds_count", model=base, engine=base, stream="false") is None
 
 
 def engine_text(vllm_server, lora_name: str, prompt: str, max_tokens: int) -> str:
@@ -130,9 +137,50 @@ def test_request_in_flight_keeps_the_adapter_it_resolved(live_gateway, loaded_ad
     assert after.choices[0].text == engine_text(vllm_server, adapter_b, "Once", 24)
 
 
-def test_metrics_record_upstream_latency(live_gateway):
-    client(live_gateway).completions.create(model=live_gateway.settings.serve_base_model,
-                                            prompt="Hi", max_tokens=2)
-    text = httpx.get(f"{live_gateway.url}/metrics", headers={"Authorization": f"Bearer {live_gateway.key}"}).text
-    assert 'route="/v1/completions",status="200"} 1' in text
-    assert "airlock_gateway_upstream_seconds_count 1" in text
+def scrape(gw) -> dict[tuple[str, frozenset], float]:
+    """The gateway's /metrics as {(sample name, its labels): value}, read by prometheus_client."""
+    text = httpx.get(f"{gw.url}/metrics", headers={"Authorization": f"Bearer {gw.key}"}).text
+    return {(s.name, frozenset(s.labels.items())): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def sample(samples: dict, name: str, **labels: str) -> float | None:
+    return samples.get((name, frozenset(labels.items())))
+
+
+def test_metrics_give_latency_histograms_tokens_and_the_engines_own_figures(live_gateway):
+    base = live_gateway.settings.serve_base_model
+    oa = client(live_gateway)
+    plain = oa.completions.create(model=base, prompt="Hi", max_tokens=4, temperature=0,
+                                  extra_body={"ignore_eos": True})
+    # A stream whose client did not ask for usage: the engine's count reaches the metrics, the
+    # client's chunks stay as it asked (no usage chunk).
+    chunks = list(oa.chat.completions.create(model=base, messages=CHAT, max_tokens=5, temperature=0, stream=True,
+                                             extra_body={"ignore_eos": True}))
+    assert all(c.usage is None for c in chunks) and all(c.choices for c in chunks)
+    with pytest.raises(openai.NotFoundError):
+        oa.completions.create(model="no-such-model", prompt="Hi", max_tokens=1)
+    m = scrape(live_gateway)
+    assert sample(m, "airlock_gateway_requests_total", route="/v1/completions", status="200") == 1
+    assert sample(m, "airlock_gateway_upstream_seconds_count", engine=base) == 2
+    for stream in ("false", "true"):
+        assert sample(m, "airlock_gateway_completion_seconds_count", model=base, engine=base, stream=stream) == 1
+        # Histograms: every bucket a request fell in, so a p95 is readable (histogram_quantile).
+        assert sample(m, "airlock_gateway_completion_seconds_bucket", model=base, engine=base, stream=stream,
+                      le="+Inf") == 1
+    assert sample(m, "airlock_gateway_time_to_first_token_seconds_count", model=base, engine=base) == 1
+    first = sample(m, "airlock_gateway_time_to_first_token_seconds_sum", model=base, engine=base)
+    assert 0 < first < sample(m, "airlock_gateway_completion_seconds_sum", model=base, engine=base, stream="true")
+    assert sample(m, "airlock_gateway_tokens_total", model=base, engine=base, kind="generated") == \
+        plain.usage.completion_tokens + 5 == 9
+    assert sample(m, "airlock_gateway_tokens_total", model=base, engine=base, kind="prompt") > \
+        plain.usage.prompt_tokens
+    # A name nobody serves never becomes a label: the label set stays what the gateway serves.
+    assert not any("no-such-model" in dict(labels).values() for _, labels in m)
+    # The engine's own figures, with the engine's name.
+    assert sample(m, "airlock_engine_up", engine=base) == 1
+    running = [v for (name, labels), v in m.items()
+               if name == "vllm:num_requests_running" and dict(labels).get("engine") == base]
+    assert running == [0.0]
+    assert any(name == "vllm:kv_cache_usage_perc" for name, _ in m)
+    assert any(name == "vllm:generation_tokens_total" and dict(labels)["engine"] == base for name, labels in m)

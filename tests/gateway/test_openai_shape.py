@@ -42,9 +42,9 @@ def error_of(resp: httpx.Response, status: int) -> dict:
 # --- unit: bodies, streams and errors ------------------------------------------------------------
 
 def test_a_chat_body_gets_the_asked_name_and_loses_the_nulls_the_schema_forbids():
-    raw, tokens = shape_body(json.dumps(VLLM_CHAT).encode(), "support")
+    raw, usage = shape_body(json.dumps(VLLM_CHAT).encode(), "support")
     body = json.loads(raw)
-    assert tokens == 4 and body["model"] == "support"
+    assert usage == (3, 1) and usage.total == 4 and body["model"] == "support"
     message = body["choices"][0]["message"]
     assert message == {"role": "assistant", "content": "hi", "refusal": None, "tool_calls": []}
     assert body["choices"][0]["logprobs"]["refusal"] is None

@@ -30,18 +30,6 @@ def test_cpu_command_forces_float32_and_the_cpu_cache(tmp_path):
     assert env["VLLM_CPU_KVCACHE_SPACE"] == os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1")
 
 
-def test_a_cpu_engine_computes_on_every_cpu_of_a_small_host_only(tmp_path, monkeypatch):
-    monkeypatch.delenv("VLLM_CPU_NUM_OF_RESERVED_CPU", raising=False)
-    server = VllmServer(Settings(home=tmp_path), gpu=False)
-    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
-    assert server.environment("x")["VLLM_CPU_NUM_OF_RESERVED_CPU"] == "0"
-    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)))
-    assert "VLLM_CPU_NUM_OF_RESERVED_CPU" not in server.environment("x")  # vLLM's own choice
-    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
-    monkeypatch.setenv("VLLM_CPU_NUM_OF_RESERVED_CPU", "1")  # the operator's value wins
-    assert server.environment("x")["VLLM_CPU_NUM_OF_RESERVED_CPU"] == "1"
-
-
 def test_gpu_command_leaves_dtype_and_cpu_settings_to_vllm(tmp_path, monkeypatch):
     monkeypatch.delenv("VLLM_CPU_KVCACHE_SPACE", raising=False)
     monkeypatch.delenv("VLLM_CPU_NUM_OF_RESERVED_CPU", raising=False)
@@ -104,13 +92,3 @@ def test_adapter_errors_carry_vllms_message(vllm_server, tmp_path):
         vllm_server.unload_adapter("never-loaded")
     assert "missing-adapter" not in vllm_server.loaded_adapters()
 
-
-@pytest.mark.vllm
-@pytest.mark.slow
-def test_the_running_engine_binds_its_threads_as_its_host_size_says(vllm_server):
-    log = vllm_server.log_path.read_text(encoding="utf-8", errors="replace")
-    cpus = sorted(os.sched_getaffinity(0))
-    if len(cpus) <= 2:  # serve/vllm_server.py SMALL_HOST_CPUS: every CPU computes
-        assert "reserve_cpu_num=0" in log and f"core ids={cpus}" in log
-    else:
-        assert "reserve_cpu_num=0" not in log

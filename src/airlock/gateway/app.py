@@ -25,6 +25,7 @@ from airlock.access.sessions import Sessions
 from airlock.config import Settings, get_settings
 from airlock.gateway.control import api
 from airlock.gateway.deps import open_context
+from airlock.gateway.engine_metrics import SCRAPE_TIMEOUT_S, EngineMetrics
 from airlock.gateway.events import events_api
 from airlock.gateway.gate_api import gate_api
 from airlock.gateway.errors import install_error_handlers
@@ -34,6 +35,7 @@ from airlock.gateway.hosts import MetricsListener
 from airlock.gateway.limits import RequestLimits
 from airlock.gateway.metrics import Metrics
 from airlock.promotion.metrics import GateCollector
+from airlock.serve.engine import engine_client
 from airlock.gateway.proxy import Engine
 from airlock.gateway.recorder import Recorder
 from airlock.gateway.registry import Registry
@@ -130,6 +132,8 @@ def create_app(settings: Settings | None = None, ui: Callable[[FastAPI], None] |
     app.state.metrics = Metrics()
     app.state.metrics.registry.register(GateCollector(meta))
     app.state.engine = Engine(settings, app.state.metrics)
+    app.state.metrics.registry.register(EngineMetrics({app.state.engine.name: lambda: engine_client(
+        settings).metrics_text(SCRAPE_TIMEOUT_S)}))
     app.state.started = int(datetime.now().timestamp())
     app.state.sessions = Sessions(lifetime_s=settings.web_session_hours * 3600)
     install_error_handlers(app)

@@ -38,6 +38,7 @@ class Engine:
     def __init__(self, settings: Settings, metrics: Metrics) -> None:
         self.settings = settings
         self.metrics = metrics
+        self.name = settings.serve_base_model  # the engine's label in the metrics
         self.session: aiohttp.ClientSession | None = None
         self.fresh: aiohttp.ClientSession | None = None  # new connection per request: retries
         self.headers: dict[str, str] = {}
@@ -96,23 +97,23 @@ class Engine:
             except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
                 if not _closed_before_read(exc):
                     raise
-                self.metrics.count_upstream_error("stale_connection_retried")
+                self.metrics.count_upstream_error(self.name, "stale_connection_retried")
                 resp = await self._send(self.fresh, path, content)
             if resp.status == 401:
                 resp.release()
                 self.reload_secret()
                 resp = await self._send(self.session, path, content)
-            self.metrics.observe_upstream(time.perf_counter() - started)
+            self.metrics.observe_upstream(self.name, time.perf_counter() - started)
             return resp
         except (aiohttp.ClientConnectionError, ConnectionError) as exc:
-            self.metrics.count_upstream_error("unreachable")
+            self.metrics.count_upstream_error(self.name, "unreachable")
             raise NotReady(f"the model server is not reachable ({type(exc).__name__}); "
                            "it may be starting or restarting, try again shortly") from None
         except TimeoutError:
-            self.metrics.count_upstream_error("timeout")
+            self.metrics.count_upstream_error(self.name, "timeout")
             raise UpstreamTimeout("the model server did not answer in time") from None
         except aiohttp.ClientError as exc:
-            self.metrics.count_upstream_error("transport")
+            self.metrics.count_upstream_error(self.name, "transport")
             raise UpstreamError(f"the connection to the model server failed: {type(exc).__name__}") from None
 
     async def _send(self, session: aiohttp.ClientSession, path: str, content: bytes) -> aiohttp.ClientResponse:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import ast
 import logging
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgspec
 
@@ -56,30 +56,52 @@ def shape_result(data: dict[str, Any], model: str) -> dict[str, Any]:
     return data
 
 
-def shape_body(raw: bytes, model: str) -> tuple[bytes, int]:
-    """(the reshaped body, its usage.total_tokens); a body that is not a JSON object passes as is."""
+class Usage(NamedTuple):
+    """An answer's token counts as the engine reports them."""
+
+    prompt: int
+    generated: int
+
+    @property
+    def total(self) -> int:
+        return self.prompt + self.generated
+
+
+NO_USAGE = Usage(0, 0)
+
+
+def usage_of(data: dict[str, Any]) -> Usage | None:
+    """The `usage` of an answer or event, None when it has none (or one not made of counts)."""
+    usage = data.get("usage")
+    if not isinstance(usage, dict):
+        return None
+    prompt, generated = usage.get("prompt_tokens"), usage.get("completion_tokens")
+    return Usage(prompt, generated) if type(prompt) is int and type(generated) is int else None
+
+
+def shape_body(raw: bytes, model: str) -> tuple[bytes, Usage]:
+    """(the reshaped body, its usage); a body that is not a JSON object passes as is."""
     try:
         data = decode_json(raw)
     except msgspec.DecodeError:
-        return raw, 0
+        return raw, NO_USAGE
     if not isinstance(data, dict):
-        return raw, 0
-    usage = data.get("usage")
-    tokens = usage.get("total_tokens") if isinstance(usage, dict) else 0
-    return encode_json(shape_result(data, model)), tokens if type(tokens) is int else 0
+        return raw, NO_USAGE
+    usage = usage_of(data) or NO_USAGE
+    return encode_json(shape_result(data, model)), usage
 
 
 class EventShaper:
     """Reshapes a server-sent event stream as it passes, whatever the chunk boundaries: complete
-    events are rewritten, a partial one waits for the rest. The usage event's total_tokens is
-    kept in `usage`; with `hide_usage` (the gateway asked for it, the client did not) that event
-    is not passed on."""
+    events are rewritten, a partial one waits for the rest. The usage event's counts are kept in
+    `usage`; with `hide_usage` (the gateway asked for it, the client did not) that event is not
+    passed on."""
 
     def __init__(self, model: str, hide_usage: bool = False) -> None:
         self.model = model
         self.pending = b""
         self.events = 0
-        self.usage: int | None = None
+        self.usage: Usage | None = None
         self.hide_usage = hide_usage
 
     def feed(self, chunk: bytes) -> bytes:
@@ -104,8 +126,8 @@ class EventShaper:
         except msgspec.DecodeError:
             return event + b"\n\n"
         if isinstance(data, dict):
-            if isinstance(usage := data.get("usage"), dict) and type(usage.get("total_tokens")) is int:
-                self.usage = usage["total_tokens"]
+            if (usage := usage_of(data)) is not None:
+                self.usage = usage
                 if self.hide_usage and not data.get("choices"):
                     return b""
             data = engine_error_body(data, 500) if "error" in data else shape_result(data, self.model)

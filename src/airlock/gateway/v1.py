@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -29,8 +30,9 @@ from airlock.gateway.errors import BadRequest, ModelNotFound, UpstreamError, err
 from airlock.gateway.fields import CHAT_ACCEPTED, COMPLETION_ACCEPTED, refuse_unknown_fields
 from airlock.gateway.front import Head, read_body, send_bytes
 from airlock.gateway.limits import Budget, check_completion_request, output_budget
+from airlock.gateway.metrics import Answer
 from airlock.gateway.registry import Snapshot
-from airlock.gateway.shape import EventShaper, decode_json, encode_json, engine_error, shape_body
+from airlock.gateway.shape import EventShaper, Usage, decode_json, encode_json, engine_error, shape_body
 
 log = logging.getLogger("airlock.gateway")
 
@@ -120,6 +122,7 @@ class OpenAIApi:
     async def _complete(self, scope: Scope, receive: Receive, send: Send, head: Head, route: str,
                         key: dict[str, Any], snapshot: Snapshot) -> None:
         state, settings = self.state, self.settings
+        started = time.perf_counter()
         raw = await read_body(receive, head, settings.max_body_bytes, "AIRLOCK_MAX_BODY_BYTES")
         if raw is None:
             return  # the client hung up while sending: nothing was forwarded, nobody to answer
@@ -131,6 +134,19 @@ class OpenAIApi:
             body = {k: v for k, v in body.items() if v is not None or k == "prompt"}
             raw = b""
         upstream_model, base_model = resolve_model(snapshot, key, settings.serve_base_model, requested)
+        # From here on the model is a served one: its name may label the metrics.
+        answer = Answer(requested, state.engine.name, body.get("stream") is True, started)
+        try:
+            await self._served(scope, receive, send, route, key, snapshot, raw, body, upstream_model, base_model,
+                               answer)
+        except AirlockError as exc:
+            state.metrics.count_completion_error(requested, exc.code)
+            raise
+
+    async def _served(self, scope: Scope, receive: Receive, send: Send, route: str, key: dict[str, Any],
+                      snapshot: Snapshot, raw: bytes, body: dict[str, Any], upstream_model: str, base_model: str,
+                      answer: Answer) -> None:
+        state, settings, requested = self.state, self.settings, answer.model
         if snapshot.engine_asleep:
             raise _asleep(requested, snapshot.engine_asleep)
         if route == COMPLETIONS and body["prompt"] is None:
@@ -140,11 +156,11 @@ class OpenAIApi:
             raw = b""
         named = len(body)
         budget = output_budget(body, route, key, settings)  # may fill in a max_tokens: one field more
-        stream = body.get("stream") is True
         hide_usage = False
-        if key.get("tpm") and stream and not _wants_usage(body):
-            # The reservation is settled with the engine's own count, which a stream carries
-            # only when asked; the client, who did not ask, does not see it.
+        if answer.stream and not _wants_usage(body):
+            # The reservation is settled, and the metrics count tokens, with the engine's own
+            # count, which a stream carries only when asked; the client, who did not ask, does
+            # not see it.
             body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
             hide_usage = True
         reserved = state.limiter.admit(key, budget.total)
@@ -154,14 +170,13 @@ class OpenAIApi:
             raw = encode_json(body)
         settle = _Settle(state.limiter, key, reserved, budget)
         try:
-            await self._forward(scope, receive, send, route, raw, requested, upstream_model, stream, hide_usage,
-                                settle)
+            await self._forward(scope, receive, send, route, raw, upstream_model, hide_usage, settle, answer)
         finally:
             settle.close()  # a request that failed gives back its whole reservation
 
-    async def _forward(self, scope: Scope, receive: Receive, send: Send, route: str, raw: bytes, requested: str,
-                       upstream_model: str, stream: bool, hide_usage: bool, settle: _Settle) -> None:
-        state = self.state
+    async def _forward(self, scope: Scope, receive: Receive, send: Send, route: str, raw: bytes, upstream_model: str,
+                       hide_usage: bool, settle: _Settle, answer: Answer) -> None:
+        state, requested, metrics = self.state, answer.model, self.state.metrics
 
         task = asyncio.current_task()
         watcher = asyncio.get_running_loop().create_task(_cancel_on_disconnect(receive, task))
@@ -174,8 +189,8 @@ class OpenAIApi:
                     raise _not_loaded(requested)
                 # Which adapter version answered an alias: for tracing an answer back to its run.
                 adapter = [(b"x-airlock-adapter", upstream_model.encode())] if upstream_model != requested else []
-                if stream and resp.status == 200:
-                    await _relay_stream(resp, send, watcher, requested, adapter, settle, state.metrics, hide_usage)
+                if answer.stream and resp.status == 200:
+                    await _relay_stream(resp, send, watcher, adapter, settle, metrics, hide_usage, answer)
                     return
                 data = await resp.read()
             finally:
@@ -185,19 +200,22 @@ class OpenAIApi:
                 # The client hung up: its generation was aborted by closing the upstream, after
                 # the engine had read the prompt, which is charged.
                 settle(settle.budget.prompt)
+                metrics.count_completion_error(requested, "client_disconnected")
                 return
             raise
         except (TimeoutError, aiohttp.ClientError) as exc:
-            state.metrics.count_upstream_error("transport")
+            metrics.count_upstream_error(state.engine.name, "transport")
             raise UpstreamError(f"the model server broke off its answer: {type(exc).__name__}") from None
         finally:
             watcher.cancel()
         if resp.status != 200:
+            metrics.count_completion_error(requested, f"engine_{resp.status // 100}xx")
             await send_bytes(send, resp.status, engine_error(resp.status, data))
             return
-        data, tokens = shape_body(data, requested)
-        settle(tokens)
+        data, usage = shape_body(data, requested)
+        settle(usage.total)
         await send_bytes(send, 200, data, adapter)
+        metrics.observe_completion(answer.finished(usage))
 
     def _parse(self, raw: bytes, route: str) -> dict[str, Any]:
         """The request body, checked for what the gateway needs and bounds; vLLM checks the rest."""
@@ -325,25 +343,33 @@ class _Settle:
         self(0)
 
 
-async def _relay_stream(resp: aiohttp.ClientResponse, send: Send, watcher: asyncio.Task, model: str,
-                        headers: list[tuple[bytes, bytes]], settle: _Settle, metrics: Any, hide_usage: bool) -> None:
+async def _relay_stream(resp: aiohttp.ClientResponse, send: Send, watcher: asyncio.Task,
+                        headers: list[tuple[bytes, bytes]], settle: _Settle, metrics: Any, hide_usage: bool,
+                        answer: Answer) -> None:
     """The engine's events as they arrive, reshaped; a broken upstream ends the stream with an
     error event. The reservation is settled with the stream's usage, or, when it broke off
     before that, with the prompt's estimate and one token for each event passed on."""
     await send({"type": "http.response.start", "status": 200, "headers": _STREAM_HEADERS + headers})
-    shaper = EventShaper(model, hide_usage)
+    shaper = EventShaper(answer.model, hide_usage)
+    broken = True  # until the engine's stream ended, whatever ends this one (a cancel too)
     try:
         async for chunk in resp.content.iter_any():
             if out := shaper.feed(chunk):
+                if answer.first_token_s is None:
+                    answer.first_token_s = time.perf_counter() - answer.started
                 await send({"type": "http.response.body", "body": out, "more_body": True})
+        broken = False
     except (TimeoutError, aiohttp.ClientError) as exc:
-        metrics.count_upstream_error("transport")
+        metrics.count_upstream_error(answer.engine, "transport")
+        metrics.count_completion_error(answer.model, UpstreamError.code)
         log.warning("stream from the engine broke off: %s", exc)
         err = error_body(f"the model server broke off the stream: {type(exc).__name__}", 502, UpstreamError.code)
         await send({"type": "http.response.body", "body": b"data: " + encode_json(err) + b"\n\n", "more_body": True})
     finally:
-        settle(shaper.usage if shaper.usage is not None else settle.budget.prompt + shaper.events)
+        settle(shaper.usage.total if shaper.usage is not None else settle.budget.prompt + shaper.events)
     # Stop watching before the last message: once the response is complete, the server reports
     # a disconnect to whoever still listens, and that must not cancel a finished request.
     watcher.cancel()
     await send({"type": "http.response.body", "body": shaper.flush(), "more_body": False})
+    if not broken:
+        metrics.observe_completion(answer.finished(shaper.usage or Usage(settle.budget.prompt, shaper.events)))

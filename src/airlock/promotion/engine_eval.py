@@ -5,8 +5,8 @@ set in one batched request per model, up to BATCH prompts (bench/eval_bench.py m
 difference). The figures are `evaluate`'s: the same prompt ids, greedy budget, decoding (special
 tokens skipped), judging and totals.
 
-The answer loss comes from the same weights in process, in batched forward passes once the
-engine has answered. vLLM's prompt log-probabilities (`prompt_logprobs`) were tried first and cannot
+The answer loss comes from the same weights in process, in batched forward passes while the
+engine generates. vLLM's prompt log-probabilities (`prompt_logprobs`) were tried first and cannot
 serve: asked of a LoRA adapter, vLLM 0.32's CPU LoRA logits processor fails on them (an einsum
 shape mismatch in punica's `bgmv_shrink`) and the engine core dies with every request it held.
 The batched passes, with the examples' shared prefix computed once, give `evaluate.score`'s
@@ -217,11 +217,11 @@ def compare_through_engine(base_url: str, headers: Mapping[str, str], base_dir: 
 
     Each model's answers are one request, and the requests go at once: every token of a CPU engine
     pays its LoRA kernels anyway (the base is a zero adapter there), so one batch of all of them
-    costs no more per token and keeps the cores busier (the shipped instruct model's base and
+    costs no more per token and keeps the engine busier (the shipped instruct model's base and
     candidate answers on 2 CPUs: 38.7-40.4 s at once, 46.0-46.7 s in turn, the same answers).
-    The losses wait for the answers rather than overlap them: both are bound by the same CPUs, and
-    on that model overlapping took 69.7 s where one after the other took 48.3 s, the engine's
-    batched decoding making better use of the cores than two contenders."""
+    The losses are computed meanwhile: vLLM's CPU engine computes on all cores but one, and the
+    losses use that one (measured on that model: 61-66 s overlapping, 76-78 s one after the other).
+    """
     from peft import PeftModel
     from transformers import AutoTokenizer
 
@@ -231,24 +231,23 @@ def compare_through_engine(base_url: str, headers: Mapping[str, str], base_dir: 
     tokenizer = AutoTokenizer.from_pretrained(base_dir)
     examples, pad_id = encode_all(tokenizer, records, max_length), pad_of(tokenizer)  # bad records: before any call
     prompts = Prompts.of(tokenizer, records)
-    engine = Engine(base_url, headers, socket=socket, timeout_s=timeout_s)
+    engine, pool = Engine(base_url, headers, socket=socket, timeout_s=timeout_s), ThreadPoolExecutor(len(served))
     try:
-        with ThreadPoolExecutor(len(served)) as pool:
-            asked = {role: pool.submit(greedy_answers, engine, name, tokenizer, prompts) for role, name in served.items()}
-            answers = {role: future.result() for role, future in asked.items()}
-    finally:
-        engine.close()
-    _, base = load_base(base_dir)
-    model = PeftModel.from_pretrained(base, adapter_dir, adapter_name=CANDIDATE).eval()
-    if champion_dir is not None:
-        model.load_adapter(champion_dir, adapter_name=CHAMPION)
-    losses = {}
-    for role in served:
-        if role == BASE:
-            with model.disable_adapter():
+        answers = {role: pool.submit(greedy_answers, engine, name, tokenizer, prompts) for role, name in served.items()}
+        _, base = load_base(base_dir)
+        model = PeftModel.from_pretrained(base, adapter_dir, adapter_name=CANDIDATE).eval()
+        if champion_dir is not None:
+            model.load_adapter(champion_dir, adapter_name=CHAMPION)
+        losses = {}
+        for role in served:
+            if role == BASE:
+                with model.disable_adapter():
+                    losses[role] = answer_losses(model, examples, pad_id)
+            else:
+                model.set_adapter(role)
                 losses[role] = answer_losses(model, examples, pad_id)
-        else:
-            model.set_adapter(role)
-            losses[role] = answer_losses(model, examples, pad_id)
-    return {role: scores_of(records, losses[role], answers[role]) for role in served}
+        return {role: scores_of(records, losses[role], answers[role].result()) for role in served}
+    finally:
+        pool.shutdown(cancel_futures=True)
+        engine.close()
 

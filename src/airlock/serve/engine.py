@@ -53,6 +53,12 @@ class EngineClient:
             self._secret = read_secret(self.settings)  # the engine restarted with a new secret
         raise AssertionError("unreachable")
 
+    def metrics_text(self, timeout: float) -> str:
+        """The engine's own Prometheus exposition (vLLM's /metrics); raises when it cannot."""
+        resp = self.request("GET", "/metrics", timeout=timeout)
+        resp.raise_for_status()
+        return resp.text
+
     def is_healthy(self, timeout: float = 2.0) -> bool:
         try:
             return self.request("GET", "/health", timeout=timeout).status_code == 200

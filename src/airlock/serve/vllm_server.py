@@ -29,7 +29,6 @@ from airlock.serve.engine import CONNECT_TIMEOUT_S, EngineClient, engine_client
 from airlock.serve.null_adapter import engine_weights_name, write_null_adapter
 from airlock.store import without_store_credentials
 
-SMALL_HOST_CPUS = 2  # at most this many CPUs: a CPU engine computes on all of them (environment())
 
 @functools.cache
 def has_nvidia_gpu() -> bool:
@@ -162,12 +161,11 @@ class VllmServer:
             # The CPU build reserves KV cache up front; 1 GiB is plenty for small models and
             # leaves memory for training beside it. An operator's own value is kept.
             env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-            # The CPU build keeps a core out of its compute threads for its scheduler. On a host
-            # of two CPUs that halves the engine: measured on the reference instruct model, 100
-            # greedy answers took 40.2 s on the one core left and 27.3 s on both (the scheduler
-            # mostly waits on them). More CPUs: vLLM's default. An operator's own value is kept.
-            if len(os.sched_getaffinity(0)) <= SMALL_HOST_CPUS:
-                env.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
+            # vLLM keeps one core out of its compute threads (VLLM_CPU_NUM_OF_RESERVED_CPU, which
+            # an operator may set). It stays so even on 2 CPUs: with the engine's threads on both,
+            # batches ran faster (100 greedy answers of the shipped model: 27.3 s against 40.2 s)
+            # but a fine-tune beside serving slowed answers 2.2x (benchmark 5, target 1.5x), since
+            # a parallel region waits for its thread on the core the worker holds.
         return env
 
     def _check_model(self) -> None:

@@ -41,7 +41,8 @@ def serving_page(request: Request, airlock, key: Key, status: int = 200, error: 
         history = alias_history(airlock, alias["name"])
         aliases.append({**alias, "history": history, "previous": _earlier_champion(airlock, alias, history)})
     return render(request, "serving.html", key, status=status, aliases=aliases, promoted=promoted, served_base=served,
-                  can_switch=may(key, "aliases:write"), error=error, failed_alias=failed_alias)
+                  can_switch=may(key, "aliases:write"), error=error, failed_alias=failed_alias,
+                  figures=request.app.state.metrics.by_model())
 
 
 @router.get("/serving", response_class=HTMLResponse)
