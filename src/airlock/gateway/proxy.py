@@ -32,6 +32,10 @@ READ_TIMEOUT_S = 600.0
 _CLOSED_BEFORE_READ = (errno.EPIPE, errno.ECONNRESET)
 
 
+class EngineDown(NotReady):
+    """The connection to an engine could not even be opened: no byte of the request reached it."""
+
+
 class Engine:
     """The pooled session to the engine and the engine's current secret."""
 
@@ -107,8 +111,10 @@ class Engine:
             return resp
         except (aiohttp.ClientConnectionError, ConnectionError) as exc:
             self.metrics.count_upstream_error(self.name, "unreachable")
-            raise NotReady(f"the model server is not reachable ({type(exc).__name__}); "
-                           "it may be starting or restarting, try again shortly") from None
+            # A failed connect sent nothing: another replica may take the request (gateway/pool.py).
+            kind = EngineDown if isinstance(exc, aiohttp.ClientConnectorError) else NotReady
+            raise kind(f"the model server is not reachable ({type(exc).__name__}); "
+                       "it may be starting or restarting, try again shortly") from None
         except TimeoutError:
             self.metrics.count_upstream_error(self.name, "timeout")
             raise UpstreamTimeout("the model server did not answer in time") from None

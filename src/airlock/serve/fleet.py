@@ -141,3 +141,10 @@ def fleet(settings: Settings, text: str | None = None) -> list[Replica]:
                 gpus=spec.gpus[index] if spec.gpus else None, cpus=spec.cpus[index] if spec.cpus else None,
                 host=spec.hosts[index] if spec.hosts else LOCAL, tensor_parallel_size=spec.tensor_parallel_size))
     return replicas
+
+
+def replica_settings(settings: Settings, replica: Replica) -> Settings:
+    """The settings of one replica: its folder and its model. Its server (VllmServer) and every
+    client of it (EngineClient, the gateway's Engine) then find its socket and secret as they
+    find the single engine's."""
+    return settings.model_copy(update={"engine_home": replica.folder, "serve_base_model": replica.model})
