@@ -70,6 +70,11 @@ class Settings(BaseSettings):
     vllm_host: str = "127.0.0.1"
     vllm_port: int = 8000
     serve_base_model: str = "airlock-tiny"
+    # The engines to run: a JSON array of {model, name, replicas, gpus, cpus, hosts,
+    # tensor_parallel_size} (serve/fleet.py). Empty: one engine serving serve_base_model.
+    engines: str = ""
+    # An engine's tensor-parallel size (its GPUs of one host); set per replica from the list.
+    engine_tensor_parallel_size: int = Field(1, ge=1, le=8)
     # The trainer's default rank (train/config.py). vLLM's LoRA kernels pad every adapter to this
     # rank, so on a CPU an adapter's requests cost in proportion to it (BENCHMARKS.md, section 13:
     # 16 costs 1.8x, 64 3.5x the time of 8): a site that trains higher ranks raises it knowingly.

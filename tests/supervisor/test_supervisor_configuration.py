@@ -59,3 +59,24 @@ def test_a_service_that_exits_for_its_configuration_stops_up_at_once(configured:
     assert "AIRLOCK_SERVE_BASE_MODEL=no-such-model" in " ".join(str(caught.value).split())
     assert supervisor.services["engine"].restarts == 0 and not any("restarting" in line for line in said)
     assert all(service.proc is None for service in supervisor.services.values())
+
+
+def test_each_replica_of_the_engine_list_is_a_service_with_its_folder_and_placement(configured: Settings,
+                                                                                    monkeypatch):
+    monkeypatch.setenv("AIRLOCK_ENGINES", '[{"model": "airlock-tiny", "replicas": 2, "cpus": ["0", "1"]}]')
+    supervisor = Supervisor(Settings(), on_status=lambda _: None)
+    assert list(supervisor.services) == ["engine", "engine:airlock-tiny-1", "worker", "gateway"]
+    first, second = supervisor.services["engine"], supervisor.services["engine:airlock-tiny-1"]
+    assert first.kind == second.kind == "engine" and second.log_path.name == "engine-airlock-tiny-1.log"
+    assert first.env["AIRLOCK_ENGINE_HOME"] == str(configured.engine_dir)
+    assert second.env["AIRLOCK_ENGINE_HOME"] == str(configured.run_dir / "engines" / "airlock-tiny-1")
+    assert (first.env["VLLM_CPU_OMP_THREADS_BIND"], second.env["VLLM_CPU_OMP_THREADS_BIND"]) == ("0", "1")
+
+
+def test_up_refuses_an_engine_list_naming_a_missing_model_before_starting_anything(configured: Settings,
+                                                                                  monkeypatch):
+    monkeypatch.setenv("AIRLOCK_ENGINES", '[{"model": "airlock-tiny"}, {"model": "no-such-model"}]')
+    settings = Settings()
+    with pytest.raises(ConfigurationError, match="AIRLOCK_SERVE_BASE_MODEL=no-such-model"):
+        Supervisor(settings, on_status=lambda _: None).start()
+    assert not (settings.run_dir / "status.json").exists()

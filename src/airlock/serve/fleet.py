@@ -128,8 +128,10 @@ def parse_engines(text: str) -> list[EngineSpec]:
 
 
 def fleet(settings: Settings, text: str | None = None) -> list[Replica]:
-    """Every replica of the appliance's engines, the default engine's first replica first."""
-    engines = parse_engines(text) if text and text.strip() else [EngineSpec(model=settings.serve_base_model)]
+    """Every replica of the appliance's engines (AIRLOCK_ENGINES, or `text`), the first engine's
+    first replica first."""
+    text = settings.engines if text is None else text
+    engines = parse_engines(text) if text.strip() else [EngineSpec(model=settings.serve_base_model)]
     replicas = []
     for spec in engines:
         for index in range(spec.replicas):
@@ -148,3 +150,15 @@ def replica_settings(settings: Settings, replica: Replica) -> Settings:
     client of it (EngineClient, the gateway's Engine) then find its socket and secret as they
     find the single engine's."""
     return settings.model_copy(update={"engine_home": replica.folder, "serve_base_model": replica.model})
+
+
+def replica_environment(replica: Replica) -> dict[str, str]:
+    """What a replica's engine process starts with beyond the appliance's environment: its folder,
+    its model, and its placement."""
+    env = {"AIRLOCK_ENGINE_HOME": str(replica.folder), "AIRLOCK_SERVE_BASE_MODEL": replica.model,
+           "AIRLOCK_ENGINE_TENSOR_PARALLEL_SIZE": str(replica.tensor_parallel_size)}
+    if replica.gpus is not None:
+        env["CUDA_VISIBLE_DEVICES"] = replica.gpus
+    if replica.cpus is not None:
+        env["VLLM_CPU_OMP_THREADS_BIND"] = replica.cpus
+    return env

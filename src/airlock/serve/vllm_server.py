@@ -131,6 +131,8 @@ class VllmServer:
             cmd += ["--dtype", "float32"]
         if self.gpu and not any(a.startswith("--gpu-memory-utilization") for a in extra):
             cmd += ["--gpu-memory-utilization", str(s.vllm_gpu_memory_utilization)]
+        if s.engine_tensor_parallel_size > 1:  # one engine over several GPUs of this host
+            cmd += ["--tensor-parallel-size", str(s.engine_tensor_parallel_size)]
         if s.engine_sleep_for_training:
             cmd.append("--enable-sleep-mode")
         # Without a parser vLLM refuses requests with tools unless their tool_choice is "none".

@@ -31,7 +31,7 @@ STABLE_AFTER_S = 60.0
 
 @dataclass
 class Service:
-    name: str
+    name: str  # "engine", "worker", "gateway", or "engine:REPLICA" for an engine's other replicas
     log_path: Path
     env: dict[str, str] = field(default_factory=dict)
     proc: subprocess.Popen | None = None
@@ -43,6 +43,11 @@ class Service:
     backoff: float = 1.0
 
     @property
+    def kind(self) -> str:
+        """The service it is: its `python -m airlock` command."""
+        return self.name.split(":", 1)[0]
+
+    @property
     def pid(self) -> int | None:
         return self.proc.pid if self.proc else None
 
@@ -50,7 +55,7 @@ class Service:
         make_private_dir(self.log_path.parent)
         env = self.environment()
         with os.fdopen(open_private(self.log_path), "ab") as log:
-            self.proc = subprocess.Popen([sys.executable, "-m", "airlock", self.name], env=env,
+            self.proc = subprocess.Popen([sys.executable, "-m", "airlock", self.kind], env=env,
                                          stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                          start_new_session=True, preexec_fn=die_with_parent)
         self.state, self.started_at = "starting", time.monotonic()
@@ -59,7 +64,7 @@ class Service:
         """What the child starts with: the supervisor's environment, less the S3 store's keys for a
         service that never opens the store (the engine)."""
         env = dict(os.environ, **self.env)
-        return env if self.name in USES_STORE else without_store_credentials(env)
+        return env if self.kind in USES_STORE else without_store_credentials(env)
 
     def exited(self) -> int | None:
         """The exit code once the process ended (and was reaped), else None."""
@@ -81,7 +86,7 @@ class Service:
 
     def stop(self) -> None:
         if self.proc is not None:
-            stop_group(self.proc, STOP_GRACE_S[self.name])
+            stop_group(self.proc, STOP_GRACE_S[self.kind])
             self.last_exit = describe_exit(self.proc.returncode)
         self.proc, self.state = None, "stopped"
 

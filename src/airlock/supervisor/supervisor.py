@@ -23,6 +23,7 @@ from airlock.errors import ConfigurationError, NotReady
 from airlock.home import HomeLock, appliance_pid
 from airlock.private import PRIVATE_FILE
 from airlock.serve.engine import EngineClient
+from airlock.serve.fleet import Replica, fleet, replica_environment, replica_settings
 from airlock.serve.vllm_server import clear_engine_dir, log_tail, served_model_missing
 from airlock.supervisor.services import NAMES, Service
 from airlock.tls import check_configured, local_gateway
@@ -44,8 +45,15 @@ class Supervisor:
         self.say = on_status
         self.lock = HomeLock(settings)
         self.stop_requested = threading.Event()
-        self.services = {name: Service(name, settings.run_dir / f"{name}.log") for name in NAMES}
-        self.engine = EngineClient(settings)
+        # The first replica of the first engine is "engine", as on an appliance of one engine; every
+        # other replica is "engine:REPLICA", its own supervised service with its own folder.
+        self.replicas = {("engine" if i == 0 else f"engine:{r.name}"): r
+                         for i, r in enumerate(r for r in fleet(settings) if r.local)}
+        self.services = {}
+        for name in (*self.replicas, *NAMES[1:]):
+            env = replica_environment(self.replicas[name]) if name in self.replicas else {}
+            self.services[name] = Service(name, settings.run_dir / f"{name.replace(':', '-')}.log", env=env)
+        self.engines = {name: EngineClient(replica_settings(settings, r)) for name, r in self.replicas.items()}
         if settings.tls_enabled:
             # Refused here, once and clearly, rather than by a gateway restarted again and again.
             check_configured(settings)
@@ -62,23 +70,27 @@ class Supervisor:
         self.settings.ensure_dirs()
         self.lock.acquire()
         ensure_appliance_key(self.settings)  # created at first start, owner-only
-        clear_engine_dir(self.settings)  # leftovers of an appliance that was killed
-        self.say(f"starting the engine ({self.settings.serve_base_model}), the worker and the gateway")
+        self._clear_engines()  # leftovers of an appliance that was killed
+        models = ", ".join(sorted({r.model for r in self.replicas.values()}))
+        self.say(f"starting the engine ({models}; {len(self.replicas)} replica{'s' * (len(self.replicas) > 1)}), "
+                 "the worker and the gateway")
         for service in self.services.values():
             service.start()
         self.publish()
 
     def check_configured(self) -> None:
         """What a service would only find out by crashing, refused here once and clearly."""
-        folder = self.settings.model_path(self.settings.serve_base_model)
-        if not (folder / "config.json").is_file():
-            raise served_model_missing(self.settings, folder)
+        for replica in self.replicas.values():
+            settings = replica_settings(self.settings, replica)
+            folder = settings.model_path(replica.model)
+            if not (folder / "config.json").is_file():
+                raise served_model_missing(settings, folder)
 
     def wait_ready(self) -> bool:
         """Supervise until the engine and the gateway are ready; False if a stop came first."""
         while not self.stop_requested.is_set():
             self.tick()
-            if all(self.services[n].state == "ready" for n in ("engine", "gateway")):
+            if all(self.services[n].state == "ready" for n in (*self.replicas, "gateway")):
                 self.say(f"ready: gateway on {self.settings.gateway_url} "
                          f"(OpenAI API at {self.settings.gateway_url}/v1)")
                 return True
@@ -96,9 +108,9 @@ class Supervisor:
         if self.lock.fd is None:
             return
         self.say("stopping")
-        for name in reversed(NAMES):
+        for name in reversed(self.services):
             self.services[name].stop()
-        clear_engine_dir(self.settings)
+        self._clear_engines()
         self.publish()
         status_path(self.settings).unlink(missing_ok=True)
         self.lock.release()
@@ -129,15 +141,15 @@ class Supervisor:
         service.schedule_restart(code, self.settings.restart_backoff_max_s)
         if service.name == "worker":
             service.env[LAST_EXIT_ENV] = f"its process {service.last_exit}"
-        if service.name == "engine":
-            clear_engine_dir(self.settings)
+        if service.name in self.replicas:
+            clear_engine_dir(replica_settings(self.settings, self.replicas[service.name]))
         tail = log_tail(service.log_path, 5).rstrip()
         self.say(f"{service.name} {service.last_exit}; restarting in {service.next_start - time.monotonic():.0f} s"
                  + (f"; last lines of {service.log_path.name}:\n{tail}" if tail else ""))
 
     def _is_ready(self, name: str) -> bool:
-        if name == "engine":
-            return self.engine.is_healthy(timeout=0.5)
+        if name in self.engines:
+            return self.engines[name].is_healthy(timeout=0.5)
         if name == "gateway":
             try:
                 url = f"{self.gateway.url}/healthz"
@@ -150,12 +162,17 @@ class Supervisor:
         """Write run/status.json (atomically) when anything changed: `airlock status` reads it."""
         status = {"pid": os.getpid(), "home": str(self.settings.home), "started_at": self.started_at,
                   "gateway_url": self.settings.gateway_url, "serve_base_model": self.settings.serve_base_model,
-                  "services": {n: s.describe() for n, s in self.services.items()}}
+                  "services": {n: s.describe() for n, s in self.services.items()},
+                  "engines": [_replica_status(r, n) for n, r in self.replicas.items()]}
         text = json.dumps(status, indent=2, sort_keys=True)
         if text == self._last_status:
             return
         self._last_status = text
         write_atomic(status_path(self.settings), text.encode(), PRIVATE_FILE)
+
+    def _clear_engines(self) -> None:
+        for replica in self.replicas.values():
+            clear_engine_dir(replica_settings(self.settings, replica))
 
 
 def read_status(settings: Settings) -> dict:
@@ -167,3 +184,8 @@ def read_status(settings: Settings) -> dict:
         return json.loads(status_path(settings).read_text())
     except (OSError, ValueError):
         return {"pid": pid, "home": str(settings.home), "services": {}}
+
+
+def _replica_status(replica: Replica, service: str) -> dict:
+    return {"replica": replica.name, "engine": replica.engine, "model": replica.model, "service": service,
+            "folder": str(replica.folder), "gpus": replica.gpus, "cpus": replica.cpus}
