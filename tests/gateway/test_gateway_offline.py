@@ -124,4 +124,4 @@ def test_metrics_count_requests_by_route_and_status(offline_gateway):
     assert 'airlock_gateway_requests_total{route="/v1/models",status="401"} 1.0' in text
     assert "airlock_gateway_upstream_seconds_count" not in text  # no engine has been asked yet
     # The engine is down: its figures are missing, and it says so, with the engine's name.
-    assert f'airlock_engine_up{{engine="{offline_gateway.settings.serve_base_model}"}} 0.0' in text
+    assert f'airlock_engine_up{{engine="{offline_gateway.settings.serve_base_model}-0"}} 0.0' in text

@@ -83,9 +83,9 @@ def test_vllm_errors_pass_through(live_gateway):
     base = live_gateway.settings.serve_base_model
     with pytest.raises(openai.BadRequestError):  # a prompt longer than the engine's context
         client(live_gateway).completions.create(model=base, prompt="word " * 1000, max_tokens=1)
-    m = scrape(live_gateway)
+    m, replica = scrape(live_gateway), f"{base}-0"
     assert sample(m, "airlock_gateway_completion_errors_total", model=base, kind="engine_4xx") >= 1
-    assert sample(m, "airlock_gateway_completion_seconds_count", model=base, engine=base, stream="false") is None
+    assert sample(m, "airlock_gateway_completion_seconds_count", model=base, engine=replica, stream="false") is None
 
 
 def engine_text(vllm_server, lora_name: str, prompt: str, max_tokens: int) -> str:
@@ -150,6 +150,7 @@ def sample(samples: dict, name: str, **labels: str) -> float | None:
 
 def test_metrics_give_latency_histograms_tokens_and_the_engines_own_figures(live_gateway):
     base = live_gateway.settings.serve_base_model
+    replica = f"{base}-0"  # the engine's only replica
     oa = client(live_gateway)
     plain = oa.completions.create(model=base, prompt="Hi", max_tokens=4, temperature=0,
                                   extra_body={"ignore_eos": True})
@@ -162,25 +163,25 @@ def test_metrics_give_latency_histograms_tokens_and_the_engines_own_figures(live
         oa.completions.create(model="no-such-model", prompt="Hi", max_tokens=1)
     m = scrape(live_gateway)
     assert sample(m, "airlock_gateway_requests_total", route="/v1/completions", status="200") == 1
-    assert sample(m, "airlock_gateway_upstream_seconds_count", engine=base) == 2
+    assert sample(m, "airlock_gateway_upstream_seconds_count", engine=replica) == 2
     for stream in ("false", "true"):
-        assert sample(m, "airlock_gateway_completion_seconds_count", model=base, engine=base, stream=stream) == 1
+        assert sample(m, "airlock_gateway_completion_seconds_count", model=base, engine=replica, stream=stream) == 1
         # Histograms: every bucket a request fell in, so a p95 is readable (histogram_quantile).
-        assert sample(m, "airlock_gateway_completion_seconds_bucket", model=base, engine=base, stream=stream,
+        assert sample(m, "airlock_gateway_completion_seconds_bucket", model=base, engine=replica, stream=stream,
                       le="+Inf") == 1
-    assert sample(m, "airlock_gateway_time_to_first_token_seconds_count", model=base, engine=base) == 1
-    first = sample(m, "airlock_gateway_time_to_first_token_seconds_sum", model=base, engine=base)
-    assert 0 < first < sample(m, "airlock_gateway_completion_seconds_sum", model=base, engine=base, stream="true")
-    assert sample(m, "airlock_gateway_tokens_total", model=base, engine=base, kind="generated") == \
+    assert sample(m, "airlock_gateway_time_to_first_token_seconds_count", model=base, engine=replica) == 1
+    first = sample(m, "airlock_gateway_time_to_first_token_seconds_sum", model=base, engine=replica)
+    assert 0 < first < sample(m, "airlock_gateway_completion_seconds_sum", model=base, engine=replica, stream="true")
+    assert sample(m, "airlock_gateway_tokens_total", model=base, engine=replica, kind="generated") == \
         plain.usage.completion_tokens + 5 == 9
-    assert sample(m, "airlock_gateway_tokens_total", model=base, engine=base, kind="prompt") > \
+    assert sample(m, "airlock_gateway_tokens_total", model=base, engine=replica, kind="prompt") > \
         plain.usage.prompt_tokens
     # A name nobody serves never becomes a label: the label set stays what the gateway serves.
     assert not any("no-such-model" in dict(labels).values() for _, labels in m)
     # The engine's own figures, with the engine's name.
-    assert sample(m, "airlock_engine_up", engine=base) == 1
+    assert sample(m, "airlock_engine_up", engine=replica) == 1
     running = [v for (name, labels), v in m.items()
-               if name == "vllm:num_requests_running" and dict(labels).get("engine") == base]
+               if name == "vllm:num_requests_running" and dict(labels).get("engine") == replica]
     assert running == [0.0]
     assert any(name == "vllm:kv_cache_usage_perc" for name, _ in m)
-    assert any(name == "vllm:generation_tokens_total" and dict(labels)["engine"] == base for name, labels in m)
+    assert any(name == "vllm:generation_tokens_total" and dict(labels)["engine"] == replica for name, labels in m)

@@ -30,11 +30,11 @@ def test_the_serving_figures_add_up_streams_and_read_quantiles_per_model():
     metrics = Metrics()
     now = time.perf_counter()
     for seconds, stream in ((0.02, False), (0.04, False), (0.2, True), (3.0, True)):
-        answer = Answer("support", "tiny", stream, started=now - seconds)
+        answer = Answer("support", "tiny", stream, started=now - seconds, engine="tiny")
         if stream:
             answer.first_token_s = seconds / 10
         metrics.observe_completion(answer.finished((7, 5)))
-    metrics.observe_completion(Answer("tiny", "tiny", False, started=now).finished((3, 1)))
+    metrics.observe_completion(Answer("tiny", "tiny", False, started=now, engine="tiny").finished((3, 1)))
     metrics.count_completion_error("support", "engine_5xx")
     metrics.count_completion_error("support", "client_disconnected")
     rows = {row.model: row for row in metrics.by_model()}

@@ -10,6 +10,8 @@ independent gateways as they like from different settings.
 
 from __future__ import annotations
 
+import asyncio
+import functools
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
@@ -36,6 +38,8 @@ from airlock.gateway.limits import RequestLimits
 from airlock.gateway.metrics import Metrics
 from airlock.promotion.metrics import GateCollector
 from airlock.serve.engine import engine_client
+from airlock.serve.fleet import fleet, replica_settings
+from airlock.gateway.pool import EnginePool
 from airlock.gateway.proxy import Engine
 from airlock.gateway.recorder import Recorder
 from airlock.gateway.registry import Registry
@@ -58,15 +62,21 @@ async def healthz() -> dict[str, str]:
 
 @ops.get("/readyz")
 async def readyz(request: Request) -> JSONResponse:
-    """200 while the engine answers (serving works); every component's state either way."""
+    """200 while every served base model has a replica that answers (serving works); every
+    component's state, and each replica's, either way."""
     state = request.app.state
-    engine = await _engine_state(state.engine)
+    members = state.engines.members
+    replicas = dict(zip([m.name for m in members],
+                        await asyncio.gather(*(_engine_state(m.engine) for m in members)), strict=True))
+    serving = {m.replica.model for m in members if replicas[m.name] == "ready"}
+    missing = sorted({m.replica.model for m in members} - serving)
     snapshot = await state.registry.current()
     worker = "alive" if _recent(snapshot.worker_heartbeat) else "down"
-    ready = engine == "ready"
-    body = {"status": "ready" if ready else "not ready", "model": state.settings.serve_base_model,
-            "components": {"gateway": "ready", "engine": engine, "worker": worker}}
-    return JSONResponse(body, status_code=200 if ready else 503)
+    engine = "ready" if not missing else next(replicas[m.name] for m in members if m.replica.model in missing)
+    body = {"status": "not ready" if missing else "ready", "model": state.settings.serve_base_model,
+            "models": sorted({m.replica.model for m in members}),
+            "components": {"gateway": "ready", "engine": engine, "worker": worker}, "engines": replicas}
+    return JSONResponse(body, status_code=503 if missing else 200)
 
 
 async def _engine_state(engine: Engine) -> str:
@@ -75,6 +85,10 @@ async def _engine_state(engine: Engine) -> str:
             return "ready" if resp.status == 200 else f"unhealthy (HTTP {resp.status})"
     except (TimeoutError, aiohttp.ClientError) as exc:
         return f"unreachable ({type(exc).__name__})"
+
+
+def _scrape(settings: Settings) -> str:
+    return engine_client(settings).metrics_text(SCRAPE_TIMEOUT_S)
 
 
 def _recent(iso: str | None) -> bool:
@@ -107,7 +121,7 @@ def create_app(settings: Settings | None = None, ui: Callable[[FastAPI], None] |
         app.state.registry.load()  # before the first request: the loop never reads SQLite
         app.state.limiter.load(meta.query("SELECT key_id, kind, level, updated FROM rate_buckets"))
         app.state.recorder.start()
-        app.state.engine.open()
+        app.state.engines.open()
         scrape = MetricsListener(settings, app.state.metrics.render) if settings.metrics_port else None
         if scrape is not None:
             scrape.start()
@@ -116,7 +130,7 @@ def create_app(settings: Settings | None = None, ui: Callable[[FastAPI], None] |
         finally:
             if scrape is not None:
                 scrape.close()
-            await app.state.engine.close()
+            await app.state.engines.close()
             app.state.recorder.close()
 
     app = FastAPI(title="airlock gateway", version="1", lifespan=lifespan,
@@ -131,9 +145,9 @@ def create_app(settings: Settings | None = None, ui: Callable[[FastAPI], None] |
                                   auth_failures=app.state.failures.summaries)
     app.state.metrics = Metrics()
     app.state.metrics.registry.register(GateCollector(meta))
-    app.state.engine = Engine(settings, app.state.metrics)
-    app.state.metrics.registry.register(EngineMetrics({app.state.engine.name: lambda: engine_client(
-        settings).metrics_text(SCRAPE_TIMEOUT_S)}))
+    app.state.engines = pool = EnginePool(settings, app.state.metrics, fleet(settings))
+    app.state.metrics.registry.register(EngineMetrics({
+        m.name: functools.partial(_scrape, replica_settings(settings, m.replica)) for m in pool.members}))
     app.state.started = int(datetime.now().timestamp())
     app.state.sessions = Sessions(lifetime_s=settings.web_session_hours * 3600)
     install_error_handlers(app)

@@ -164,9 +164,10 @@ class Answer:
     it adds to the metrics once answered."""
 
     model: str
-    engine: str
+    base: str  # the base model whose engines answer it
     stream: bool
     started: float  # time.perf_counter() at the request's arrival
+    engine: str = ""  # the replica that answered, once one took it
     seconds: float = 0.0
     first_token_s: float | None = None
     prompt_tokens: int = 0

@@ -56,6 +56,7 @@ class OpenAIApi:
     def __init__(self, state: Any) -> None:
         self.state = state  # the FastAPI app's state: settings, registry, limiter, recorder, engine
         self.settings = state.settings
+        self.bases = sorted({m.replica.model for m in state.engines.members})  # the served base models
         self._bos: dict[str, int | None] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send, head: Head) -> None:
@@ -99,23 +100,22 @@ class OpenAIApi:
     # --- models ------------------------------------------------------------------------------
 
     def _cards(self, snapshot: Snapshot, key: dict[str, Any]) -> list[dict[str, Any]]:
-        scope, base = key.get("models"), self.settings.serve_base_model
-        cards = [self._base_card()] if scope is None or base in scope else []
+        scope = key.get("models")
+        cards = [self._base_card(base) for base in self.bases if scope is None or base in scope]
         return cards + [_alias_card(name, row, self.state.started) for name, row in sorted(snapshot.aliases.items())
-                        if name != base and (scope is None or name in scope) and may_call(key, row)]
+                        if name not in self.bases and (scope is None or name in scope) and may_call(key, row)]
 
     def _card(self, snapshot: Snapshot, key: dict[str, Any], name: str) -> dict[str, Any]:
         scope = key.get("models")
         if scope is None or name in scope:
             if (row := snapshot.aliases.get(name)) is not None and may_call(key, row):
                 return _alias_card(name, row, self.state.started)
-            if name == self.settings.serve_base_model:
-                return self._base_card()
+            if name in self.bases:
+                return self._base_card(name)
         raise _not_found(name)
 
-    def _base_card(self) -> dict[str, Any]:
-        return {"id": self.settings.serve_base_model, "object": "model", "created": self.state.started,
-                "owned_by": "airlock"}
+    def _base_card(self, base: str) -> dict[str, Any]:
+        return {"id": base, "object": "model", "created": self.state.started, "owned_by": "airlock"}
 
     # --- completions -------------------------------------------------------------------------
 
@@ -133,9 +133,9 @@ class OpenAIApi:
             # nulls (n, best_of), so they are left out, as if not sent.
             body = {k: v for k, v in body.items() if v is not None or k == "prompt"}
             raw = b""
-        upstream_model, base_model = resolve_model(snapshot, key, settings.serve_base_model, requested)
+        upstream_model, base_model = resolve_model(snapshot, key, self.bases, requested)
         # From here on the model is a served one: its name may label the metrics.
-        answer = Answer(requested, state.engine.name, body.get("stream") is True, started)
+        answer = Answer(requested, base_model, body.get("stream") is True, started)
         try:
             await self._served(scope, receive, send, route, key, snapshot, raw, body, upstream_model, base_model,
                                answer)
@@ -180,8 +180,10 @@ class OpenAIApi:
 
         task = asyncio.current_task()
         watcher = asyncio.get_running_loop().create_task(_cancel_on_disconnect(receive, task))
+        member = None
         try:
-            resp = await state.engine.post(route, raw)
+            member, resp = await state.engines.post(answer.base, route, raw)
+            answer.engine = member.name
             try:
                 if resp.status == 404 and upstream_model != requested:
                     # The alias exists but the engine does not have its adapter: it restarted and
@@ -204,10 +206,12 @@ class OpenAIApi:
                 return
             raise
         except (TimeoutError, aiohttp.ClientError) as exc:
-            metrics.count_upstream_error(state.engine.name, "transport")
+            metrics.count_upstream_error(answer.engine, "transport")
             raise UpstreamError(f"the model server broke off its answer: {type(exc).__name__}") from None
         finally:
             watcher.cancel()
+            if member is not None:
+                state.engines.done(member)
         if resp.status != 200:
             metrics.count_completion_error(requested, f"engine_{resp.status // 100}xx")
             await send_bytes(send, resp.status, engine_error(resp.status, data))
@@ -255,7 +259,7 @@ def may_call(key: dict[str, Any], row: dict[str, Any]) -> bool:
         or may(key, APPROVES)
 
 
-def resolve_model(snapshot: Snapshot, key: dict[str, Any], base: str, name: str) -> tuple[str, str]:
+def resolve_model(snapshot: Snapshot, key: dict[str, Any], bases: list[str], name: str) -> tuple[str, str]:
     """(the model name the engine knows, its base model). A model outside the key's scope is
     answered exactly like one that does not exist: no oracle for what is served."""
     scope = key.get("models")
@@ -264,7 +268,7 @@ def resolve_model(snapshot: Snapshot, key: dict[str, Any], base: str, name: str)
             if row.get("revoked_note"):
                 raise _revoked(name, row["revoked_note"])
             return row["lora_name"], row["base_model"]
-        if name == base:
+        if name in bases:
             return name, name
     raise _not_found(name)
 
