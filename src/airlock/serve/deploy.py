@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 import time
 
+from airlock.config import Settings
 from airlock.context import Airlock
 from airlock.errors import GateRefused, InvalidInput, NotReady
 from airlock.home import appliance_pid
@@ -22,6 +23,7 @@ from airlock.models.catalog import base_model_names, digest_cache, model_digest,
 from airlock.promotion.records import verify_record
 from airlock.promotion.requests import STAGING_SUFFIX, RequestRow
 from airlock.serve.engine import EngineClient, engine_client
+from airlock.serve.fleet import fleet, replica_settings
 from airlock.serve.serving_copy import load_verified
 
 ALIAS_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -41,10 +43,11 @@ def check_alias(alias: str, settings=None) -> str:
     return alias
 
 
-def wait_for_engine(airlock: Airlock) -> EngineClient:
-    """The engine, once healthy. While an appliance on this home (or an engine service) is still
-    starting it, wait; with nothing running, fail at once and say how to start one."""
-    settings = airlock.settings
+def wait_for_engine(airlock: Airlock, settings: Settings | None = None) -> EngineClient:
+    """The engine (of `settings`: one replica's, by default the first), once healthy. While an
+    appliance on this home (or an engine service) is still starting it, wait; with nothing
+    running, fail at once and say how to start one."""
+    settings = settings or airlock.settings
     client = engine_client(settings)
     deadline = time.monotonic() + settings.vllm_startup_timeout_s
     while not client.is_healthy():
@@ -57,39 +60,47 @@ def wait_for_engine(airlock: Airlock) -> EngineClient:
     return client
 
 
-def served_base_digest(airlock: Airlock) -> str:
-    """The digest of the base model the engine serves, from its files (cached by size and mtime)."""
+def served_base_digest(airlock: Airlock, base: str | None = None) -> str:
+    """The digest of a base model the engines serve (by default the first engine's), from its
+    files (cached by size and mtime)."""
     settings = airlock.settings
-    return model_digest(resolve_base_model(settings, settings.serve_base_model), cache=digest_cache(settings))
+    return model_digest(resolve_base_model(settings, base or settings.serve_base_model), cache=digest_cache(settings))
 
 
-def _check_base(airlock: Airlock, model: dict) -> None:
+def _check_base(airlock: Airlock, model: dict) -> str:
+    """The served base model `model` adapts, matched by digest (never by name)."""
     if model["revoked_at"]:
         raise GateRefused(f"model {model['id']} was revoked at {model['revoked_at']} ({model['revoked_reason']}); "
                           "a revoked adapter is never served again")
-    served = airlock.settings.serve_base_model
-    if model["base_digest"] != served_base_digest(airlock):
-        raise InvalidInput(f"model {model['id']} adapts {model['base_model']!r} ({model['base_digest']}), but the "
-                           f"engine here serves {served!r} with other weights: an adapter is served only on "
-                           "the very base model it was trained on")
+    served = sorted({r.model for r in fleet(airlock.settings)})
+    for base in served:
+        if model["base_digest"] == served_base_digest(airlock, base):
+            return base
+    raise InvalidInput(f"model {model['id']} adapts {model['base_model']!r} ({model['base_digest']}), but the "
+                       f"engines here serve {', '.join(map(repr, served))} with other weights: an adapter is served "
+                       "only on the very base model it was trained on")
 
 
-def _load(airlock: Airlock, model_id: str) -> EngineClient:
-    client = wait_for_engine(airlock)
-    if model_id not in client.loaded_adapters():  # vLLM knows each adapter by its content-derived id
-        load_verified(airlock, client, model_id)  # verifies the signed manifest again, right before load
-    client.smoke_test(model_id)
-    return client
+def _load(airlock: Airlock, model_id: str, base: str) -> None:
+    """Load the adapter into every local replica of `base` and try it on each, before any alias
+    names it: a request may reach any of them."""
+    for replica in fleet(airlock.settings):
+        if replica.model != base or not replica.local:
+            continue
+        client = wait_for_engine(airlock, replica_settings(airlock.settings, replica))
+        if model_id not in client.loaded_adapters():  # vLLM knows each adapter by its content-derived id
+            load_verified(airlock, client, model_id)  # verifies the signed manifest again, right before load
+        client.smoke_test(model_id)
 
 
 def stage_candidate(airlock: Airlock, request: RequestRow, *, actor: str = "worker") -> dict:
     """Serve a candidate under its request's staging name, for its author and its reviewers."""
     model = get_model(airlock, request["model_id"])
-    _check_base(airlock, model)
-    _load(airlock, model["id"])
+    base = _check_base(airlock, model)
+    _load(airlock, model["id"], base)
     with airlock.meta.write() as db:
         db["aliases"].upsert({"name": request["staging_name"], "model_id": model["id"], "lora_name": model["id"],
-                              "base_model": airlock.settings.serve_base_model, "updated_at": now(),
+                              "base_model": base, "updated_at": now(),
                               "staged_for": request["alias"], "audience": request["author"],
                               "promotion_id": None, "revoked_note": None}, pk="name")
     airlock.meta.audit(actor, "alias.staged", request["staging_name"], model_id=model["id"], request=request["id"])
@@ -102,12 +113,12 @@ def switch(airlock: Airlock, alias: str, model_id: str, promotion_id: int, *, ac
     verified, the adapter loaded (verified again) and smoke-tested, then the row switches."""
     check_alias(alias, airlock.settings)
     model = get_model(airlock, model_id)
-    _check_base(airlock, model)
-    verify_record(airlock, alias, model_id, promotion_id, served_base_digest(airlock))
-    _load(airlock, model_id)
+    base = _check_base(airlock, model)
+    verify_record(airlock, alias, model_id, promotion_id, served_base_digest(airlock, base))
+    _load(airlock, model_id, base)
     with airlock.meta.write() as db:
         db["aliases"].upsert({"name": alias, "model_id": model_id, "lora_name": model_id,
-                              "base_model": airlock.settings.serve_base_model, "updated_at": now(),
+                              "base_model": base, "updated_at": now(),
                               "staged_for": None, "audience": None, "promotion_id": promotion_id,
                               "revoked_note": None}, pk="name")
         db["alias_history"].insert({"alias": alias, "model_id": model_id, "lora_name": model_id, "at": now(),

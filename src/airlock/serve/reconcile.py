@@ -17,7 +17,8 @@ from airlock.errors import AirlockError, IntegrityFailure
 from airlock.promotion.records import verify_record
 from airlock.states import RequestState
 from airlock.serve.deploy import served_base_digest
-from airlock.serve.engine import engine_client
+from airlock.serve.engine import EngineClient, engine_client
+from airlock.serve.fleet import fleet, replica_settings
 from airlock.serve.serving_copy import load_verified
 
 log = logging.getLogger("airlock.reconcile")
@@ -25,44 +26,48 @@ INTERVAL_S = 1.0
 
 
 class Reconciler:
+    """Every local replica of every engine: a replica that (re)started gets each alias of its base
+    model back, verified, whichever replica restarted."""
+
     def __init__(self, airlock: Airlock) -> None:
         self.airlock = airlock
-        self.client = engine_client(airlock.settings)
+        self.replicas = [(r, engine_client(replica_settings(airlock.settings, r)))
+                         for r in fleet(airlock.settings) if r.local]
         self.failures: dict[str, str] = {}  # alias -> last reason, to audit each change once
 
     def once(self) -> dict[str, str]:
         """Load what is missing; returns {alias: 'restored' | 'refused: ...'} for what it did."""
-        if not self.client.is_healthy(timeout=1.0):
-            return {}
-        aliases = self.airlock.meta.query("SELECT name, model_id, lora_name, staged_for, promotion_id FROM aliases "
-                                          "WHERE revoked_note IS NULL ORDER BY name")
-        if not aliases:
-            return {}
-        loaded = set(self.client.loaded_adapters())
+        aliases = self.airlock.meta.query("SELECT name, model_id, lora_name, base_model, staged_for, promotion_id "
+                                          "FROM aliases WHERE revoked_note IS NULL ORDER BY name")
         done: dict[str, str] = {}
-        for row in aliases:
-            if row["lora_name"] in loaded:
-                self.failures.pop(row["name"], None)
+        for replica, client in self.replicas:
+            rows = [row for row in aliases if row["base_model"] == replica.model]
+            if not rows or not client.is_healthy(timeout=1.0):
                 continue
-            done[row["name"]] = self._restore(row)
-            loaded = set(self.client.loaded_adapters())
+            loaded = set(client.loaded_adapters())
+            for row in rows:
+                if row["lora_name"] in loaded:
+                    self.failures.pop(row["name"], None)
+                    continue
+                done[row["name"]] = self._restore(row, client)
+                loaded = set(client.loaded_adapters())
         return done
 
     def _may_serve(self, row: dict) -> None:
         """A production alias needs its promotion record; a staging name a pending request."""
         if row["staged_for"] is None:
             verify_record(self.airlock, row["name"], row["model_id"], row["promotion_id"],
-                          served_base_digest(self.airlock))
+                          served_base_digest(self.airlock, row["base_model"]))
             return
         request = self.airlock.meta.one("SELECT state FROM promotion_requests WHERE staging_name = ? "
                                         "AND model_id = ?", (row["name"], row["model_id"]))
         if request is None or request["state"] not in (RequestState.PENDING, RequestState.APPROVED):
             raise IntegrityFailure(f"staging name {row['name']!r} has no open promotion request for {row['model_id']}")
 
-    def _restore(self, row: dict) -> str:
+    def _restore(self, row: dict, client: EngineClient) -> str:
         try:
             self._may_serve(row)
-            load_verified(self.airlock, self.client, row["model_id"])
+            load_verified(self.airlock, client, row["model_id"])
         except AirlockError as exc:
             reason = str(exc)
             if self.failures.get(row["name"]) != reason:
