@@ -34,7 +34,7 @@ class Metrics:
         self.upstream_errors = Counter("airlock_gateway_upstream_errors", "Requests an engine could not answer, "
                                        "by engine and kind.", ["engine", "kind"], registry=registry)
         self.latency = Histogram("airlock_gateway_completion_seconds", "Completions answered (HTTP 200), from the "
-                                 "request's arrival to its last byte, by the model asked for (an alias or a base "
+                                 "request's arrival until its last bytes go out, by the model asked for (an alias or a base "
                                  "model), the engine that answered, and streaming or not.",
                                  ["model", "engine", "stream"], buckets=LATENCY_BUCKETS, registry=registry)
         self.first_token = Histogram("airlock_gateway_time_to_first_token_seconds", "Streamed completions: from "

@@ -218,8 +218,10 @@ class OpenAIApi:
             return
         data, usage = shape_body(data, requested)
         settle(usage.total)
-        await send_bytes(send, 200, data, adapter)
+        # Counted before the last bytes leave: a client that reads /metrics right after its answer
+        # must find it there (after the send, its next request could be served first).
         metrics.observe_completion(answer.finished(usage))
+        await send_bytes(send, 200, data, adapter)
 
     def _parse(self, raw: bytes, route: str) -> dict[str, Any]:
         """The request body, checked for what the gateway needs and bounds; vLLM checks the rest."""
@@ -374,6 +376,6 @@ async def _relay_stream(resp: aiohttp.ClientResponse, send: Send, watcher: async
     # Stop watching before the last message: once the response is complete, the server reports
     # a disconnect to whoever still listens, and that must not cancel a finished request.
     watcher.cancel()
-    await send({"type": "http.response.body", "body": shaper.flush(), "more_body": False})
-    if not broken:
+    if not broken:  # counted before the last bytes leave, as a whole answer is (see _forward)
         metrics.observe_completion(answer.finished(shaper.usage or Usage(settle.budget.prompt, shaper.events)))
+    await send({"type": "http.response.body", "body": shaper.flush(), "more_body": False})
