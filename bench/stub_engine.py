@@ -6,7 +6,11 @@ protocol on uvloop with precomputed answers, so it spends a small fraction of th
 per request (the benchmark measures both and reports the two): what the gateway benchmark then
 measures is the gateway, not its upstream.
 
-Run as its own process: `python -m bench.stub_engine --uds PATH --secret-file PATH`.
+With `--models BASE,ADAPTER,...` (the gateway's replica tests) it also lists those models on
+`GET /v1/models` and answers a POST for any other model with vLLM's 404, as an engine that does not
+hold an adapter does.
+
+Run as its own process: `python -m bench.stub_engine --uds PATH --secret-file PATH [--models ...]`.
 """
 
 from __future__ import annotations
@@ -47,17 +51,28 @@ def parse_request(buffer: bytes | bytearray) -> tuple[bytes, int] | None:
 
 
 class Answers:
-    def __init__(self, secret: str) -> None:
+    def __init__(self, secret: str, models: list[str] | None = None) -> None:
         self.bearer = f"Bearer {secret}".encode()
         self.ok = response("200 OK", json.dumps(COMPLETION).encode())
         self.health = response("200 OK", b"", "text/plain")
         self.refused = response("401 Unauthorized", b'{"error": "Unauthorized"}')
+        self.models = models
+        cards = [{"id": name, "object": "model", "parent": None if i == 0 else models[0]}
+                 for i, name in enumerate(models or [])]
+        self.listing = response("200 OK", json.dumps({"object": "list", "data": cards}).encode())
+        self.missing = response("404 Not Found", b'{"error": {"message": "The model does not exist.", "code": 404}}')
 
-    def to(self, head: bytes) -> bytes:
+    def to(self, head: bytes, body: bytes = b"") -> bytes:
         if head.startswith(b"GET /health "):
             return self.health
         auth = _AUTH.search(head)
-        return self.ok if auth and auth.group(1).strip() == self.bearer else self.refused
+        if not (auth and auth.group(1).strip() == self.bearer):
+            return self.refused
+        if self.models is None:
+            return self.ok
+        if head.startswith(b"GET /v1/models "):
+            return self.listing
+        return self.ok if json.loads(body or b"{}").get("model") in self.models else self.missing
 
 
 class StubProtocol(asyncio.Protocol):
@@ -73,13 +88,14 @@ class StubProtocol(asyncio.Protocol):
         self.buffer += data
         while (request := parse_request(self.buffer)) is not None:
             head, total = request
+            body = bytes(self.buffer[len(head) + 4:total])
             del self.buffer[:total]
-            self.transport.write(self.answers.to(head))
+            self.transport.write(self.answers.to(head, body))
 
 
-async def serve(uds: Path | None, port: int | None, secret: str) -> None:
+async def serve(uds: Path | None, port: int | None, secret: str, models: list[str] | None = None) -> None:
     loop = asyncio.get_running_loop()
-    answers = Answers(secret)
+    answers = Answers(secret, models)
     if uds is not None:
         uds.unlink(missing_ok=True)
         server = await loop.create_unix_server(lambda: StubProtocol(answers), path=str(uds), backlog=1024)
@@ -99,6 +115,7 @@ def main() -> None:
     where.add_argument("--uds", type=Path, help="listen on this Unix socket (the engine socket)")
     where.add_argument("--port", type=int, help="listen on 127.0.0.1:PORT")
     parser.add_argument("--secret-file", type=Path, required=True, help="the engine secret to require")
+    parser.add_argument("--models", help="BASE,ADAPTER,...: list these on /v1/models and answer 404 for others")
     args = parser.parse_args()
     secret = args.secret_file.read_text().strip()
     try:
@@ -107,7 +124,7 @@ def main() -> None:
     except ImportError:
         runner = asyncio.Runner()
     with runner:
-        runner.run(serve(args.uds, args.port, secret))
+        runner.run(serve(args.uds, args.port, secret, args.models.split(",") if args.models else None))
 
 
 if __name__ == "__main__":

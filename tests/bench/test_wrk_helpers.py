@@ -81,6 +81,13 @@ def test_stub_engine_waits_for_a_whole_request_and_checks_the_secret():
     assert Answers("other").to(head).startswith(b"HTTP/1.1 401")
     assert answers.to(b"GET /health HTTP/1.1").startswith(b"HTTP/1.1 200 OK")
 
+    # With a model list it answers as an engine holding only those: 404 for any other model.
+    holding = Answers("s3cret", ["airlock-tiny", "adapter-a"])
+    assert holding.to(head, body).startswith(b"HTTP/1.1 200 OK")
+    assert holding.to(head, b'{"model": "adapter-b"}').startswith(b"HTTP/1.1 404")
+    listing = holding.to(b"GET /v1/models HTTP/1.1\r\nAuthorization: Bearer s3cret")
+    assert b'"id": "adapter-a", "object": "model", "parent": "airlock-tiny"' in listing
+
 
 def test_profile_charges_library_frames_to_their_layer_and_stdlib_to_its_caller():
     from bench.profile import LAYERS, LOOP, OFF_LOOP, breakdown

@@ -58,7 +58,14 @@ def served(appliance):
 
 
 def test_status_shows_three_processes_and_the_gateway_has_no_torch(appliance):
-    services = status(appliance)["services"]
+    state = status(appliance)
+    services = state["services"]
+    [engine] = state["engines"]  # the engine list unset: one engine of one replica
+    assert engine["replica"] == f"{engine['model']}-0" and engine["health"] == "ready", engine
+    assert engine["running"] >= 0 and engine["waiting"] >= 0 and 0 <= engine["kv_cache_use"] <= 1
+    assert isinstance(engine["adapters"], int)
+    human = appliance.cli("status").stdout
+    assert "replica" in human and "adapters" in human  # the table's head (cells may wrap at 80 columns)
     assert set(services) == {"engine", "worker", "gateway"}
     assert all(s["state"] in ("ready", "running") and s["pid"] for s in services.values())
     assert len({s["pid"] for s in services.values()}) == 3

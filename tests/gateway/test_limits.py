@@ -319,6 +319,17 @@ def test_edge_cases(limits, body, param):
     assert param_of({"messages": HI, **body}, limits) == param
 
 
+@pytest.mark.parametrize("body, path, param", [
+    ({"prompt": "hi", "logprobs": -1}, "/v1/completions", "logprobs"),  # vLLM: the whole vocabulary
+    ({"prompt": "hi", "logprobs": 21}, "/v1/completions", "logprobs"),
+    ({"prompt": "hi", "logprobs": 5}, "/v1/completions", None),
+    ({"messages": HI, "logprobs": True, "top_logprobs": -1}, CHAT, "top_logprobs"),
+    ({"messages": HI, "logprobs": True, "top_logprobs": 20}, CHAT, None),
+])
+def test_logprobs_are_bounded_before_the_engine(body, path, param):
+    assert param_of(body, Settings(), path) == param
+
+
 def test_every_behaviour_field_is_refused_unless_allowed():
     strict, open_ = Settings(), Settings(allow_request_fields=",".join(BEHAVIOUR_FIELDS))
     for field in BEHAVIOUR_FIELDS:

@@ -15,20 +15,22 @@ from pathlib import Path
 
 from airlock.config import REPO_ROOT, Settings
 from airlock.gateway.metrics import Metrics
-from airlock.gateway.pool import EnginePool
+from airlock.gateway.pool import HEALTH_EVERY_S, EnginePool
 from airlock.private import make_private_dir
 from airlock.serve.fleet import fleet
 
 BODY = json.dumps({"model": "airlock-tiny", "messages": [{"role": "user", "content": "hi"}]}).encode()
 
 
-def start_stub(folder: Path) -> subprocess.Popen:
+def start_stub(folder: Path, models: list[str] | None = None) -> subprocess.Popen:
+    """A stand-in engine on a replica's socket; with `models`, it holds those models only."""
     make_private_dir(folder)
     (folder / "secret").write_text(secrets.token_hex(16))
     socket = folder / "vllm.sock"
     socket.unlink(missing_ok=True)
     proc = subprocess.Popen([sys.executable, "-m", "bench.stub_engine", "--uds", str(socket), "--secret-file",
-                             str(folder / "secret")], cwd=REPO_ROOT)
+                             str(folder / "secret"), *(["--models", ",".join(models)] if models else [])],
+                            cwd=REPO_ROOT)
     deadline = time.monotonic() + 20
     while not socket.exists():
         assert proc.poll() is None and time.monotonic() < deadline, "the stand-in engine did not start"
@@ -91,3 +93,61 @@ async def _exercise(settings, replicas, procs) -> None:
             pool.done(member)
     finally:
         await pool.close()
+
+
+def test_an_alias_goes_to_the_replica_holding_its_adapter_and_a_restart_rejoins_only_with_it(tmp_path):
+    """Replica 0 lacks the alias's adapter (as after a restart, before the reconciler restored
+    it): the alias's requests still all succeed on replica 1, and a restarted replica 0 stays out
+    of the rotation until it holds the adapter."""
+    import httpx
+    from gateway_support import gateway_settings, run_gateway
+
+    from airlock.meta import open_meta
+    from airlock.meta.db import now
+
+    engines = json.dumps([{"model": "airlock-tiny", "replicas": 2}])
+    settings = gateway_settings(tmp_path / "home", engines=engines)
+    settings.ensure_dirs()
+    replicas = fleet(settings)
+    procs = [start_stub(replicas[0].folder, ["airlock-tiny"]),
+             start_stub(replicas[1].folder, ["airlock-tiny", "adapter-a"])]
+    with open_meta(settings.db_path).write() as db:
+        db["aliases"].insert({"name": "prod", "model_id": "adapter-a", "lora_name": "adapter-a",
+                              "base_model": "airlock-tiny", "updated_at": now(), "staged_for": None,
+                              "audience": None, "promotion_id": None, "revoked_note": None})
+    gateway = run_gateway(settings)
+    gw = next(gateway)
+    try:
+        pool = gw.app.state.engines
+
+        def ask(model: str) -> int:
+            return httpx.post(f"{gw.url}/v1/chat/completions", headers={"Authorization": f"Bearer {gw.key}"},
+                              json={"model": model, "messages": [{"role": "user", "content": "hi"}]},
+                              timeout=10).status_code
+
+        # One at a time, every request first reaches replica 0 (fewest outstanding, ties: the first).
+        assert [ask("prod") for _ in range(4)] == [200] * 4
+        assert [ask("airlock-tiny") for _ in range(2)] == [200] * 2
+
+        os.kill(procs[0].pid, signal.SIGKILL)
+        procs[0].wait()
+        assert ask("airlock-tiny") == 200  # its connect fails: out of the rotation, served by replica 1
+        assert not pool.members[0].in_rotation
+        procs[0] = start_stub(replicas[0].folder, ["airlock-tiny"])  # restarted, adapter not restored yet
+        time.sleep(3 * HEALTH_EVERY_S + 0.5)
+        assert not pool.members[0].in_rotation, "a replica without the alias's adapter rejoined"
+
+        procs[0].kill()
+        procs[0].wait()
+        procs[0] = start_stub(replicas[0].folder, ["airlock-tiny", "adapter-a"])  # the reconciler's work done
+        deadline = time.monotonic() + 10
+        while not pool.members[0].in_rotation:
+            assert time.monotonic() < deadline, "the replica holding every adapter did not rejoin"
+            time.sleep(0.1)
+        assert [ask("prod") for _ in range(2)] == [200] * 2
+    finally:
+        gateway.close()
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()

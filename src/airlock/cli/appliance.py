@@ -71,15 +71,18 @@ def down(timeout: float = typer.Option(90.0, help="Seconds to wait for the appli
 
 @command
 def status(json_out: bool = typer.Option(False, "--json", help="Print the status as JSON.")) -> None:
-    """Show whether the appliance runs, and each service's state, pid, restarts and last exit;
+    """Show whether the appliance runs, and each service's state, pid, restarts and last exit; each
+    engine replica's model, health, load (requests running and waiting, KV-cache use) and adapters;
     and the failed authentications of the last hour (from the audit log)."""
     from airlock.access.failures import recent_failures
     from airlock.meta import open_meta
+    from airlock.serve.fleet_status import replica_status
     from airlock.supervisor.supervisor import read_status
 
     settings = get_settings()
     state = read_status(settings)
     state["auth_failures"] = recent_failures(open_meta(settings.db_path))
+    state["engines"] = [replica.as_dict() for replica in replica_status(settings)]
     if json_out:
         return print_json(state)
     from rich.table import Table
@@ -89,7 +92,17 @@ def status(json_out: bool = typer.Option(False, "--json", help="Print the status
     for name, s in state["services"].items():
         table.add_row(name, s["state"], str(s["pid"] or ""), str(s["restarts"]), s["last_exit"] or "")
     console.print(table)
+    engines = Table("engine replica", "model", "health", "running", "waiting", "KV cache", "adapters")
+    for r in state["engines"]:
+        engines.add_row(r["replica"] + (f" @ {r['host']}" if r["host"] else ""), r["model"], r["health"],
+                        *(_figure(r[k]) for k in ("running", "waiting")),
+                        "" if r["kv_cache_use"] is None else f"{r['kv_cache_use']:.0%}", _figure(r["adapters"]))
+    console.print(engines)
     console.print(failures_line(state["auth_failures"]))
+
+
+def _figure(value: float | None) -> str:
+    return "" if value is None else f"{value:g}"
 
 
 def failures_line(failures: dict) -> str:

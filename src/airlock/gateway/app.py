@@ -87,6 +87,14 @@ async def _engine_state(engine: Engine) -> str:
         return f"unreachable ({type(exc).__name__})"
 
 
+async def _served_adapters(registry: Registry, base: str) -> set[str]:
+    """The adapters a replica of `base` must hold before it rejoins the rotation: those of every
+    alias and staging name on that base that is not revoked."""
+    snapshot = await registry.current()
+    return {row["lora_name"] for row in snapshot.aliases.values()
+            if row["base_model"] == base and not row.get("revoked_note")}
+
+
 def _scrape(settings: Settings) -> str:
     return engine_client(settings).metrics_text(SCRAPE_TIMEOUT_S)
 
@@ -145,7 +153,8 @@ def create_app(settings: Settings | None = None, ui: Callable[[FastAPI], None] |
                                   auth_failures=app.state.failures.summaries)
     app.state.metrics = Metrics()
     app.state.metrics.registry.register(GateCollector(meta))
-    app.state.engines = pool = EnginePool(settings, app.state.metrics, fleet(settings))
+    app.state.engines = pool = EnginePool(settings, app.state.metrics, fleet(settings),
+                                          functools.partial(_served_adapters, app.state.registry))
     app.state.metrics.registry.register(EngineMetrics({
         m.name: functools.partial(_scrape, replica_settings(settings, m.replica)) for m in pool.members}))
     app.state.started = int(datetime.now().timestamp())

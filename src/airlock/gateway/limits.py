@@ -63,6 +63,7 @@ GUIDED_FIELDS = ("structured_outputs", "response_format", "guided_json", "guided
                  "guided_grammar", "guided_choice", "tools", "functions")
 
 CHAT_PATH = "/v1/chat/completions"
+MAX_LOGPROBS = 20  # vLLM's --max-logprobs default, which airlock does not change
 UPLOAD_PATH = "/api/datasets"
 
 
@@ -76,6 +77,11 @@ def check_completion_request(body: dict[str, Any], path: str, settings: Settings
         _check_int(body, param, 1, settings.max_n, "AIRLOCK_MAX_N")
     for param in ("max_tokens", "max_completion_tokens"):
         _check_int(body, param, 0, settings.max_completion_tokens, "AIRLOCK_MAX_COMPLETION_TOKENS")
+    # vLLM reads -1 as the whole vocabulary's logprobs at every token, and refuses more than its
+    # --max-logprobs only once a stream has begun (a 500 event mid-stream): bounded here first.
+    # A chat request's `logprobs` is a yes/no; the count is its `top_logprobs`.
+    for param in ("top_logprobs",) if path == CHAT_PATH else ("logprobs",):
+        _check_int(body, param, 0, MAX_LOGPROBS, "the engine's --max-logprobs")
 
     if path == CHAT_PATH and MEDIA_CONTENT not in settings.allowed_request_fields:
         _refuse_media_parts(body.get("messages"))

@@ -1,10 +1,15 @@
 """The gateway's replicas of each base model: a request goes to the replica in rotation with the
 fewest requests outstanding; a replica whose connect fails leaves the rotation at once and the
 request goes to another (nothing of it reached the failed one, so it cannot run twice); a replica
-out of rotation is asked for /health every HEALTH_EVERY_S and comes back when it answers.
+out of rotation is asked for /health every HEALTH_EVERY_S and comes back when it answers and
+holds every adapter the aliases of its base model name (the worker's reconciler loads them,
+verified, into a replica that restarted), unless it is the only replica of its model that could
+serve at all. A request for an alias that reaches a replica without its adapter (vLLM answers 404
+before generating anything) is sent to another replica of the base model.
 
-A failure after the request was sent (the engine died mid-answer) is never retried elsewhere:
-the engine may have started generating, and the client sees the error.
+A failure after the request was sent (the engine died mid-answer, or a pooled connection broke
+under it, which may be the same) is never retried elsewhere: the engine may have started
+generating, and the client sees the error; the replica leaves the rotation all the same.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -54,8 +60,10 @@ class Member:
 
 
 class EnginePool:
-    def __init__(self, settings: Settings, metrics: Metrics, replicas: list[Replica]) -> None:
+    def __init__(self, settings: Settings, metrics: Metrics, replicas: list[Replica],
+                 adapters_of: Callable[[str], Awaitable[set[str]]] | None = None) -> None:
         self.members = [Member(r, Engine(replica_settings(settings, r), metrics)) for r in replicas if r.local]
+        self.adapters_of = adapters_of  # base model -> the adapter names its aliases serve now
         for member in self.members:
             member.engine.name = member.name  # the metrics' engine label: the replica
         self._health: asyncio.Task | None = None
@@ -82,9 +90,14 @@ class EnginePool:
                            "it may be starting or restarting, try again shortly")
         return min(candidates, key=lambda m: m.outstanding)
 
-    async def post(self, model: str, path: str, content: bytes) -> tuple[Member, aiohttp.ClientResponse]:
-        """Send to a replica of `model`; the caller calls `done(member)` once the answer is relayed."""
-        tried: set[Member] = set()
+    def others_left(self, model: str, tried: set[Member]) -> bool:
+        return any(m.in_rotation and m not in tried for m in self.of_model(model))
+
+    async def post(self, model: str, path: str, content: bytes,
+                   tried: set[Member] | None = None) -> tuple[Member, aiohttp.ClientResponse]:
+        """Send to a replica of `model` not in `tried`; the caller calls `done(member)` once the
+        answer is relayed. A replica whose connect failed is added to `tried`."""
+        tried = set() if tried is None else tried
         while True:
             member = self.pick(model, tried)
             member.outstanding += 1
@@ -94,6 +107,8 @@ class EnginePool:
                 member.outstanding -= 1
                 member.leave(str(exc))
                 tried.add(member)
+                if not exc.unsent:  # it may have reached the replica that died: never run twice
+                    raise
             except BaseException:
                 member.outstanding -= 1
                 raise
@@ -106,8 +121,31 @@ class EnginePool:
         while True:
             await asyncio.sleep(HEALTH_EVERY_S)
             for member in self.members:
-                if not member.in_rotation and await _healthy(member.engine):
+                if not member.in_rotation and await _healthy(member.engine) and await self._ready(member):
                     member.rejoin()
+
+    async def _ready(self, member: Member) -> bool:
+        """Whether a healthy replica may take traffic: it holds every adapter served on its base
+        model, or no other replica of that model is in rotation (base-model requests and the
+        aliases it holds are then better served than refused)."""
+        wanted = await self.adapters_of(member.replica.model) if self.adapters_of else set()
+        if not wanted or not self.others_left(member.replica.model, {member}):
+            return True
+        missing = wanted - await _loaded(member.engine)
+        if missing:
+            log.info("engine replica %s waits for its adapters before it rejoins: %s", member.name,
+                     ", ".join(sorted(missing)))
+        return not missing
+
+
+async def _loaded(engine: Engine) -> set[str]:
+    """The model names a replica serves now (empty if it does not answer)."""
+    try:
+        async with engine.session.get(engine.url("/v1/models"), headers=engine.headers,
+                                      timeout=aiohttp.ClientTimeout(total=2)) as resp:
+            return {m["id"] for m in (await resp.json()).get("data", [])} if resp.status == 200 else set()
+    except (aiohttp.ClientError, OSError, TimeoutError, ValueError):
+        return set()
 
 
 async def _healthy(engine: Engine) -> bool:

@@ -33,7 +33,14 @@ _CLOSED_BEFORE_READ = (errno.EPIPE, errno.ECONNRESET)
 
 
 class EngineDown(NotReady):
-    """The connection to an engine could not even be opened: no byte of the request reached it."""
+    """The connection to an engine could not even be opened. `unsent`: no byte of the request
+    reached it, so another replica may take it; False when an earlier try on a pooled connection
+    that broke may have delivered it (the engine died with it, or closed the connection first:
+    the two cannot be told apart)."""
+
+    def __init__(self, message: str, unsent: bool = True) -> None:
+        super().__init__(message)
+        self.unsent = unsent
 
 
 class Engine:
@@ -94,7 +101,7 @@ class Engine:
         re-read it and send again. Transport failures raise NotReady, UpstreamTimeout or
         UpstreamError, each counted.
         """
-        started = time.perf_counter()
+        started, unsent = time.perf_counter(), True
         try:
             try:
                 resp = await self._send(self.session, path, content)
@@ -102,6 +109,7 @@ class Engine:
                 if not _closed_before_read(exc):
                     raise
                 self.metrics.count_upstream_error(self.name, "stale_connection_retried")
+                unsent = False
                 resp = await self._send(self.fresh, path, content)
             if resp.status == 401:
                 resp.release()
@@ -112,9 +120,11 @@ class Engine:
         except (aiohttp.ClientConnectionError, ConnectionError) as exc:
             self.metrics.count_upstream_error(self.name, "unreachable")
             # A failed connect sent nothing: another replica may take the request (gateway/pool.py).
-            kind = EngineDown if isinstance(exc, aiohttp.ClientConnectorError) else NotReady
-            raise kind(f"the model server is not reachable ({type(exc).__name__}); "
-                       "it may be starting or restarting, try again shortly") from None
+            message = (f"the model server is not reachable ({type(exc).__name__}); "
+                       "it may be starting or restarting, try again shortly")
+            if isinstance(exc, aiohttp.ClientConnectorError):
+                raise EngineDown(message, unsent) from None
+            raise NotReady(message) from None
         except TimeoutError:
             self.metrics.count_upstream_error(self.name, "timeout")
             raise UpstreamTimeout("the model server did not answer in time") from None

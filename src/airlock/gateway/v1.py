@@ -180,15 +180,23 @@ class OpenAIApi:
 
         task = asyncio.current_task()
         watcher = asyncio.get_running_loop().create_task(_cancel_on_disconnect(receive, task))
-        member = None
+        member, tried = None, set()
         try:
-            member, resp = await state.engines.post(answer.base, route, raw)
+            while True:
+                member, resp = await state.engines.post(answer.base, route, raw, tried)
+                if resp.status != 404 or upstream_model == requested:
+                    break
+                # The alias exists but this replica does not hold its adapter: it restarted and
+                # the reconciler is still verifying and loading it (or verification failed). vLLM
+                # refused before generating anything, so another replica may answer.
+                resp.close()
+                tried.add(member)
+                state.engines.done(member)
+                member = None
+                if not state.engines.others_left(answer.base, tried):
+                    raise _not_loaded(requested)
             answer.engine = member.name
             try:
-                if resp.status == 404 and upstream_model != requested:
-                    # The alias exists but the engine does not have its adapter: it restarted and
-                    # the reconciler is still verifying and loading it, or verification failed.
-                    raise _not_loaded(requested)
                 # Which adapter version answered an alias: for tracing an answer back to its run.
                 adapter = [(b"x-airlock-adapter", upstream_model.encode())] if upstream_model != requested else []
                 if answer.stream and resp.status == 200:
