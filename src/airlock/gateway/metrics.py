@@ -171,9 +171,11 @@ class Answer:
     first_token_s: float | None = None
     prompt_tokens: int = 0
     generated_tokens: int = 0
+    answered: bool = False
 
     def finished(self, usage: tuple[int, int]) -> Answer:
         """Answered now, with the engine's (prompt, generated) token counts."""
+        self.answered = True
         self.seconds = time.perf_counter() - self.started
         self.prompt_tokens, self.generated_tokens = usage
         return self
