@@ -170,12 +170,13 @@ def run(quick: bool) -> Section:
                          "this machine's CPU, started and holding the adapter before either side was timed; both "
                          "sides load the model in process (for the losses) inside their time.")
     section.notes.append(f"Why the tiny model is not the target: with 0.7M parameters, a `generate` step in process "
-                         "costs almost nothing, while every token through vLLM's CPU engine pays its LoRA kernels, "
-                         "which gather each token's LoRA matrices padded to the engine's largest rank (an adapter's "
-                         "requests cost in proportion to `--max-lora-rank`, not to the adapter's own rank), and the "
-                         "base model's too: on a CPU engine the base is served as a zero adapter "
-                         "(docs/security.md). On a model of real size the batched engine's advantage is what the "
-                         "target measures. The raised rows are why airlock starts the engine with the trainer's "
-                         f"default rank, {default_rank}, and a site that trains higher ranks raises it knowingly.")
+                         "costs almost nothing, while every token through vLLM's CPU engine pays its LoRA products "
+                         "at the engine's largest rank (`--max-lora-rank`, not the adapter's own), the base model's "
+                         "too: on a CPU engine the base is served as a zero adapter (docs/security.md). airlock's "
+                         "CPU LoRA kernels (airlock/serve/cpu_lora_kernels.py) compute them once per adapter rather "
+                         "than once per token, which is why the raised ranks now cost little. On a model of real "
+                         "size the batched engine's advantage is what the target measures. airlock starts the "
+                         f"engine with the trainer's default rank, {default_rank}, and a site that trains higher "
+                         "ranks raises it knowingly.")
     section.seconds, section.load = time.perf_counter() - started, (load0, os.getloadavg()[0])
     return section

@@ -150,3 +150,12 @@ def test_cpu_engine_serves_the_base_name_as_the_zero_adapter(tmp_path):
     # The GPU kernels skip a base-model token themselves: there the base weights keep their name.
     gpu = VllmServer(settings, gpu=True).command()
     assert gpu[gpu.index("--served-model-name") + 1] == "airlock-tiny" and "--lora-modules" not in gpu
+
+
+@pytest.mark.vllm
+def test_the_engine_computes_lora_once_per_adapter(vllm_server):
+    """vLLM loaded airlock's CPU LoRA kernels (serve/cpu_lora_kernels.py) through its plugin entry
+    point, so the concurrent answers above went through them."""
+    from airlock.serve.cpu_lora_kernels import LOADED_MESSAGE
+
+    assert LOADED_MESSAGE in vllm_server.log_path.read_text(errors="replace")

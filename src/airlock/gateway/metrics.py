@@ -2,7 +2,7 @@
 gateway's own: requests by route and status; completions by model and engine (latency and time
 to first token as histograms, so p50/p95/p99 can be read, tokens, errors by kind); the time spent
 waiting on each engine; failed authentications by door; and, read at each scrape, each engine's
-own vLLM figures with an `engine` label (engines.py).
+own vLLM figures with an `engine` label (engine_metrics.py).
 
 Label values come from what the gateway resolved, never from what a client sent: a model label
 is a served alias or base model (an unknown name is refused before anything is counted), a route
@@ -172,9 +172,11 @@ class Answer:
     first_token_s: float | None = None
     prompt_tokens: int = 0
     generated_tokens: int = 0
+    answered: bool = False
 
     def finished(self, usage: tuple[int, int]) -> Answer:
         """Answered now, with the engine's (prompt, generated) token counts."""
+        self.answered = True
         self.seconds = time.perf_counter() - self.started
         self.prompt_tokens, self.generated_tokens = usage
         return self

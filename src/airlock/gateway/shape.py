@@ -103,6 +103,7 @@ class EventShaper:
         self.events = 0
         self.usage: Usage | None = None
         self.hide_usage = hide_usage
+        self.done = False  # the stream's last event, `data: [DONE]`, has passed
 
     def feed(self, chunk: bytes) -> bytes:
         data = self.pending + chunk
@@ -119,6 +120,7 @@ class EventShaper:
 
     def _event(self, event: bytes) -> bytes:
         if not event.startswith(b"data: ") or event == b"data: [DONE]":
+            self.done = self.done or event == b"data: [DONE]"
             return event + b"\n\n"
         self.events += 1
         try:

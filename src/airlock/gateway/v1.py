@@ -210,7 +210,8 @@ class OpenAIApi:
                 # The client hung up: its generation was aborted by closing the upstream, after
                 # the engine had read the prompt, which is charged.
                 settle(settle.budget.prompt)
-                metrics.count_completion_error(requested, "client_disconnected")
+                if not answer.answered:  # a client may hang up once it has read the whole stream
+                    metrics.count_completion_error(requested, "client_disconnected")
                 return
             raise
         except (TimeoutError, aiohttp.ClientError) as exc:
@@ -365,14 +366,22 @@ async def _relay_stream(resp: aiohttp.ClientResponse, send: Send, watcher: async
     before that, with the prompt's estimate and one token for each event passed on."""
     await send({"type": "http.response.start", "status": 200, "headers": _STREAM_HEADERS + headers})
     shaper = EventShaper(answer.model, hide_usage)
-    broken = True  # until the engine's stream ended, whatever ends this one (a cancel too)
+
+    def answered() -> None:
+        # Counted once, before the stream's last event leaves: a client that has read it may hang
+        # up (cancelling this task) or read /metrics at once, before the engine's stream ends.
+        if not answer.answered:
+            metrics.observe_completion(answer.finished(shaper.usage or Usage(settle.budget.prompt, shaper.events)))
+
     try:
         async for chunk in resp.content.iter_any():
             if out := shaper.feed(chunk):
                 if answer.first_token_s is None:
                     answer.first_token_s = time.perf_counter() - answer.started
+                if shaper.done:
+                    answered()
                 await send({"type": "http.response.body", "body": out, "more_body": True})
-        broken = False
+        answered()
     except (TimeoutError, aiohttp.ClientError) as exc:
         metrics.count_upstream_error(answer.engine, "transport")
         metrics.count_completion_error(answer.model, UpstreamError.code)
@@ -384,6 +393,4 @@ async def _relay_stream(resp: aiohttp.ClientResponse, send: Send, watcher: async
     # Stop watching before the last message: once the response is complete, the server reports
     # a disconnect to whoever still listens, and that must not cancel a finished request.
     watcher.cancel()
-    if not broken:  # counted before the last bytes leave, as a whole answer is (see _forward)
-        metrics.observe_completion(answer.finished(shaper.usage or Usage(settle.budget.prompt, shaper.events)))
     await send({"type": "http.response.body", "body": shaper.flush(), "more_body": False})

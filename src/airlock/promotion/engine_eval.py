@@ -213,7 +213,7 @@ def compare_through_engine(base_url: str, headers: Mapping[str, str], base_dir: 
     """`evaluate.compare` with the answers from the engine at `base_url` (over `socket` when it
     listens on one) with `headers` (its secret): `base_model` is the name it serves the base
     under, `candidate` and `champion` the names it serves the adapters in `adapter_dir` and
-    `champion_dir` under. The engine answers first, then the same weights here compute the losses.
+    `champion_dir` under. The engine answers while the same weights here compute the losses.
 
     Each model's answers are one request, and the requests go at once: every token of a CPU engine
     pays its LoRA kernels anyway (the base is a zero adapter there), so one batch of all of them
