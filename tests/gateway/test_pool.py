@@ -68,6 +68,8 @@ async def _exercise(settings, replicas, procs) -> None:
         # SIGKILL the first replica: no request fails, the first try of the next leaves it out.
         os.kill(procs[0].pid, signal.SIGKILL)
         procs[0].wait()
+        # At once, before the loop has seen the kernel close its pooled connections: the first
+        # request is written on one of them, fails with EPIPE (nothing delivered) and goes on.
         served = []
         for _ in range(6):
             member, resp = await pool.post("airlock-tiny", "/v1/chat/completions", BODY)

@@ -141,11 +141,16 @@ class EnginePool:
 async def _loaded(engine: Engine) -> set[str]:
     """The model names a replica serves now (empty if it does not answer)."""
     try:
-        async with engine.session.get(engine.url("/v1/models"), headers=engine.headers,
-                                      timeout=aiohttp.ClientTimeout(total=2)) as resp:
-            return {m["id"] for m in (await resp.json()).get("data", [])} if resp.status == 200 else set()
+        for _ in range(2):
+            async with engine.session.get(engine.url("/v1/models"), headers=engine.headers,
+                                          timeout=aiohttp.ClientTimeout(total=2)) as resp:
+                if resp.status == 401:  # restarted with a new secret (vLLM's /health needs none)
+                    engine.reload_secret()
+                    continue
+                return {m["id"] for m in (await resp.json()).get("data", [])} if resp.status == 200 else set()
     except (aiohttp.ClientError, OSError, TimeoutError, ValueError):
-        return set()
+        pass
+    return set()
 
 
 async def _healthy(engine: Engine) -> bool:

@@ -33,10 +33,10 @@ _CLOSED_BEFORE_READ = (errno.EPIPE, errno.ECONNRESET)
 
 
 class EngineDown(NotReady):
-    """The connection to an engine could not even be opened. `unsent`: no byte of the request
-    reached it, so another replica may take it; False when an earlier try on a pooled connection
-    that broke may have delivered it (the engine died with it, or closed the connection first:
-    the two cannot be told apart)."""
+    """The engine is gone: a connection to it cannot be opened or was refused under the request.
+    `unsent`: the engine cannot have read the request, so another replica may take it; False when
+    an earlier try on a pooled connection ended in a clean close, which may come after the engine
+    read it (it died holding it)."""
 
     def __init__(self, message: str, unsent: bool = True) -> None:
         super().__init__(message)
@@ -109,7 +109,7 @@ class Engine:
                 if not _closed_before_read(exc):
                     raise
                 self.metrics.count_upstream_error(self.name, "stale_connection_retried")
-                unsent = False
+                unsent = _undelivered(exc)
                 resp = await self._send(self.fresh, path, content)
             if resp.status == 401:
                 resp.release()
@@ -119,10 +119,9 @@ class Engine:
             return resp
         except (aiohttp.ClientConnectionError, ConnectionError) as exc:
             self.metrics.count_upstream_error(self.name, "unreachable")
-            # A failed connect sent nothing: another replica may take the request (gateway/pool.py).
             message = (f"the model server is not reachable ({type(exc).__name__}); "
                        "it may be starting or restarting, try again shortly")
-            if isinstance(exc, aiohttp.ClientConnectorError):
+            if _undelivered(exc):  # the engine is gone; whether another replica may take it: gateway/pool.py
                 raise EngineDown(message, unsent) from None
             raise NotReady(message) from None
         except TimeoutError:
@@ -134,6 +133,16 @@ class Engine:
 
     async def _send(self, session: aiohttp.ClientSession, path: str, content: bytes) -> aiohttp.ClientResponse:
         return await session.post(self.url(path), data=content, headers=self.headers)
+
+
+def _undelivered(exc: Exception) -> bool:
+    """Whether the engine's side cannot have read the request: the connect failed, the write
+    found the socket closed (EPIPE: the engine was gone), or the engine's side closed with the
+    request still unread in its buffer (ECONNRESET). A clean close (ServerDisconnectedError) may
+    come after the engine read it, so it is not."""
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return True
+    return isinstance(exc, aiohttp.ClientOSError | ConnectionError) and getattr(exc, "errno", None) in _CLOSED_BEFORE_READ
 
 
 def _closed_before_read(exc: Exception) -> bool:
