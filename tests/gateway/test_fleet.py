@@ -8,7 +8,7 @@ import pytest
 
 from airlock.config import Settings
 from airlock.errors import InvalidInput
-from airlock.serve.fleet import LOCAL, fleet, parse_engines
+from airlock.serve.fleet import LOCAL, check_socket_path, fleet, parse_engines
 
 
 def test_without_a_list_the_appliance_is_one_engine_in_its_old_folder(tmp_path):
@@ -19,8 +19,8 @@ def test_without_a_list_the_appliance_is_one_engine_in_its_old_folder(tmp_path):
     assert only.local and only.gpus is None and only.cpus is None
 
 
-def test_two_models_and_replicas_each_get_a_private_folder_and_their_placement(tmp_path):
-    settings = Settings(home=tmp_path)
+def test_two_models_and_replicas_each_get_a_private_folder_and_their_placement(tmp_path_factory):
+    settings = Settings(home=tmp_path_factory.mktemp("fleet"))  # short: the sockets' paths must fit
     text = json.dumps([{"model": "airlock-tiny", "replicas": 2, "cpus": ["0", "1"]},
                        {"name": "big", "model": "smollm2-135m-instruct", "gpus": ["0,1"], "tensor_parallel_size": 2,
                         "hosts": ["gpu-2.site:8443"]}])
@@ -50,3 +50,14 @@ def test_every_mistake_is_refused_naming_the_engine_and_the_field(engines, words
     with pytest.raises(InvalidInput) as info:
         parse_engines(engines)
     assert words in str(info.value)
+
+
+def test_a_socket_path_too_long_for_unix_is_refused_naming_the_replica(tmp_path):
+    engines = json.dumps([{"name": "e" * 60, "model": "airlock-tiny", "replicas": 2}])
+    settings = Settings(home=tmp_path)
+    first, second = fleet(settings, engines)
+    check_socket_path(settings, first)
+    with pytest.raises(InvalidInput, match=r"engine replica e{60}-1: its socket .* bytes long, and a Unix socket "
+                                           r"path holds at most 107"):
+        check_socket_path(settings, second)
+    check_socket_path(Settings(home=tmp_path, engine_transport="tcp"), second)  # no socket there

@@ -38,8 +38,8 @@ def start_stub(folder: Path, models: list[str] | None = None) -> subprocess.Pope
     return proc
 
 
-def test_replicas_share_the_load_and_a_killed_one_leaves_and_returns(tmp_path):
-    settings = Settings(home=tmp_path / "home")
+def test_replicas_share_the_load_and_a_killed_one_leaves_and_returns(tmp_path_factory):
+    settings = Settings(home=tmp_path_factory.mktemp("pool"))  # short: the sockets' paths must fit
     settings.ensure_dirs()
     replicas = fleet(settings, json.dumps([{"model": "airlock-tiny", "replicas": 2}]))
     procs = [start_stub(r.folder) for r in replicas]
@@ -97,7 +97,7 @@ async def _exercise(settings, replicas, procs) -> None:
         await pool.close()
 
 
-def test_an_alias_goes_to_the_replica_holding_its_adapter_and_a_restart_rejoins_only_with_it(tmp_path):
+def test_an_alias_goes_to_the_replica_holding_its_adapter_and_a_restart_rejoins_only_with_it(tmp_path_factory):
     """Replica 0 lacks the alias's adapter (as after a restart, before the reconciler restored
     it): the alias's requests still all succeed on replica 1, and a restarted replica 0 stays out
     of the rotation until it holds the adapter."""
@@ -108,7 +108,7 @@ def test_an_alias_goes_to_the_replica_holding_its_adapter_and_a_restart_rejoins_
     from airlock.meta.db import now
 
     engines = json.dumps([{"model": "airlock-tiny", "replicas": 2}])
-    settings = gateway_settings(tmp_path / "home", engines=engines)
+    settings = gateway_settings(tmp_path_factory.mktemp("pool"), engines=engines)
     settings.ensure_dirs()
     replicas = fleet(settings)
     procs = [start_stub(replicas[0].folder, ["airlock-tiny"]),

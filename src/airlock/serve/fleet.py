@@ -32,6 +32,7 @@ from airlock.errors import InvalidInput
 NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
 LOCAL = ""  # a replica's host: this one
 MAX_REPLICAS = 16
+MAX_SOCKET_PATH = 107  # bytes of sockaddr_un's sun_path, less its closing NUL
 
 
 class EngineSpec(BaseModel):
@@ -132,7 +133,7 @@ def fleet(settings: Settings, text: str | None = None) -> list[Replica]:
     first replica first."""
     text = settings.engines if text is None else text
     engines = parse_engines(text) if text.strip() else [EngineSpec(model=settings.serve_base_model)]
-    replicas = []
+    replicas: list[Replica] = []
     for spec in engines:
         for index in range(spec.replicas):
             first = not replicas
@@ -143,6 +144,15 @@ def fleet(settings: Settings, text: str | None = None) -> list[Replica]:
                 gpus=spec.gpus[index] if spec.gpus else None, cpus=spec.cpus[index] if spec.cpus else None,
                 host=spec.hosts[index] if spec.hosts else LOCAL, tensor_parallel_size=spec.tensor_parallel_size))
     return replicas
+
+
+def check_socket_path(settings: Settings, replica: Replica) -> None:
+    """A local replica's socket must fit a Unix socket address; vLLM would only fail to bind it."""
+    socket = replica_settings(settings, replica).engine_socket
+    if settings.engine_transport == "uds" and replica.local and len(bytes(socket)) > MAX_SOCKET_PATH:
+        raise InvalidInput(f"engine replica {replica.name}: its socket {socket} is {len(bytes(socket))} bytes "
+                           f"long, and a Unix socket path holds at most {MAX_SOCKET_PATH}: give the engine a "
+                           "shorter name, or the appliance a shorter AIRLOCK_HOME")
 
 
 def replica_settings(settings: Settings, replica: Replica) -> Settings:

@@ -23,7 +23,7 @@ from airlock.errors import ConfigurationError, NotReady
 from airlock.home import HomeLock, appliance_pid
 from airlock.private import PRIVATE_FILE
 from airlock.serve.engine import EngineClient
-from airlock.serve.fleet import Replica, fleet, replica_environment, replica_settings
+from airlock.serve.fleet import Replica, check_socket_path, fleet, replica_environment, replica_settings
 from airlock.serve.vllm_server import clear_engine_dir, log_tail, served_model_missing
 from airlock.supervisor.services import NAMES, Service
 from airlock.tls import check_configured, local_gateway
@@ -85,6 +85,8 @@ class Supervisor:
             folder = settings.model_path(replica.model)
             if not (folder / "config.json").is_file():
                 raise served_model_missing(settings, folder)
+        for replica in self.replicas.values():
+            check_socket_path(self.settings, replica)
 
     def wait_ready(self) -> bool:
         """Supervise until the engine and the gateway are ready; False if a stop came first."""
