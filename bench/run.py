@@ -3,7 +3,7 @@
 Fine-tuning (its throughput, then the fine-tuning service's packing, checkpoints and memory) runs
 first, before any server is started, so nothing of ours competes with it for
 the CPU; then the gateway's capacity and its cost over TLS, against a stand-in engine; the
-gateway-overhead and hand-off and soak benchmarks share one vLLM (see bench.serving), the soak
+gateway-overhead, hand-off, canary and soak benchmarks share one vLLM (see bench.serving), the soak
 last of them because it is the longest; the evaluation benchmark starts a vLLM of its own after
 theirs is stopped; the isolation benchmark starts a whole appliance of its own last. The gateway benchmarks
 drive wrk; without it they are reported as not run (the soak drives the openai client instead).
@@ -29,7 +29,7 @@ from bench.report import Section, document, split_sections  # noqa: E402
 from bench.wrk import WrkMissing, wrk_path  # noqa: E402
 
 NAMES = ("finetune", "training", "capacity", "gateway", "handoff", "isolation", "soak", "verify", "offline", "tls",
-         "provision", "uploads", "eval", "demo")
+         "provision", "uploads", "eval", "demo", "canary")
 NEEDS_WRK = ("capacity", "gateway", "isolation", "tls")
 TITLES = {"finetune": "1. Fine-tuning throughput", "capacity": "2. Gateway capacity",
           "gateway": "3. Gateway overhead against direct vLLM",
@@ -43,7 +43,8 @@ TITLES = {"finetune": "1. Fine-tuning throughput", "capacity": "2. Gateway capac
           "training": "11. The fine-tuning service",
           "uploads": "12. Gateway memory during dataset uploads",
           "eval": "13. Evaluation through the engine",
-          "demo": "14. The demo, start to snippets"}
+          "demo": "14. The demo, start to snippets",
+          "canary": "15. Canary: breach to roll-back"}
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -165,13 +166,13 @@ def main(argv: list[str] | None = None) -> int:
         attempt("tls", "TLS: the same gateway over HTTPS and over plain HTTP, stand-in engine on the engine socket",
                 lambda: tls_bench.run(args.quick))
 
-    serving = [n for n in ("gateway", "handoff", "soak") if n in wanted]
+    serving = [n for n in ("gateway", "handoff", "canary", "soak") if n in wanted]
     if serving:
-        from bench import gateway_bench, handoff_bench, soak_bench
+        from bench import canary_bench, gateway_bench, handoff_bench, soak_bench
         from bench.serving import serving_stack
 
         # The soak serves the first hand-off candidate; alone it trains just that one.
-        prepare = (handoff_bench.train_candidates if "handoff" in serving
+        prepare = (handoff_bench.train_candidates if "handoff" in serving or "canary" in serving
                    else soak_bench.prepare if "soak" in serving else None)
         say("starting vLLM and the gateway" + (" (training adapters meanwhile)" if prepare else ""))
         try:
@@ -183,6 +184,9 @@ def main(argv: list[str] | None = None) -> int:
                 if "handoff" in serving:
                     attempt("handoff", "hand-off: gate pass to first token under the alias",
                             lambda: handoff_bench.run(stack, args.quick))
+                if "canary" in serving:
+                    attempt("canary", "canary: from a real breach to the roll-back, against an admin's abort",
+                            lambda: canary_bench.run(stack, args.quick))
                 if "soak" in serving:
                     attempt("soak", "soak: concurrent openai clients through the gateway, counting every error",
                             lambda: soak_bench.run(stack, args.quick, args.soak_seconds,

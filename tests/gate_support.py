@@ -58,9 +58,11 @@ def approver(holder: str, key_id: str | None = None, *, admin: bool = False, may
                     actor=f"key:{key_id or 'k-' + holder}")
 
 
-def promoted(airlock: Airlock, tmp_path: Path, alias: str, seed: int = 0) -> tuple[str, int]:
-    """(model id, promotion id) of a candidate two approvers promoted to `alias`: a signed record."""
-    model_id = signed_candidate(airlock, tmp_path, seed)
+def promoted(airlock: Airlock, tmp_path: Path, alias: str, seed: int = 0, *, model_id: str | None = None
+             ) -> tuple[str, int]:
+    """(model id, promotion id) of a candidate two approvers promoted to `alias` (a new signed one,
+    or `model_id`): a signed record."""
+    model_id = model_id or signed_candidate(airlock, tmp_path, seed)
     if policy_for(airlock, alias) is None:
         protect(airlock, alias)
     request = request_for(airlock, model_id, alias)
@@ -70,7 +72,7 @@ def promoted(airlock: Airlock, tmp_path: Path, alias: str, seed: int = 0) -> tup
     return model_id, promotion["id"]
 
 
-def real_candidate(airlock: Airlock, tmp_path: Path, *, zero: bool = True) -> str:
+def real_candidate(airlock: Airlock, tmp_path: Path, *, zero: bool = True, seed: int = 0) -> str:
     """A stored, signed PEFT LoRA adapter of the reference model, freshly initialised (its B
     matrices are zero, so it answers as the base does, unless `zero` is False): a candidate an
     evaluation can load."""
@@ -79,10 +81,10 @@ def real_candidate(airlock: Airlock, tmp_path: Path, *, zero: bool = True) -> st
     from transformers import AutoModelForCausalLM
 
     base_dir = airlock.settings.models_dir / airlock.settings.serve_base_model
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     model = get_peft_model(AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32), LoraConfig(
         r=4, lora_alpha=8, task_type="CAUSAL_LM", target_modules=["q_proj", "v_proj"], init_lora_weights=zero))
-    folder = tmp_path / "peft-adapter"
+    folder = tmp_path / ("peft-adapter" if seed == 0 else f"peft-adapter-{seed}")
     model.save_pretrained(folder)
     tree = airlock.store.put_tree(folder)
     model_id = register_adapter(airlock, tree_digest=tree, base_model={"name": airlock.settings.serve_base_model,

@@ -66,3 +66,13 @@ STAGE_FINISHED = frozenset({StageState.SUCCEEDED, StageState.FAILED, StageState.
 def placeholders(states: Collection[str]) -> str:
     """`?, ?` for an SQL `IN (...)` over `states`, whose values go in as parameters."""
     return ", ".join("?" for _ in states)
+
+
+class CanaryState(StrEnum):
+    """A canary rollout's state (docs/serving.md)."""
+    RUNNING = "running"          # part of the alias's requests go to the candidate
+    PASSED = "passed"            # the window ended with no breach and enough requests: promotion next
+    PROMOTED = "promoted"        # the alias now serves the candidate to every request
+    ROLLED_BACK = "rolled_back"  # a breach: every request back on the champion at once
+    EXPIRED = "expired"          # the window ended with too few requests to judge: the champion stays
+    ABORTED = "aborted"          # an admin stopped it, or the alias changed under it

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from browser_harness import assert_same_origin, look, open_page
 from e2e_support import QA, REPO_ROOT
+from openai import OpenAI
 from playwright.sync_api import Page, expect
 from waiting import wait_for
 
@@ -292,8 +293,31 @@ def test_runs_compared_an_alias_switched_and_rolled_back_and_what_an_approver_se
         page.select_option("form[data-switch='web-switch'] select", models[1])
         page.click("form[data-switch='web-switch'] button[type=submit]")
         expect(switched.locator("p code").first).to_have_text(models[1], timeout=60_000)
-        history = switched.locator("tbody tr")
+        history = switched.locator("tbody tr[data-history-row]")
         expect(history).to_have_count(4)  # served, served, rolled back, switched
+
+        # A canary of the earlier adapter (promoted for this alias), started from the page, both
+        # sides answering the official client, charted, then aborted from the page.
+        start = page.locator("form[data-canary-start='web-switch']")
+        start.locator("select").select_option(models[0])
+        start.locator("input[name=percent]").fill("50")
+        start.locator("input[name=min_requests]").fill("3")
+        start.locator("button[type=submit]").click()
+        canary = switched.locator("[data-canary='web-switch']")
+        expect(canary).to_have_attribute("data-canary-state", "running", timeout=60_000)
+        client = OpenAI(base_url=appliance.gateway_url + "/v1", api_key=admin, max_retries=0)
+        sides = [client.chat.completions.with_raw_response.create(
+            model="web-switch", messages=[{"role": "user", "content": "hi"}], max_tokens=4).headers["x-airlock-canary"]
+            for _ in range(16)]
+        assert set(sides) == {"candidate", "champion"}, sides
+        time.sleep(1.5)  # the gateway writes both sides' figures every second
+        page.goto("/serving")
+        expect(canary.locator("[data-canary-side=candidate] td").nth(1)).to_have_text(str(sides.count("candidate")))
+        expect(canary.locator("[data-canary-chart] canvas")).to_have_count(1)
+        look(page, "serving-canary")
+        canary.locator("form[data-canary-abort] button").click()
+        expect(canary).to_have_attribute("data-canary-state", "aborted", timeout=30_000)
+        expect(switched.locator("p code").first).to_have_text(models[1])  # the champion never moved
 
     with open_page(browser, appliance.gateway_url, "/") as recorded_approver:
         page = recorded_approver.page

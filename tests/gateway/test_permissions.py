@@ -42,6 +42,9 @@ ROUTES = {
     ("POST", "/api/models/{model_id}/revoke"): "models:revoke",
     ("POST", "/api/aliases/{alias}/rollback"): "aliases:write",
     ("GET", "/api/aliases/{alias}/history"): "models:read",
+    ("POST", "/api/aliases/{alias}/canary"): "aliases:write",
+    ("GET", "/api/aliases/{alias}/canary"): "aliases:read",
+    ("POST", "/api/aliases/{alias}/canary/abort"): "aliases:write",
 }
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import typer
 
 from airlock import __version__
-from airlock.cli import apikey, appliance, audit, backup, bundle, datasets, gate, models, runs, store, tls, trust, workflow
+from airlock.cli import (apikey, appliance, audit, backup, bundle, canary, datasets, gate, models, runs, store, tls, trust,
+                        workflow)
 
 app = typer.Typer(
     name="airlock",
@@ -15,7 +16,8 @@ app = typer.Typer(
 )
 app.add_typer(models.app, name="models", help="Base models and fine-tuned adapters.")
 app.add_typer(gate.app, name="gate", help="The promotion gate: policies per alias, requests, approvals.")
-app.add_typer(gate.serve_app, name="serve", help="Aliases: roll back to the previous champion, history.")
+gate.serve_app.command("canary")(canary.canary_cmd)
+app.add_typer(gate.serve_app, name="serve", help="Aliases: canary rollouts, roll back to the previous champion, history.")
 app.add_typer(datasets.app, name="datasets", help="Validate and add training datasets.")
 app.add_typer(workflow.app, name="workflow", help="Run and inspect workflows.")
 app.add_typer(runs.app, name="runs", help="The training queue: list, show, watch, cancel, priority, resume.")

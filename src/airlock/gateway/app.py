@@ -42,6 +42,7 @@ from airlock.serve.fleet import fleet, replica_settings
 from airlock.gateway.pool import EnginePool
 from airlock.gateway.proxy import Engine
 from airlock.gateway.recorder import Recorder
+from airlock.gateway.canary import CanaryJudge
 from airlock.gateway.registry import Registry
 from airlock.gateway.v1 import OpenAIApi
 from airlock.tls import check_configured
@@ -129,6 +130,7 @@ def create_app(settings: Settings | None = None, ui: Callable[[FastAPI], None] |
         app.state.registry.load()  # before the first request: the loop never reads SQLite
         app.state.limiter.load(meta.query("SELECT key_id, kind, level, updated FROM rate_buckets"))
         app.state.recorder.start()
+        app.state.canaries.open()
         app.state.engines.open()
         scrape = MetricsListener(settings, app.state.metrics.render) if settings.metrics_port else None
         if scrape is not None:
@@ -139,6 +141,7 @@ def create_app(settings: Settings | None = None, ui: Callable[[FastAPI], None] |
             if scrape is not None:
                 scrape.close()
             await app.state.engines.close()
+            await app.state.canaries.close()
             app.state.recorder.close()
 
     app = FastAPI(title="airlock gateway", version="1", lifespan=lifespan,
@@ -147,6 +150,7 @@ def create_app(settings: Settings | None = None, ui: Callable[[FastAPI], None] |
     app.state.meta = meta
     app.state.airlock = airlock
     app.state.registry = Registry(meta)
+    app.state.canaries = CanaryJudge(meta, app.state.registry)
     app.state.limiter = RateLimiter()
     app.state.failures = AuthFailures(settings.auth_fail_limit, settings.auth_fail_window_s)
     app.state.recorder = Recorder(meta, rate_state=app.state.limiter.changed_rows,

@@ -119,3 +119,43 @@ def history(alias: str, airlock: AirlockDep, key: Key = Depends(permit("models:r
     from airlock.workflow.gatekeeper import alias_history
 
     return alias_history(airlock, alias)
+
+
+class CanaryBody(BaseModel):
+    """A canary rollout (docs/serving.md): the candidate, its share and window, the breach limits."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    candidate: str = Field(min_length=1, max_length=200)
+    percent: float = Field(gt=0, lt=100)
+    window_s: float = Field(600.0, ge=10, le=7 * 24 * 3600)
+    max_error_rate: float = Field(0.01, ge=0, lt=1)
+    max_latency_ratio: float = Field(1.5, ge=1)
+    min_requests: int = Field(20, ge=1)
+
+
+@gate_api.post("/aliases/{alias}/canary")
+def start_canary(alias: str, body: CanaryBody, airlock: AirlockDep,
+                 key: Key = Depends(permit("aliases:write"))) -> dict:
+    """Start a canary of a promoted candidate on the alias (admins)."""
+    from airlock.serve.canary import start_canary as start
+
+    return start(airlock, alias, body.candidate, percent=body.percent, window_s=body.window_s,
+                 max_error_rate=body.max_error_rate, max_latency_ratio=body.max_latency_ratio,
+                 min_requests=body.min_requests, actor=actor(key)).as_dict()
+
+
+@gate_api.get("/aliases/{alias}/canary")
+def canary_status(alias: str, airlock: AirlockDep, key: Key = Depends(permit("aliases:read"))) -> dict:
+    """The alias's newest canary, with both sides' figures."""
+    from airlock.serve.canary import canary_status as status
+
+    return status(airlock, alias).as_dict()
+
+
+@gate_api.post("/aliases/{alias}/canary/abort")
+def abort_canary(alias: str, airlock: AirlockDep, key: Key = Depends(permit("aliases:write"))) -> dict:
+    """Stop the alias's canary: the champion keeps every request."""
+    from airlock.serve.canary import abort_canary as abort
+
+    return abort(airlock, alias, actor=actor(key)).as_dict()

@@ -173,6 +173,9 @@ class Answer:
     prompt_tokens: int = 0
     generated_tokens: int = 0
     answered: bool = False
+    forwarded: bool = False  # sent on to an engine (past the key's limits and every check)
+    status: int = 0  # the engine's HTTP status, once it answered
+    canary: str | None = None  # the side of a canary rollout that answers: candidate or champion
 
     def finished(self, usage: tuple[int, int]) -> Answer:
         """Answered now, with the engine's (prompt, generated) token counts."""

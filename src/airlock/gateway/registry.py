@@ -1,4 +1,4 @@
-"""What the gateway answers from memory: API keys, aliases and the worker's heartbeat.
+"""What the gateway answers from memory: API keys, aliases, running canaries and the worker's heartbeat.
 
 The event loop never touches SQLite. A snapshot is read in a worker thread; before each request
 the gateway stats the database file and its WAL (two syscalls) and, when any process committed
@@ -17,6 +17,7 @@ from typing import Any
 
 from airlock.access.keys import load_keys
 from airlock.meta import Meta
+from airlock.serve.canary import Canary, running_canaries
 
 STALE_WAIT_S = 0.2
 
@@ -27,6 +28,7 @@ class Snapshot:
     aliases: dict[str, dict[str, Any]] = field(default_factory=dict)
     worker_heartbeat: str | None = None
     engine_asleep: dict[str, Any] | None = None  # {"run_id", "retry_after_s"} while training sleeps it
+    canaries: dict[str, Canary] = field(default_factory=dict)  # alias -> its running canary
     taken_at: float = 0.0
 
 
@@ -36,7 +38,7 @@ def read_snapshot(meta: Meta) -> Snapshot:
     beat = meta.one("SELECT MAX(heartbeat_at) AS at FROM workers")
     asleep = meta.one("SELECT run_id, retry_after_s FROM engine_sleep ORDER BY since LIMIT 1")
     return Snapshot(keys=load_keys(meta), aliases=aliases, worker_heartbeat=beat["at"] if beat else None,
-                    engine_asleep=asleep, taken_at=time.time())
+                    engine_asleep=asleep, canaries=running_canaries(meta), taken_at=time.time())
 
 
 class Registry:

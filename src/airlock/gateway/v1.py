@@ -32,6 +32,7 @@ from airlock.gateway.front import Head, read_body, send_bytes
 from airlock.gateway.limits import Budget, check_completion_request, output_budget
 from airlock.gateway.metrics import Answer
 from airlock.gateway.registry import Snapshot
+from airlock.serve.canary import CANDIDATE
 from airlock.gateway.shape import EventShaper, Usage, decode_json, encode_json, engine_error, shape_body
 
 log = logging.getLogger("airlock.gateway")
@@ -136,12 +137,24 @@ class OpenAIApi:
         upstream_model, base_model = resolve_model(snapshot, key, self.bases, requested)
         # From here on the model is a served one: its name may label the metrics.
         answer = Answer(requested, base_model, body.get("stream") is True, started)
+        if (routed := state.canaries.route(snapshot, requested)) is not None:
+            canary, answer.canary = routed  # a canary rollout (gateway/canary.py): which side answers
+            if answer.canary == CANDIDATE:
+                upstream_model = canary.candidate_id
         try:
             await self._served(scope, receive, send, route, key, snapshot, raw, body, upstream_model, base_model,
                                answer)
         except AirlockError as exc:
             state.metrics.count_completion_error(requested, exc.code)
+            if routed is not None and answer.forwarded and exc.http_status >= 500:
+                state.canaries.observe(canary, answer.canary, failed=True, seconds=None)
             raise
+        # A canary judges what the model's side did: an answer, or a server-side failure once the
+        # request went to an engine. A refusal before that (a limit, a sleeping engine), the
+        # engine's 4xx (the request's own fault) and a hang-up count for neither side.
+        if routed is not None and (answer.answered or answer.status >= 500):
+            state.canaries.observe(canary, answer.canary, failed=not answer.answered,
+                                   seconds=answer.seconds if answer.answered else None)
 
     async def _served(self, scope: Scope, receive: Receive, send: Send, route: str, key: dict[str, Any],
                       snapshot: Snapshot, raw: bytes, body: dict[str, Any], upstream_model: str, base_model: str,
@@ -181,6 +194,7 @@ class OpenAIApi:
         task = asyncio.current_task()
         watcher = asyncio.get_running_loop().create_task(_cancel_on_disconnect(receive, task))
         member, tried = None, set()
+        answer.forwarded = True
         try:
             while True:
                 member, resp = await state.engines.post(answer.base, route, raw, tried)
@@ -195,10 +209,12 @@ class OpenAIApi:
                 member = None
                 if not state.engines.others_left(answer.base, tried):
                     raise _not_loaded(requested)
-            answer.engine = member.name
+            answer.engine, answer.status = member.name, resp.status
             try:
                 # Which adapter version answered an alias: for tracing an answer back to its run.
                 adapter = [(b"x-airlock-adapter", upstream_model.encode())] if upstream_model != requested else []
+                if answer.canary is not None:  # which side of a canary rollout answered
+                    adapter.append((b"x-airlock-canary", answer.canary.encode()))
                 if answer.stream and resp.status == 200:
                     await _relay_stream(resp, send, watcher, adapter, settle, metrics, hide_usage, answer)
                     return

@@ -275,4 +275,31 @@ MIGRATIONS: list[tuple[int, str]] = [
         ALTER TABLE models ADD COLUMN revoked_reason TEXT
         """,
     ),
+    (
+        # Canary rollouts (serve/canary.py): a candidate with a promotion record for an alias
+        # takes part of its requests for a window, judged against the champion by the gateway.
+        8,
+        """
+        CREATE TABLE canaries (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            alias TEXT NOT NULL,
+            champion_id TEXT NOT NULL,
+            candidate_id TEXT NOT NULL,
+            promotion_id INTEGER NOT NULL,
+            percent REAL NOT NULL,
+            window_s REAL NOT NULL,
+            max_error_rate REAL NOT NULL,
+            max_latency_ratio REAL NOT NULL,
+            min_requests INTEGER NOT NULL,
+            state TEXT NOT NULL,
+            reason TEXT,
+            stats_json TEXT,
+            started_by TEXT NOT NULL,
+            started_at TEXT NOT NULL,
+            ends_at TEXT NOT NULL,
+            decided_at TEXT
+        );
+        CREATE UNIQUE INDEX one_open_canary_per_alias ON canaries(alias) WHERE state IN ('running', 'passed')
+        """,
+    ),
 ]

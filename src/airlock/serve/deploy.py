@@ -67,7 +67,7 @@ def served_base_digest(airlock: Airlock, base: str | None = None) -> str:
     return model_digest(resolve_base_model(settings, base or settings.serve_base_model), cache=digest_cache(settings))
 
 
-def _check_base(airlock: Airlock, model: dict) -> str:
+def check_base(airlock: Airlock, model: dict) -> str:
     """The served base model `model` adapts, matched by digest (never by name)."""
     if model["revoked_at"]:
         raise GateRefused(f"model {model['id']} was revoked at {model['revoked_at']} ({model['revoked_reason']}); "
@@ -81,7 +81,7 @@ def _check_base(airlock: Airlock, model: dict) -> str:
                        "only on the very base model it was trained on")
 
 
-def _load(airlock: Airlock, model_id: str, base: str) -> None:
+def load_everywhere(airlock: Airlock, model_id: str, base: str) -> None:
     """Load the adapter into every local replica of `base` and try it on each, before any alias
     names it: a request may reach any of them."""
     for replica in fleet(airlock.settings):
@@ -96,8 +96,8 @@ def _load(airlock: Airlock, model_id: str, base: str) -> None:
 def stage_candidate(airlock: Airlock, request: RequestRow, *, actor: str = "worker") -> dict:
     """Serve a candidate under its request's staging name, for its author and its reviewers."""
     model = get_model(airlock, request["model_id"])
-    base = _check_base(airlock, model)
-    _load(airlock, model["id"], base)
+    base = check_base(airlock, model)
+    load_everywhere(airlock, model["id"], base)
     with airlock.meta.write() as db:
         db["aliases"].upsert({"name": request["staging_name"], "model_id": model["id"], "lora_name": model["id"],
                               "base_model": base, "updated_at": now(),
@@ -113,9 +113,9 @@ def switch(airlock: Airlock, alias: str, model_id: str, promotion_id: int, *, ac
     verified, the adapter loaded (verified again) and smoke-tested, then the row switches."""
     check_alias(alias, airlock.settings)
     model = get_model(airlock, model_id)
-    base = _check_base(airlock, model)
+    base = check_base(airlock, model)
     verify_record(airlock, alias, model_id, promotion_id, served_base_digest(airlock, base))
-    _load(airlock, model_id, base)
+    load_everywhere(airlock, model_id, base)
     with airlock.meta.write() as db:
         db["aliases"].upsert({"name": alias, "model_id": model_id, "lora_name": model_id,
                               "base_model": base, "updated_at": now(),

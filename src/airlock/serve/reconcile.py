@@ -1,4 +1,5 @@
 """One reconciler: whatever restarted the engine, aliases come back only through verification.
+(Its loop also promotes the canaries whose window passed: serve/canary.py.)
 
 It compares the aliases in the database with the adapters the engine has loaded and, for each
 alias whose adapter is missing, checks the alias's promotion record (a production alias) or its
@@ -16,6 +17,7 @@ from airlock.context import Airlock
 from airlock.errors import AirlockError, IntegrityFailure
 from airlock.promotion.records import verify_record
 from airlock.states import RequestState
+from airlock.serve.canary import promote_passed
 from airlock.serve.deploy import served_base_digest
 from airlock.serve.engine import EngineClient, engine_client
 from airlock.serve.fleet import fleet, replica_settings
@@ -87,3 +89,8 @@ class Reconciler:
                 self.once()
             except Exception:  # noqa: BLE001 - the next round tries again; the log says why
                 log.exception("reconciling aliases with the engine failed")
+            try:
+                for canary in promote_passed(self.airlock):  # canary windows that ended well
+                    log.info("canary %s: %s now serves %s", canary.id, canary.alias, canary.candidate_id)
+            except Exception:  # noqa: BLE001 - as above
+                log.exception("promoting the canaries that passed failed")

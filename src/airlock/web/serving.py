@@ -8,6 +8,8 @@ earlier champion's promotion record, loads and smoke-tests it before the alias m
 
 from __future__ import annotations
 
+import json
+
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
@@ -39,10 +41,26 @@ def serving_page(request: Request, airlock, key: Key, status: int = 200, error: 
     aliases = []
     for alias in list_aliases(airlock):
         history = alias_history(airlock, alias["name"])
-        aliases.append({**alias, "history": history, "previous": _earlier_champion(airlock, alias, history)})
+        aliases.append({**alias, "history": history, "previous": _earlier_champion(airlock, alias, history),
+                        "canary": _canary_view(airlock, alias["name"])})
     return render(request, "serving.html", key, status=status, aliases=aliases, promoted=promoted, served_base=served,
                   can_switch=may(key, "aliases:write"), error=error, failed_alias=failed_alias,
                   figures=request.app.state.metrics.by_model())
+
+
+def _canary_view(airlock, alias: str) -> dict | None:
+    """The alias's newest canary for the page: its row, both sides' figures, and their latencies
+    in the order answered (ms), the chart's two series."""
+    from airlock.errors import NotFound
+    from airlock.serve.canary import canary_status
+
+    try:
+        canary = canary_status(airlock, alias)
+    except NotFound:
+        return None
+    arms = canary.arms()
+    series = {side: [round(s * 1000, 1) for s in arm.latencies] for side, arm in arms.items()}
+    return {**canary.as_dict(), "open": canary.state in ("running", "passed"), "series": json.dumps(series)}
 
 
 @router.get("/serving", response_class=HTMLResponse)
@@ -60,3 +78,40 @@ def rollback_form(alias: str, request: Request, airlock: AirlockDep, key: Key = 
     except AirlockError as exc:
         return serving_page(request, airlock, key, status=exc.http_status, error=exc.message, failed_alias=alias)
     return RedirectResponse("/serving", status_code=303)
+
+
+@router.post("/serving/{alias}/canary", response_class=HTMLResponse)
+def canary_form(alias: str, request: Request, airlock: AirlockDep, key: Key = Depends(page("aliases:write")),
+                form: dict = Depends(posted_form)) -> Response:
+    from airlock.serve.canary import parse_window, start_canary
+
+    try:
+        start_canary(airlock, alias, form.get("candidate", ""), percent=_number(form, "percent", float),
+                     window_s=parse_window(form.get("window", "")),
+                     max_error_rate=_number(form, "max_error_rate", float),
+                     max_latency_ratio=_number(form, "max_latency_ratio", float),
+                     min_requests=_number(form, "min_requests", int), actor=actor(key))
+    except AirlockError as exc:
+        return serving_page(request, airlock, key, status=exc.http_status, error=exc.message, failed_alias=alias)
+    return RedirectResponse("/serving", status_code=303)
+
+
+@router.post("/serving/{alias}/canary/abort", response_class=HTMLResponse)
+def canary_abort_form(alias: str, request: Request, airlock: AirlockDep, key: Key = Depends(page("aliases:write")),
+                      form: dict = Depends(posted_form)) -> Response:
+    from airlock.serve.canary import abort_canary
+
+    try:
+        abort_canary(airlock, alias, actor=actor(key))
+    except AirlockError as exc:
+        return serving_page(request, airlock, key, status=exc.http_status, error=exc.message, failed_alias=alias)
+    return RedirectResponse("/serving", status_code=303)
+
+
+def _number(form: dict, field: str, kind: type):
+    from airlock.errors import InvalidInput
+
+    try:
+        return kind(form.get(field, ""))
+    except ValueError:
+        raise InvalidInput(f"{field.replace('_', ' ')}: {form.get(field, '')!r} is not a number") from None

@@ -26,6 +26,7 @@ from airlock.promotion.records import verify_record, write_record
 from airlock.promotion.requests import RequestRow, open_request, void_for_model
 from airlock.promotion.signing import verify_model
 from airlock.promotion.thresholds import problems_of
+from airlock.serve.canary import abort_canaries_of
 from airlock.serve.deploy import served_base_digest, stage_candidate, switch
 from airlock.serve.engine import engine_client, read_secret
 from airlock.serve.serving_copy import load_verified
@@ -183,6 +184,7 @@ def revoke(airlock: Airlock, model_id: str, reason: str, *, actor: str) -> dict:
         db.execute("DELETE FROM aliases WHERE model_id = ? AND staged_for IS NOT NULL", [model_id])
     airlock.meta.audit(actor, "model.revoked", model_id, reason=reason.strip())
     void_for_model(airlock, model_id, f"model {model_id} was revoked", actor=actor)
+    abort_canaries_of(airlock, model_id, f"its candidate {model_id} was revoked", actor=actor)
     outcome = {}
     for row in airlock.meta.query("SELECT name FROM aliases WHERE model_id = ? AND staged_for IS NULL", (model_id,)):
         previous = _previous_champion(airlock, row["name"], {model_id})

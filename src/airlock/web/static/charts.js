@@ -1,4 +1,4 @@
-// A run's live charts and the comparison of runs (uses uPlot and ui.js).
+// A run's live charts, the comparison of runs and a canary's two sides (uses uPlot and ui.js).
 "use strict";
 
 // Charts (uPlot, served by the appliance). One chart per metric; x is the step.
@@ -87,7 +87,23 @@ function setUpCompare(holder) {
   }
 }
 
+// A canary's two sides: the latency of each side's answers in the order answered.
+function setUpCanary(target) {
+  const series = JSON.parse(target.dataset.series);
+  const sides = ["champion", "candidate"];
+  const longest = Math.max(1, ...sides.map((s) => series[s].length));
+  const chart = new uPlot({
+    width: Math.max(target.clientWidth || 0, 320), height: 220,
+    scales: { x: { time: false } },
+    axes: [{ label: "answer" }, { label: "ms", size: 64 }],
+    series: [{ label: "answer" }, ...sides.map((s, n) => ({ label: s, stroke: COLORS[n], width: 2, spanGaps: true }))],
+  }, [[], ...sides.map(() => [])], target);
+  const x = Array.from({ length: longest }, (_, i) => i + 1);
+  chart.setData([x, ...sides.map((s) => x.map((i) => (i <= series[s].length ? series[s][i - 1] : null)))]);
+}
+
 document.addEventListener("DOMContentLoaded", () => {
   document.querySelectorAll("[data-live-run]").forEach(setUpLiveRun);
   document.querySelectorAll("[data-compare-charts]").forEach(setUpCompare);
+  document.querySelectorAll("[data-canary-chart]").forEach(setUpCanary);
 });
