@@ -76,7 +76,8 @@ def test_each_engines_figures_are_passed_on_with_its_name_and_a_silent_engine_sh
         raise TimeoutError("no answer in 2 s")
 
     metrics = Metrics()
-    metrics.registry.register(EngineMetrics({"tiny": lambda: VLLM_TEXT, "big": stuck}))
+    metrics.registry.register(EngineMetrics({"tiny": lambda: VLLM_TEXT, "big": stuck,
+                                             "odd": lambda: '{"not": "prometheus text"}'}))
     m = scrape_text(metrics)
     labels = {"engine": "tiny", "engine_core": "0", "model_name": "tiny.weights"}
     assert m[("vllm:num_requests_running", frozenset(labels.items()))] == 2.0
@@ -85,4 +86,5 @@ def test_each_engines_figures_are_passed_on_with_its_name_and_a_silent_engine_sh
     assert not any(name.startswith("vllm:iteration_tokens") for name, _ in m)
     assert m[("airlock_engine_up", frozenset({"engine": "tiny"}.items()))] == 1.0
     assert m[("airlock_engine_up", frozenset({"engine": "big"}.items()))] == 0.0
+    assert m[("airlock_engine_up", frozenset({"engine": "odd"}.items()))] == 0.0  # garbage is no answer
     assert not any(dict(labels).get("engine") == "big" for name, labels in m if name.startswith("vllm:"))

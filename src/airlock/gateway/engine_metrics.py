@@ -37,13 +37,15 @@ class EngineMetrics:
         families: dict[str, Metric] = {}
         for engine, scrape in self.engines.items():
             try:
-                text = scrape()
+                # Parsed here too: an engine answering something else than Prometheus text is
+                # as good as one that did not answer.
+                parsed = list(text_string_to_metric_families(scrape()))
             except Exception as exc:  # whatever the reason, the scrape of the others goes on
                 log.info("engine %s did not give its metrics: %s", engine, exc)
                 up.add_metric([engine], 0)
                 continue
             up.add_metric([engine], 1)
-            for family in text_string_to_metric_families(text):
+            for family in parsed:
                 if family.name in PASSED_ON:
                     merged = families.setdefault(family.name, Metric(family.name, family.documentation,
                                                                      family.type))

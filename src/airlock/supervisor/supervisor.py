@@ -72,7 +72,8 @@ class Supervisor:
         ensure_appliance_key(self.settings)  # created at first start, owner-only
         self._clear_engines()  # leftovers of an appliance that was killed
         models = ", ".join(sorted({r.model for r in self.replicas.values()}))
-        self.say(f"starting the engine ({models}; {len(self.replicas)} replica{'s' * (len(self.replicas) > 1)}), "
+        count = len(self.replicas)
+        self.say(f"starting the engine ({models}" + (f"; {count} replicas" if count > 1 else "") + "), "
                  "the worker and the gateway")
         for service in self.services.values():
             service.start()
