@@ -52,7 +52,7 @@ def wait_http(url: str, proc: subprocess.Popen | None, timeout: float, log: Path
 # The settings a benchmark sets for its children; everything else keeps its default.
 _CHILD_FIELDS = ("home", "models_dir", "serve_base_model", "engine_transport", "engine_home", "vllm_host",
                  "vllm_port", "gateway_host", "gateway_port", "store_backend", "worker_threads", "worker_nice",
-                 "tls_cert", "tls_key")
+                 "tls_cert", "tls_key", "engines", "vllm_max_lora_rank", "vllm_max_loras")
 
 
 def settings_env(settings: Settings) -> dict[str, str]:

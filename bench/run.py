@@ -29,7 +29,8 @@ from bench.report import Section, document, split_sections  # noqa: E402
 from bench.wrk import WrkMissing, wrk_path  # noqa: E402
 
 NAMES = ("finetune", "training", "capacity", "gateway", "handoff", "isolation", "soak", "verify", "offline", "tls",
-         "provision", "uploads", "eval", "demo", "canary")
+         "provision", "uploads", "eval", "demo", "canary", "replicas",
+         "large_handoff")
 NEEDS_WRK = ("capacity", "gateway", "isolation", "tls")
 TITLES = {"finetune": "1. Fine-tuning throughput", "capacity": "2. Gateway capacity",
           "gateway": "3. Gateway overhead against direct vLLM",
@@ -44,7 +45,9 @@ TITLES = {"finetune": "1. Fine-tuning throughput", "capacity": "2. Gateway capac
           "uploads": "12. Gateway memory during dataset uploads",
           "eval": "13. Evaluation through the engine",
           "demo": "14. The demo, start to snippets",
-          "canary": "15. Canary: breach to roll-back"}
+          "canary": "15. Canary: breach to roll-back",
+          "replicas": "16. Replicas: two against one, and failover",
+          "large_handoff": "17. Hand-off of a large adapter to every replica"}
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -213,6 +216,17 @@ def main(argv: list[str] | None = None) -> int:
 
         attempt("isolation", "isolation: chat latency while the worker fine-tunes, against idle (airlock up)",
                 lambda: isolation_bench.run(args.quick))
+
+    if "replicas" in wanted:
+        from bench import replicas_bench
+
+        attempt("replicas", "replicas: two against one at 16 and 64 in flight, then kill -9 of one under load",
+                lambda: replicas_bench.run(args.quick))
+    if "large_handoff" in wanted:
+        from bench import large_handoff_bench
+
+        attempt("large_handoff", "hand-off of a rank-256 adapter of the instruct model to each of two replicas",
+                lambda: large_handoff_bench.run(args.quick))
 
     command = "python -m bench" + (" --quick" if args.quick else "")
     if args.soak_seconds is not None:

@@ -72,23 +72,27 @@ def promoted(airlock: Airlock, tmp_path: Path, alias: str, seed: int = 0, *, mod
     return model_id, promotion["id"]
 
 
-def real_candidate(airlock: Airlock, tmp_path: Path, *, zero: bool = True, seed: int = 0) -> str:
-    """A stored, signed PEFT LoRA adapter of the reference model, freshly initialised (its B
-    matrices are zero, so it answers as the base does, unless `zero` is False): a candidate an
-    evaluation can load."""
+def real_candidate(airlock: Airlock, tmp_path: Path, *, zero: bool = True, seed: int = 0, base: str | None = None
+                   ) -> str:
+    """A stored, signed PEFT LoRA adapter of the reference model (or of the served base model
+    `base`), freshly initialised (its B matrices are zero, so it answers as the base does, unless
+    `zero` is False): a candidate an evaluation can load."""
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    base_dir = airlock.settings.models_dir / airlock.settings.serve_base_model
+    base = base or airlock.settings.serve_base_model
+    base_dir = airlock.settings.models_dir / base
     torch.manual_seed(seed)
     model = get_peft_model(AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32), LoraConfig(
         r=4, lora_alpha=8, task_type="CAUSAL_LM", target_modules=["q_proj", "v_proj"], init_lora_weights=zero))
     folder = tmp_path / ("peft-adapter" if seed == 0 else f"peft-adapter-{seed}")
+    if base != airlock.settings.serve_base_model:
+        folder = folder.with_name(f"{folder.name}-{base}")
     model.save_pretrained(folder)
     tree = airlock.store.put_tree(folder)
-    model_id = register_adapter(airlock, tree_digest=tree, base_model={"name": airlock.settings.serve_base_model,
-                                "digest": served_base_digest(airlock)}, dataset_digest="sha256:" + "0" * 64,
+    model_id = register_adapter(airlock, tree_digest=tree, base_model={"name": base,
+                                "digest": served_base_digest(airlock, base)}, dataset_digest="sha256:" + "0" * 64,
                                 config={}, run_id=None)
     sign_candidate(airlock, model_id, {"eval_set": "test", **SCORES})
     return model_id
