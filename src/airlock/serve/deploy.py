@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 from airlock.config import Settings
 from airlock.context import Airlock
@@ -24,7 +25,7 @@ from airlock.promotion.records import verify_record
 from airlock.promotion.requests import STAGING_SUFFIX, RequestRow
 from airlock.serve.engine import EngineClient, engine_client
 from airlock.serve.fleet import fleet, replica_settings
-from airlock.serve.serving_copy import load_verified
+from airlock.serve.serving_copy import verified_copy
 
 ALIAS_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
@@ -83,14 +84,21 @@ def check_base(airlock: Airlock, model: dict) -> str:
 
 def load_everywhere(airlock: Airlock, model_id: str, base: str) -> None:
     """Load the adapter into every local replica of `base` and try it on each, before any alias
-    names it: a request may reach any of them."""
-    for replica in fleet(airlock.settings):
-        if replica.model != base or not replica.local:
-            continue
-        client = wait_for_engine(airlock, replica_settings(airlock.settings, replica))
-        if model_id not in client.loaded_adapters():  # vLLM knows each adapter by its content-derived id
-            load_verified(airlock, client, model_id)  # verifies the signed manifest again, right before load
-        client.smoke_test(model_id)
+    names it: a request may reach any of them.
+
+    The signed manifest and the stored bytes are verified once, right before the loads, into one
+    copy every replica reads (another copy would replace it: serving_copy keeps the newest only).
+    The replicas load and answer their smoke tests at the same time, each in its own process, so
+    a hand-off to several replicas takes about as long as to one."""
+    clients = [wait_for_engine(airlock, replica_settings(airlock.settings, replica))
+               for replica in fleet(airlock.settings) if replica.model == base and replica.local]
+    # vLLM knows each adapter by its content-derived id: one it holds needs no load.
+    missing = [client for client in clients if model_id not in client.loaded_adapters()]
+    with ThreadPoolExecutor(max_workers=max(len(clients), 1), thread_name_prefix="load-adapter") as pool:
+        if missing:
+            path = verified_copy(airlock, model_id)
+            list(pool.map(lambda client: client.load_adapter(model_id, path), missing))
+        list(pool.map(lambda client: client.smoke_test(model_id), clients))
 
 
 def stage_candidate(airlock: Airlock, request: RequestRow, *, actor: str = "worker") -> dict:

@@ -59,9 +59,13 @@ def materialize(airlock: Airlock, model_id: str, manifest: dict) -> Path:
     return dest
 
 
+def verified_copy(airlock: Airlock, model_id: str) -> Path:
+    """Verify the signed manifest and the stored bytes, and make the copy an engine loads."""
+    return materialize(airlock, model_id, verify_model(airlock, model_id))
+
+
 def load_verified(airlock: Airlock, client: EngineClient, model_id: str) -> Path:
     """Verify the signed manifest and the stored bytes, copy, and load into the engine."""
-    manifest = verify_model(airlock, model_id)
-    path = materialize(airlock, model_id, manifest)
+    path = verified_copy(airlock, model_id)
     client.load_adapter(model_id, path)
     return path
