@@ -151,7 +151,8 @@ def test_the_openai_client_surfaces_a_refused_n_cleanly(offline_gateway):
 @pytest.mark.parametrize("fields, param, fragment", [
     ({"max_tokens": 1_000_000_000}, "max_tokens", "AIRLOCK_MAX_COMPLETION_TOKENS"),
     ({"max_completion_tokens": 4097}, "max_completion_tokens", "at most 4096"),
-    ({"max_tokens": -1}, "max_tokens", "at least 0"),
+    ({"max_tokens": -1}, "max_tokens", "at least 1"),
+    ({"max_completion_tokens": 0}, "max_completion_tokens", "at least 1"),
     ({"max_tokens": 1e9}, "max_tokens", "must be an integer"),
     ({"n": 0}, "n", "at least 1"),
     ({"messages": [{"role": "user", "content": "a" * 200_001}]}, "messages", "AIRLOCK_MAX_PROMPT_CHARS"),

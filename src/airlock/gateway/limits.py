@@ -75,8 +75,10 @@ def check_completion_request(body: dict[str, Any], path: str, settings: Settings
     """
     for param in ("n", "best_of"):
         _check_int(body, param, 1, settings.max_n, "AIRLOCK_MAX_N")
+    # At least 1: vLLM generates at least one token, and refuses 0 naming max_tokens even where the
+    # caller sent max_completion_tokens; refused here, the error names the field the caller sent.
     for param in ("max_tokens", "max_completion_tokens"):
-        _check_int(body, param, 0, settings.max_completion_tokens, "AIRLOCK_MAX_COMPLETION_TOKENS")
+        _check_int(body, param, 1, settings.max_completion_tokens, "AIRLOCK_MAX_COMPLETION_TOKENS")
     # vLLM reads -1 as the whole vocabulary's logprobs at every token, and refuses more than its
     # --max-logprobs only once a stream has begun (a 500 event mid-stream): bounded here first.
     # A chat request's `logprobs` is a yes/no; the count is its `top_logprobs`.
